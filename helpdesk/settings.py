@@ -1,0 +1,297 @@
+"""One settings module, configured from the environment (django-environ).
+
+DJANGO_ENV selects the profile:
+- ``dev`` (default): DEBUG on, console email, secrets generated once into ./var/.
+- ``test`` (default under pytest): like dev with DEBUG off and fast password hashing.
+- ``prod``: every secret must come from the environment; refuses to start with a missing
+  or default secret, or with DEBUG on.
+When DATABASE_URL / REDIS_URL are unset outside prod, helpdesk.embedded starts (or
+reuses) a PostgreSQL and a Redis of the project's own under ./var/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("HELPDESK_VAR_DIR", BASE_DIR / "var"))
+
+env = environ.Env()
+DJANGO_ENV = env.str("DJANGO_ENV", default="test" if "pytest" in sys.modules else "dev")
+if DJANGO_ENV not in {"dev", "test", "prod"}:
+    raise ImproperlyConfigured(f"DJANGO_ENV must be dev, test or prod, not {DJANGO_ENV!r}")
+IS_PROD = DJANGO_ENV == "prod"
+TESTING = DJANGO_ENV == "test"
+
+INSECURE_SECRET_PREFIX = "django-insecure"
+
+
+def _dev_secrets() -> dict[str, str]:
+    """Secrets generated once per checkout into ./var/secrets.json (dev and test only)."""
+    path = VAR_DIR / "secrets.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    if not data.get("SECRET_KEY"):
+        data["SECRET_KEY"] = secrets.token_urlsafe(50)
+        changed = True
+    if not data.get("FERNET_KEYS"):
+        data["FERNET_KEYS"] = Fernet.generate_key().decode()
+        changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return data
+
+
+_generated = {} if IS_PROD else _dev_secrets()
+
+SECRET_KEY = env.str("SECRET_KEY", default=_generated.get("SECRET_KEY", ""))
+# Comma-separated Fernet keys; the first encrypts, all decrypt (rotation).
+FERNET_KEYS = env.list("FERNET_KEYS", default=[_generated.get("FERNET_KEYS", "")])
+FERNET_KEYS = [k for k in FERNET_KEYS if k]
+DEBUG = env.bool("DEBUG", default=DJANGO_ENV == "dev")
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://localhost:8000").rstrip("/")
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=[] if IS_PROD else ["localhost", "127.0.0.1", "[::1]", "testserver"]
+)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[PUBLIC_BASE_URL])
+
+if IS_PROD:
+    problems = []
+    if not SECRET_KEY or SECRET_KEY.startswith(INSECURE_SECRET_PREFIX) or len(SECRET_KEY) < 40:
+        problems.append("SECRET_KEY is missing, default or shorter than 40 characters")
+    if not FERNET_KEYS:
+        problems.append("FERNET_KEYS is missing")
+    if DEBUG:
+        problems.append("DEBUG must be off")
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        if not env.str(name, default=""):
+            problems.append(f"{name} is missing")
+    if not ALLOWED_HOSTS:
+        problems.append("ALLOWED_HOSTS is missing")
+    if problems:
+        raise ImproperlyConfigured("Refusing to start in prod: " + "; ".join(problems))
+
+# Database and Redis: from the environment, or the embedded servers outside prod.
+_service_env = {k: env.str(k, default="") for k in ("DATABASE_URL", "REDIS_URL")}
+if not IS_PROD and not all(_service_env.values()):
+    from helpdesk import embedded
+
+    _started = embedded.ensure_running(
+        database=not _service_env["DATABASE_URL"], cache=not _service_env["REDIS_URL"]
+    )
+    _service_env.update({k: v for k, v in _started.items() if not _service_env[k]})
+
+DATABASES = {"default": env.db_url_config(_service_env["DATABASE_URL"])}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60 if IS_PROD else 0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+REDIS_URL = _service_env["REDIS_URL"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_htmx",
+    "rest_framework",
+    "axes",
+    "helpdesk",
+    "contacts",
+    "routing",
+    "tickets",
+    "channels_email",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "helpdesk.middleware.TenantMiddleware",
+    # Last, as django-axes asks: it turns lockouts into responses.
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "helpdesk.urls"
+WSGI_APPLICATION = "helpdesk.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "helpdesk.context_processors.tenancy",
+            ],
+        },
+    },
+]
+
+AUTH_USER_MODEL = "helpdesk.User"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if TESTING:
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+# Login throttling (django-axes): 5 failures for one username from one address lock that
+# pair out for 15 minutes; a success resets the count.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Our login form posts the address as "username" (Django's AuthenticationForm).
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_LOCKOUT_TEMPLATE = "registration/locked.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False
+
+SESSION_COOKIE_HTTPONLY = True
+# Secure cookies in prod; SECURE_COOKIES=false only for trying prod on plain http locally.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=IS_PROD)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if IS_PROD:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+if not IS_PROD:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns about a missing root
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(MEDIA_ROOT)},
+    },
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if IS_PROD
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        ),
+    },
+}
+# Outside prod whitenoise serves straight from the source folders (no collectstatic needed).
+WHITENOISE_USE_FINDERS = not IS_PROD
+WHITENOISE_AUTOREFRESH = DEBUG
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # Test runs share a Redis with the developer's demo; keep their keys apart.
+        "KEY_PREFIX": f"test-{os.getpid()}" if TESTING else "hd",
+    }
+}
+
+if IS_PROD:
+    vars().update(env.email_url("EMAIL_URL", default="smtp://localhost:25"))
+else:
+    EMAIL_BACKEND = env.str(
+        "EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend"
+    )
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="helpdesk@localhost")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+}
+
+# --- Celery ---------------------------------------------------------------------------
+# The longest countdown/ETA any task schedules. Redis redelivers an unacknowledged task
+# after visibility_timeout, so it must exceed every countdown, or a task waiting for its
+# ETA would be handed to a second worker and run twice.
+CELERY_MAX_COUNTDOWN_SECONDS = 6 * 3600
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_MAX_COUNTDOWN_SECONDS + 3600,
+}
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = 120
+CELERY_TASK_TIME_LIMIT = 180
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "maintenance"
+CELERY_TASK_QUEUES_NAMES = ("webhooks", "ingest", "outbound", "maintenance")
+# Tasks are named "<queue>.<what>" (e.g. "ingest.process_inbound_email"); the queue is the
+# first part of the name, so a new task cannot land in the wrong queue silently.
+CELERY_TASK_ROUTES = {f"{q}.*": {"queue": q} for q in CELERY_TASK_QUEUES_NAMES}
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "purge-expired-invitations": {
+        "task": "maintenance.purge_expired_invitations",
+        "schedule": timedelta(hours=6),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "run" / "celerybeat-schedule")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"axes": {"level": "WARNING"}},
+}
+
+TENANT_RESERVED_SLUGS = frozenset(
+    {"admin", "api", "webhooks", "static", "media", "accounts", "sandbox", "healthz"}
+)
+INVITATION_TTL = timedelta(days=7)
+TICKETS_PER_PAGE = 25

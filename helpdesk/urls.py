@@ -1,0 +1,25 @@
+"""URL map. Every UI page of a tenant lives under ``/<tenant_slug>/`` (TenantMiddleware);
+top-level words in front of it are reserved slugs (settings.TENANT_RESERVED_SLUGS)."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from helpdesk import views
+
+tenant_patterns = [
+    path("", views.tenant_home, name="home"),
+    path("settings/members/", views.members, name="members"),
+    path("settings/members/invitations/<int:invitation_id>/revoke/",
+         views.invitation_revoke_view, name="invitation_revoke"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/invite/<str:token>/", views.invitation_accept_view, name="invitation_accept"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("healthz", views.healthz, name="healthz"),
+    path("", views.home, name="home"),
+    path("<slug:tenant_slug>/", include((tenant_patterns, "tenant"))),
+    path("<slug:tenant_slug>/tickets/", include("tickets.urls")),
+    path("<slug:tenant_slug>/contacts/", include("contacts.urls")),
+]

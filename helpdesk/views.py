@@ -1,0 +1,111 @@
+"""Core pages: home / workspace chooser, members and invitations, health check."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from helpdesk.forms import AcceptInvitationForm, InvitationForm
+from helpdesk.models import Invitation
+from helpdesk.selectors import (
+    invitation_by_token,
+    memberships_for_user,
+    tenant_members,
+    tenant_pending_invitations,
+)
+from helpdesk.services import (
+    InvitationError,
+    invitation_accept,
+    invitation_create,
+    invitation_revoke,
+)
+
+
+@login_required
+def home(request):
+    memberships = memberships_for_user(user=request.user)
+    if len(memberships) == 1:
+        return redirect("tickets:list", tenant_slug=memberships[0].tenant.slug)
+    return render(request, "helpdesk/home.html", {"memberships": memberships})
+
+
+def tenant_home(request):
+    return redirect("tickets:list", tenant_slug=request.tenant.slug)
+
+
+def _require_admin(request) -> None:
+    if not request.membership.is_admin:
+        raise PermissionDenied("Only workspace admins can do this.")
+
+
+def members(request):
+    form = InvitationForm()
+    if request.method == "POST":
+        _require_admin(request)
+        form = InvitationForm(request.POST)
+        if form.is_valid():
+            try:
+                invitation_create(tenant=request.tenant, email=form.cleaned_data["email"],
+                                  role=form.cleaned_data["role"], invited_by=request.user)
+            except ValidationError as exc:
+                form.add_error("email", exc)
+            else:
+                messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+                return redirect("tenant:members", tenant_slug=request.tenant.slug)
+    return render(request, "helpdesk/members.html", {
+        "members": tenant_members(tenant=request.tenant),
+        "invitations": tenant_pending_invitations(tenant=request.tenant),
+        "form": form,
+    })
+
+
+@require_POST
+def invitation_revoke_view(request, invitation_id: int):
+    invitation = get_object_or_404(Invitation, tenant=request.tenant, pk=invitation_id)
+    _require_admin(request)
+    invitation_revoke(invitation=invitation, actor=request.user)
+    messages.success(request, f"Invitation for {invitation.email} revoked.")
+    return redirect("tenant:members", tenant_slug=request.tenant.slug)
+
+
+def invitation_accept_view(request, token: str):
+    invitation = invitation_by_token(token=token)
+    if invitation is None or not invitation.is_usable:
+        return render(request, "helpdesk/invitation_invalid.html", status=404)
+    signed_in = request.user.is_authenticated
+    form = None if signed_in else AcceptInvitationForm(email=invitation.email)
+    if request.method == "POST":
+        if not signed_in:
+            form = AcceptInvitationForm(request.POST, email=invitation.email)
+        if signed_in or form.is_valid():
+            try:
+                membership = invitation_accept(
+                    token=token,
+                    user=request.user if signed_in else None,
+                    password=None if signed_in else form.cleaned_data["password1"],
+                    first_name="" if signed_in else form.cleaned_data["first_name"],
+                    last_name="" if signed_in else form.cleaned_data["last_name"],
+                )
+            except InvitationError as exc:
+                messages.error(request, str(exc))
+            else:
+                if not signed_in:
+                    login(request, membership.user,
+                          backend="django.contrib.auth.backends.ModelBackend")
+                messages.success(request, f"Welcome to {membership.tenant.name}.")
+                return redirect("tickets:list", tenant_slug=membership.tenant.slug)
+    return render(request, "helpdesk/invitation_accept.html", {
+        "invitation": invitation, "form": form, "signed_in": signed_in,
+    })
+
+
+def healthz(request):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return HttpResponse("ok", content_type="text/plain")

@@ -1,0 +1,153 @@
+"""Tenant isolation: the scoped manager, the middleware, and a walk over every URL."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from contacts.models import Contact
+from helpdesk.models import Role, Tenant
+from helpdesk.services import tenant_create
+from helpdesk.tenancy import ScopeError, tenant_scope
+from tests.factories import (
+    ContactFactory,
+    InvitationFactory,
+    MembershipFactory,
+    TicketFactory,
+    UserFactory,
+)
+from tickets.models import Ticket
+
+# URL names that legitimately take no tenant: public, auth, operator or machine endpoints.
+# A new pattern outside /<tenant_slug>/ must be added here on purpose, or this test fails.
+UNSCOPED_URL_NAMES = {
+    "home", "healthz", "invitation_accept",
+    "login", "logout", "password_change", "password_change_done", "password_reset",
+    "password_reset_done", "password_reset_confirm", "password_reset_complete",
+}
+
+
+def _walk(patterns, prefix="", namespace=""):
+    for p in patterns:
+        if isinstance(p, URLResolver):
+            ns = f"{namespace}{p.namespace}:" if p.namespace else namespace
+            yield from _walk(p.url_patterns, prefix + str(p.pattern), ns)
+        elif isinstance(p, URLPattern):
+            yield prefix + str(p.pattern), (namespace + p.name) if p.name else None, p
+
+
+def all_url_patterns():
+    return [(route, name, p) for route, name, p in _walk(get_resolver().url_patterns)
+            if not route.startswith("admin/")]
+
+
+def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
+    """One object of each kind that a tenant URL can name, all belonging to ``victim``.
+
+    Every URL keyword besides tenant_slug must be listed here; an unknown keyword fails the
+    walk below, so a new object page cannot ship without this isolation check.
+    """
+    # Several tickets so that the number used does not exist in the attacker's tenant.
+    tickets = [TicketFactory(tenant=victim) for _ in range(3)]
+    return {
+        "number": tickets[-1].number,
+        "contact_id": ContactFactory(tenant=victim).pk,
+        "invitation_id": InvitationFactory(tenant=victim).pk,
+    }
+
+
+@pytest.mark.django_db
+def test_every_url_is_tenant_scoped_or_explicitly_public():
+    unscoped = sorted(
+        f"{route} ({name})" for route, name, _ in all_url_patterns()
+        if "<slug:tenant_slug>" not in route and name not in UNSCOPED_URL_NAMES
+    )
+    assert unscoped == [], "URL patterns outside /<tenant_slug>/ that nobody declared public"
+
+
+@pytest.mark.django_db
+def test_member_of_a_gets_404_for_every_object_of_b(client):
+    tenant_a, tenant_b = tenant_create(slug="alpha", name="A"), tenant_create(slug="beta", name="B")
+    attacker = UserFactory()
+    MembershipFactory(tenant=tenant_a, user=attacker, role=Role.ADMIN)
+    client.force_login(attacker)
+    b_objects = tenant_object_kwargs(tenant_b)
+
+    checked = 0
+    for route, name, _pattern in all_url_patterns():
+        if "<slug:tenant_slug>" not in route:
+            continue
+        keys = [k for k in _pattern.pattern.converters if k != "tenant_slug"]
+        if not keys:
+            continue
+        unknown = [k for k in keys if k not in b_objects]
+        assert not unknown, f"{route}: add {unknown} to tenant_object_kwargs()"
+        kwargs = {k: b_objects[k] for k in keys}
+        for slug in (tenant_a.slug, tenant_b.slug):
+            url = reverse(name, kwargs={"tenant_slug": slug, **kwargs})
+            get, post = client.get(url), client.post(url)
+            assert get.status_code in (404, 405), f"GET {url} -> {get.status_code}"
+            assert post.status_code in (404, 405), f"POST {url} -> {post.status_code}"
+            assert 404 in (get.status_code, post.status_code), url
+        checked += 1
+    assert checked >= 3
+    # Nothing of B was changed by the attempts (e.g. the revoke POST).
+    with tenant_scope(tenant_b):
+        from helpdesk.models import Invitation
+
+        assert Invitation.objects.filter(pk=b_objects["invitation_id"]).exists()
+
+
+@pytest.mark.django_db
+def test_every_tenant_page_404s_for_non_members_and_redirects_anonymous(client):
+    tenant = tenant_create(slug="gamma", name="G")
+    outsider = UserFactory()
+    pages = [reverse(name, kwargs={"tenant_slug": tenant.slug})
+             for route, name, p in all_url_patterns()
+             if "<slug:tenant_slug>" in route and list(p.pattern.converters) == []]
+    assert pages
+    for url in pages:
+        assert client.get(url).status_code == 302
+        assert "/accounts/login/" in client.get(url)["Location"]
+    client.force_login(outsider)
+    for url in pages + ["/no-such-tenant/tickets/"]:
+        assert client.get(url).status_code == 404, url
+
+
+@pytest.mark.django_db
+def test_scoped_manager_refuses_queries_without_a_scope(tenant, other_tenant):
+    mine = ContactFactory(tenant=tenant)
+    ContactFactory(tenant=other_tenant)
+    with pytest.raises(ScopeError):
+        list(Contact.objects.all())
+    with pytest.raises(ScopeError):
+        Ticket.objects.filter(number=1).exists()
+    with tenant_scope(tenant):
+        assert list(Contact.objects.all()) == [mine]
+        # Even an explicit filter on the other tenant cannot escape the scope.
+        assert not Contact.objects.filter(tenant=other_tenant).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("slug", ["admin", "api", "webhooks", "static", "media", "accounts",
+                                  "sandbox", "Admin"])
+def test_reserved_slugs_are_refused(slug):
+    with pytest.raises(ValidationError):
+        tenant_create(slug=slug, name="x")
+
+
+@pytest.mark.django_db
+def test_user_in_two_tenants_sees_each_and_the_switcher(client):
+    a, b = tenant_create(slug="one", name="One Inc"), tenant_create(slug="two", name="Two Ltd")
+    user = UserFactory()
+    MembershipFactory(tenant=a, user=user)
+    MembershipFactory(tenant=b, user=user)
+    ticket_b = TicketFactory(tenant=b, title="Only in two")
+    client.force_login(user)
+    page = client.get("/one/tickets/").content.decode()
+    assert "Two Ltd" in page and "One Inc" in page  # switcher lists both
+    assert "Only in two" not in page
+    assert "Only in two" in client.get("/two/tickets/").content.decode()
+    assert client.get(f"/two/tickets/{ticket_b.number}/").status_code == 200
+    assert client.get("/").status_code == 200  # chooser, since there are two

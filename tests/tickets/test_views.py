@@ -1,0 +1,120 @@
+"""Ticket list and ticket view as an agent sees them."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from helpdesk.tenancy import tenant_scope
+from tests.factories import (
+    AttachmentFactory,
+    ContactFactory,
+    MessageFactory,
+    TeamFactory,
+    TicketFactory,
+    UserFactory,
+)
+from tickets.models import MessageKind, Ticket, TicketStatus
+
+
+def _bulk_tickets(tenant, count: int, **fields) -> None:
+    contacts = [ContactFactory(tenant=tenant) for _ in range(5)]
+    team = TeamFactory(tenant=tenant)
+    assignee = UserFactory()
+    start = Ticket._base_manager.filter(tenant=tenant).count()
+    Ticket.objects.bulk_create([
+        Ticket(tenant=tenant, number=start + i + 1, title=f"Bulk {i}", contact=contacts[i % 5],
+               team=team if i % 2 else None, assignee=assignee if i % 3 else None, **fields)
+        for i in range(count)
+    ])
+
+
+def _list_queries(client, url) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get(url)
+    assert response.status_code == 200
+    return len(ctx.captured_queries)
+
+
+@pytest.mark.django_db
+def test_ticket_list_query_count_does_not_grow_with_rows(agent_client, tenant):
+    _bulk_tickets(tenant, 10)
+    url = f"/{tenant.slug}/tickets/"
+    small = _list_queries(agent_client, url)
+    small_filtered = _list_queries(agent_client, url + "?status=new&assignee=none&q=bulk")
+    _bulk_tickets(tenant, 990)
+    assert _list_queries(agent_client, url) == small
+    assert _list_queries(agent_client, url + "?status=new&assignee=none&q=bulk") == small_filtered
+    assert _list_queries(agent_client, url + "?page=40") == small
+
+
+@pytest.mark.django_db
+def test_ticket_list_filters_and_search(agent_client, tenant, agent):
+    billing = TeamFactory(tenant=tenant, name="Billing")
+    alice = ContactFactory(tenant=tenant, email="alice@customer.example")
+    t_open = TicketFactory(tenant=tenant, title="Refund please", status=TicketStatus.OPEN,
+                           team=billing, assignee=agent, contact=alice)
+    t_new = TicketFactory(tenant=tenant, title="Login broken", status=TicketStatus.NEW)
+    url = f"/{tenant.slug}/tickets/"
+
+    def titles(query: str) -> set[str]:
+        page = agent_client.get(url + query)
+        return {t.title for t in page.context["page"]}
+
+    assert titles("") == {"Refund please", "Login broken"}
+    assert titles("?status=open") == {"Refund please"}
+    assert titles(f"?team={billing.pk}") == {"Refund please"}
+    assert titles("?assignee=me") == {"Refund please"}
+    assert titles(f"?assignee={agent.pk}") == {"Refund please"}
+    assert titles("?assignee=none") == {"Login broken"}
+    assert titles("?q=refund") == {"Refund please"}
+    assert titles("?q=ALICE@customer") == {"Refund please"}
+    assert titles(f"?q=%23{t_new.number}") == {"Login broken"}
+    assert titles(f"?q={t_open.number}") >= {"Refund please"}
+    assert titles("?status=bogus&team=x") == {"Refund please", "Login broken"}
+
+
+@pytest.mark.django_db
+def test_ticket_list_htmx_returns_the_table_only(agent_client, tenant):
+    TicketFactory(tenant=tenant, title="Partial row")
+    response = agent_client.get(f"/{tenant.slug}/tickets/?q=partial", HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert "Partial row" in body and "<html" not in body
+
+
+@pytest.mark.django_db
+def test_ticket_view_shows_the_timeline(agent_client, tenant, agent):
+    ticket = TicketFactory(tenant=tenant, title="Printer on fire")
+    MessageFactory(ticket=ticket, body_text="It is smoking.")
+    MessageFactory(ticket=ticket, kind=MessageKind.NOTE, author_contact=None, author_user=agent,
+                   body_text="Calling facilities.")
+    out = MessageFactory(ticket=ticket, kind=MessageKind.OUTBOUND, author_contact=None,
+                         author_user=agent, body_text="Please step away.",
+                         delivery_status="failed", delivery_error="mailbox full")
+    AttachmentFactory(message=out, filename="evacuation.pdf")
+    sibling = TicketFactory(tenant=tenant, contact=ticket.contact, title="Earlier question")
+    page = agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
+    for text in ("Printer on fire", "It is smoking.", "Calling facilities.", "Please step away.",
+                 "msg note", "msg outbound", "Failed", "mailbox full", "evacuation.pdf",
+                 sibling.title):
+        assert text in page
+
+
+@pytest.mark.django_db
+def test_unknown_ticket_is_404(agent_client, tenant):
+    assert agent_client.get(f"/{tenant.slug}/tickets/999/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_inbound_message_reopens_a_solved_ticket(tenant):
+    from tickets.services import message_add
+
+    ticket = TicketFactory(tenant=tenant, status=TicketStatus.SOLVED)
+    with tenant_scope(tenant):
+        message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text="Still broken",
+                    author_contact=ticket.contact)
+        ticket.refresh_from_db()
+        assert ticket.status == TicketStatus.OPEN
+        message_add(ticket=ticket, kind=MessageKind.OUTBOUND, body_text="On it")
+        assert ticket.messages.get(kind=MessageKind.OUTBOUND).delivery_status == "pending"

@@ -1,0 +1,173 @@
+"""Tickets, their timeline messages and attachments."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+from helpdesk.tenancy import TenantOwnedModel
+
+
+class TicketStatus(models.TextChoices):
+    NEW = "new", "New"
+    OPEN = "open", "Open"
+    PENDING = "pending", "Pending"
+    SOLVED = "solved", "Solved"
+    CLOSED = "closed", "Closed"
+
+
+class TicketPriority(models.TextChoices):
+    LOW = "low", "Low"
+    NORMAL = "normal", "Normal"
+    HIGH = "high", "High"
+    URGENT = "urgent", "Urgent"
+
+
+class SourceChannel(models.TextChoices):
+    EMAIL = "email", "Email"
+    WEB = "web", "Web"
+    API = "api", "API"
+    MANUAL = "manual", "Manual"
+
+
+class TicketSequence(models.Model):
+    """The last ticket number handed out in a tenant.
+
+    ``tickets.services.next_ticket_number`` bumps it with one upsert inside the ticket's
+    own transaction: the row lock serialises concurrent creators in the tenant until they
+    commit, so numbers are unique, increasing, and gap-free unless a transaction rolls back
+    after taking one (then the next creator reuses it).
+    """
+
+    tenant = models.OneToOneField("helpdesk.Tenant", on_delete=models.CASCADE, primary_key=True,
+                                  related_name="+")
+    last_number = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"tenant {self.tenant_id}: last #{self.last_number}"
+
+
+class Ticket(TenantOwnedModel):
+    number = models.PositiveBigIntegerField()
+    title = models.CharField(max_length=998)
+    description = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=TicketStatus.choices,
+                              default=TicketStatus.NEW)
+    priority = models.CharField(max_length=10, choices=TicketPriority.choices,
+                                default=TicketPriority.NORMAL)
+    contact = models.ForeignKey("contacts.Contact", on_delete=models.PROTECT,
+                                related_name="tickets")
+    cc_addresses = ArrayField(models.EmailField(max_length=320), default=list, blank=True)
+    team = models.ForeignKey("routing.Team", on_delete=models.SET_NULL, null=True, blank=True,
+                             related_name="tickets")
+    assignee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                 blank=True, related_name="assigned_tickets")
+    tags = ArrayField(models.CharField(max_length=50), default=list, blank=True)
+    source_channel = models.CharField(max_length=10, choices=SourceChannel.choices,
+                                      default=SourceChannel.MANUAL)
+    merged_into = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
+                                    related_name="merged_tickets")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "number"],
+                                    name="ticket_tenant_number_unique"),
+        ]
+        indexes = [
+            # The agents' queues: status / team filters, most recently updated first.
+            models.Index(fields=["tenant", "status", "team", "-updated_at"], name="ticket_queue"),
+            models.Index(fields=["tenant", "assignee", "status", "-updated_at"],
+                         name="ticket_assignee"),
+            models.Index(fields=["tenant", "-updated_at"], name="ticket_recent"),
+            models.Index(fields=["tenant", "contact", "-created_at"], name="ticket_contact"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.number} {self.title}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status not in (TicketStatus.SOLVED, TicketStatus.CLOSED)
+
+
+class MessageKind(models.TextChoices):
+    INBOUND = "inbound", "Inbound"
+    OUTBOUND = "outbound", "Outbound"
+    NOTE = "note", "Internal note"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+    BOUNCED = "bounced", "Bounced"
+
+
+class Message(TenantOwnedModel):
+    """One entry of a ticket's timeline. Delivery fields apply to outbound messages only."""
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="messages")
+    kind = models.CharField(max_length=10, choices=MessageKind.choices)
+    author_contact = models.ForeignKey("contacts.Contact", on_delete=models.SET_NULL, null=True,
+                                       blank=True, related_name="messages")
+    author_user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                    null=True, blank=True, related_name="messages")
+    subject = models.CharField(max_length=998, blank=True)
+    body_text = models.TextField(blank=True)
+    body_html = models.TextField(blank=True, help_text="Sanitised HTML")
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivery_status = models.CharField(max_length=10, choices=DeliveryStatus.choices,
+                                       blank=True)
+    delivery_error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["tenant", "ticket", "created_at"], name="message_timeline")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind="outbound") | models.Q(delivery_status=""),
+                name="message_delivery_only_outbound",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on ticket {self.ticket_id}"
+
+    @property
+    def author_name(self) -> str:
+        if self.author_user_id:
+            return self.author_user.display_name
+        if self.author_contact_id:
+            return self.author_contact.display_name
+        return "System"
+
+
+def attachment_path(instance: Attachment, filename: str) -> str:
+    # A random folder per file: names stay readable and never collide or traverse.
+    return f"attachments/{instance.tenant_id}/{uuid.uuid4().hex}/{filename[-150:]}"
+
+
+class Attachment(TenantOwnedModel):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    file = models.FileField(upload_to=attachment_path, max_length=300)
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    size = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    content_id = models.CharField(max_length=255, blank=True)
+    inline = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "message"], name="attachment_message")]
+
+    def __str__(self) -> str:
+        return self.filename

@@ -1,0 +1,143 @@
+"""Writes on tickets, messages and attachments (keyword-only, transactional)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from django.core.files.base import ContentFile
+from django.db import connection, transaction
+from django.utils import timezone
+
+from contacts.models import Contact
+from helpdesk.models import Tenant, User
+from routing.models import Team
+from tickets.models import (
+    Attachment,
+    DeliveryStatus,
+    Message,
+    MessageKind,
+    SourceChannel,
+    Ticket,
+    TicketPriority,
+    TicketSequence,
+    TicketStatus,
+)
+
+
+def next_ticket_number(*, tenant: Tenant) -> int:
+    """Take the tenant's next ticket number. Must run inside the caller's transaction.
+
+    One upsert; the row lock it takes is held until the caller commits, which orders
+    concurrent creators in the tenant and keeps numbers unique and increasing.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("next_ticket_number must run inside transaction.atomic()")
+    table = TicketSequence._meta.db_table  # our model's table name, never input
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (tenant_id, last_number) VALUES (%s, 1) "  # noqa: S608
+            f"ON CONFLICT (tenant_id) DO UPDATE SET last_number = {table}.last_number + 1 "
+            "RETURNING last_number",
+            [tenant.pk],
+        )
+        return cursor.fetchone()[0]
+
+
+def ticket_create(
+    *,
+    tenant: Tenant,
+    title: str,
+    contact: Contact,
+    description: str = "",
+    status: str = TicketStatus.NEW,
+    priority: str = TicketPriority.NORMAL,
+    team: Team | None = None,
+    assignee: User | None = None,
+    source_channel: str = SourceChannel.MANUAL,
+    cc_addresses: Iterable[str] = (),
+    tags: Iterable[str] = (),
+) -> Ticket:
+    """Create a ticket with the tenant's next number. Raises ValueError on a foreign row."""
+    for related in (contact, team):
+        if related is not None and related.tenant_id != tenant.pk:
+            raise ValueError(f"{type(related).__name__} {related.pk} is not in tenant {tenant.pk}")
+    with transaction.atomic():
+        return Ticket.objects.create(
+            tenant=tenant,
+            number=next_ticket_number(tenant=tenant),
+            title=(title or "").strip()[:998] or "(no subject)",
+            description=description,
+            status=status,
+            priority=priority,
+            contact=contact,
+            team=team,
+            assignee=assignee,
+            source_channel=source_channel,
+            cc_addresses=list(cc_addresses),
+            tags=list(tags),
+        )
+
+
+def message_add(
+    *,
+    ticket: Ticket,
+    kind: str,
+    body_text: str,
+    body_html: str = "",
+    subject: str = "",
+    author_contact: Contact | None = None,
+    author_user: User | None = None,
+) -> Message:
+    """Append a message to a ticket's timeline and touch the ticket.
+
+    An inbound message moves a solved or closed ticket back to open. An outbound message
+    starts Pending; delivery is the outbound service's business.
+    """
+    with transaction.atomic():
+        message = Message.objects.create(
+            tenant_id=ticket.tenant_id,
+            ticket=ticket,
+            kind=kind,
+            subject=subject[:998],
+            body_text=body_text,
+            body_html=body_html,
+            author_contact=author_contact,
+            author_user=author_user,
+            delivery_status=DeliveryStatus.PENDING if kind == MessageKind.OUTBOUND else "",
+        )
+        fields = {"updated_at": timezone.now()}
+        if kind == MessageKind.INBOUND and ticket.status in (
+            TicketStatus.SOLVED, TicketStatus.CLOSED
+        ):
+            fields["status"] = TicketStatus.OPEN
+        Ticket.objects.filter(pk=ticket.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(ticket, name, value)
+        return message
+
+
+def attachment_add(
+    *,
+    message: Message,
+    filename: str,
+    content: bytes,
+    content_type: str = "application/octet-stream",
+    content_id: str = "",
+    inline: bool = False,
+) -> Attachment:
+    """Store ``content`` through Django's storage API and link it to ``message``."""
+    safe_name = (filename or "attachment").replace("/", "_").replace("\\", "_").strip() or "file"
+    attachment = Attachment(
+        tenant_id=message.tenant_id,
+        message=message,
+        filename=safe_name[:255],
+        content_type=content_type[:255],
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content_id=content_id[:255],
+        inline=inline,
+    )
+    attachment.file.save(safe_name, ContentFile(content), save=False)
+    attachment.save()
+    return attachment
