@@ -97,6 +97,8 @@ if not IS_PROD and not all(_service_env.values()):
 DATABASES = {"default": env.db_url_config(_service_env["DATABASE_URL"])}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60 if IS_PROD else 0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Lets two test runs share one server (e.g. TEST_DATABASE_NAME=test_helpdesk_2).
+DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default="") or None}
 REDIS_URL = _service_env["REDIS_URL"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,6 +1,8 @@
 from django.contrib import admin
+from django.db import transaction
 
 from tickets.models import Attachment, Message, Ticket, TicketSequence
+from tickets.services import next_ticket_number
 
 
 class MessageInline(admin.StackedInline):
@@ -19,6 +21,14 @@ class TicketAdmin(admin.ModelAdmin):
     raw_id_fields = ["contact", "merged_into", "assignee", "team"]
     readonly_fields = ["number"]
     inlines = [MessageInline]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            with transaction.atomic():
+                obj.number = next_ticket_number(tenant=obj.tenant)
+                obj.save()
+            return
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(Message)
