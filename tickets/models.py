@@ -70,6 +70,9 @@ class Ticket(TenantOwnedModel):
                                       default=SourceChannel.MANUAL)
     merged_into = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
                                     related_name="merged_tickets")
+    # How the ticket was routed when it was created: mode, flow, rules fired and why
+    # (written by routing.engine, shown in the ticket view).
+    routing = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
