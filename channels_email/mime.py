@@ -13,14 +13,29 @@ Contract:
 
 from __future__ import annotations
 
+import codecs
+import email.header
+import email.utils
+import hashlib
+import io
+import mimetypes
+import re
+import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email import policy
+from email.generator import BytesGenerator
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
+from email.policy import compat32
+
+from channels_email.sanitize import cid_references, html_to_text, sanitize_html
 
 
 @dataclass(frozen=True)
 class ParseLimits:
     max_raw_bytes: int = 50 * 1024 * 1024
-    max_attachments: int = 200
+    max_attachments: int = 500
     max_depth: int = 30
     max_header_bytes: int = 512 * 1024
     max_parse_seconds: float = 20.0
@@ -119,6 +134,580 @@ def normalize_message_id(value: str) -> str:
     return value.strip().strip("<>").strip()
 
 
+# --------------------------------------------------------------------------- parsing
+
+_ANGLE_ID = re.compile(r"<([^<>\s]{1,990})>")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_FOLD = re.compile(r"\r?\n[ \t]*")
+_CHARSET_ALIASES = {
+    "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030",
+    "ks_c_5601-1987": "cp949", "ks_c_5601": "cp949", "iso-8859-8-i": "iso-8859-8",
+    "unicode-1-1-utf-7": "utf-7", "x-unknown": "", "unknown-8bit": "", "x-user-defined": "",
+    "windows-874": "cp874", "iso-2022-jp-ms": "iso2022_jp_ext", "cp-850": "cp850",
+    "ascii": "us-ascii", "default": "", "none": "",
+}
+_REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs"]
+_REPLY_TEXT_LIMIT = 100_000
+_SAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
+
+
+REPORT_TYPES = ("message/delivery-status", "message/global-delivery-status",
+                "text/delivery-status", "message/xdelivery-status", "message/feedback-report",
+                "message/disposition-notification")
+
+
+class _Limit(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _clean(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; lone surrogates cannot be encoded."""
+    if not value:
+        return ""
+    value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _codec(charset: str | None) -> str | None:
+    charset = (charset or "").strip().strip('"').lower()
+    charset = _CHARSET_ALIASES.get(charset, charset)
+    if not charset:
+        return None
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return None
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Bytes of a part in its declared charset; a wrong or unknown label falls back to
+    UTF-8 and then Windows-1252, and undecodable bytes become U+FFFD. Never raises."""
+    codec = _codec(charset)
+    if codec and codec != "ascii":
+        try:
+            return data.decode(codec)
+        except (UnicodeDecodeError, LookupError, ValueError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode(codec or "cp1252", errors="replace")
+    except (LookupError, ValueError):
+        return data.decode("cp1252", errors="replace")
+
+
+def _unsurrogate(value: str) -> str:
+    """8-bit header bytes arrive surrogate-escaped from BytesParser: decode them as UTF-8,
+    else Windows-1252."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        data = value.encode("utf-8", "surrogateescape")
+        return decode_bytes(data, "utf-8")
+
+
+def decode_header_value(value) -> str:
+    """A raw header value -> text: unfolded, RFC 2047 words decoded (unknown or broken
+    charsets tolerated), 8-bit bytes decoded. Never raises."""
+    if value is None:
+        return ""
+    value = _unsurrogate(str(value))
+    if "\x1b$" in value:  # raw ISO-2022-JP, sent without RFC 2047 encoding
+        try:
+            value = value.encode("ascii").decode("iso2022_jp")
+        except (UnicodeError, LookupError):
+            pass
+    value = _FOLD.sub(" ", value)
+    if "=?" not in value:
+        return value.strip()
+    try:
+        chunks = email.header.decode_header(value)
+    except Exception:  # noqa: BLE001 - malformed encoded words: keep the text as is
+        return value.strip()
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, bytes):
+            out.append(decode_bytes(chunk, charset or "us-ascii"))
+        else:
+            out.append(chunk)
+    return "".join(out).strip()
+
+
+def _raw_headers(msg: EmailMessage) -> dict[str, list[str]]:
+    """Header name (lower case) -> raw values, without the policy's header parsing (which
+    can raise on hostile input)."""
+    headers: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        headers.setdefault(str(name).strip().lower(), []).append(str(value))
+    return headers
+
+
+def _first(headers: dict[str, list[str]], name: str) -> str:
+    values = headers.get(name)
+    return values[0] if values else ""
+
+
+def _norm_addr(address: str) -> str:
+    address = _unsurrogate(address or "").strip().strip("<>").strip().lower()
+    if any(ch.isspace() for ch in address):
+        found = re.findall(r"[^\s<>]+@[^\s<>]+", address)
+        address = found[-1] if found else ""
+    return address.replace("\x00", "")
+
+
+def _addresses(raw_values: list[str]) -> list[Address]:
+    result: list[Address] = []
+    seen: set[str] = set()
+    for raw in raw_values:
+        decoded = _FOLD.sub(" ", _unsurrogate(raw))
+        try:
+            pairs = email.utils.getaddresses([decoded])
+        except Exception:  # noqa: BLE001 - fall back to anything address-shaped
+            pairs = [("", m) for m in re.findall(r"[^\s<>,;\"]+@[^\s<>,;\"]+", decoded)]
+        if not any("@" in addr for _, addr in pairs):
+            pairs += [("", m) for m in re.findall(r"[^\s<>,;\"():]+@[^\s<>,;\"():]+", decoded)]
+        for name, addr in pairs:
+            addr = _norm_addr(addr)
+            if "@" not in addr or addr in seen or len(addr) > 320:
+                continue
+            seen.add(addr)
+            name = decode_header_value(name).strip().strip('"').strip()
+            if name.lower() == addr:
+                name = ""
+            result.append(Address(email=_clean(addr), name=_clean(name)[:200]))
+    return result
+
+
+def _message_ids(raw_values: list[str]) -> list[str]:
+    ids: list[str] = []
+    for raw in raw_values:
+        value = _unsurrogate(raw)
+        found = _ANGLE_ID.findall(value)
+        if not found:
+            found = [tok.strip(",;") for tok in value.split() if "@" in tok]
+        for mid in found:
+            mid = _clean(normalize_message_id(mid))
+            if mid and mid not in ids:
+                ids.append(mid)
+    return ids
+
+
+def _bounded_references(ids: list[str], keep: int = 40) -> list[str]:
+    """The root and the newest ids of a long References chain (the middle adds nothing
+    but lock keys and rows)."""
+    if len(ids) <= keep:
+        return ids
+    return [ids[0], *ids[-(keep - 1):]]
+
+
+def _header_block_size(raw: bytes) -> int:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        pos = raw.find(sep)
+        if pos >= 0:
+            return pos
+    return len(raw)
+
+
+def _filename(part: EmailMessage) -> str:
+    name = ""
+    try:
+        name = part.get_filename() or ""
+    except Exception:  # noqa: BLE001 - broken RFC 2231 parameters
+        name = ""
+    if not name:
+        try:
+            name = part.get_param("name", header="content-type") or ""
+            if isinstance(name, tuple):
+                name = email.utils.collapse_rfc2231_value(name)
+        except Exception:  # noqa: BLE001
+            name = ""
+    name = decode_header_value(str(name))
+    name = _SAFE_NAME.sub("_", name).strip(" ._") if name else ""
+    return _clean(name)[:200]
+
+
+def _payload_bytes(part: EmailMessage) -> bytes:
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001 - undecodable transfer encoding: keep what is there
+        data = None
+    if data is None:
+        payload = part.get_payload()
+        if isinstance(payload, str):
+            data = payload.encode("utf-8", "surrogateescape")
+        else:
+            data = b""
+    return data
+
+
+def _part_text(part: EmailMessage) -> str:
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # noqa: BLE001
+        charset = None
+    return decode_bytes(_payload_bytes(part), charset)
+
+
+def _message_bytes(part: EmailMessage) -> bytes:
+    """An attached message/rfc822 as bytes for an .eml file."""
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    for candidate in (inner, part):
+        if candidate is None:
+            continue
+        try:
+            buffer = io.BytesIO()
+            BytesGenerator(buffer, mangle_from_=False, policy=compat32).flatten(candidate)
+            data = buffer.getvalue()
+            if candidate is part:  # drop the wrapper's own header block
+                data = data[_header_block_size(data):].lstrip(b"\r\n")
+            return data
+        except Exception:  # noqa: BLE001 - try the next way
+            continue
+    return _payload_bytes(part)
+
+
+@dataclass
+class _Walk:
+    texts: list[str] = field(default_factory=list)
+    htmls: list[str] = field(default_factory=list)
+    attachments: list[tuple[EmailMessage, str]] = field(default_factory=list)  # (part, ctype)
+    reports: list[EmailMessage] = field(default_factory=list)  # delivery-status etc.
+    embedded_headers: list[EmailMessage | str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+_BOUNDARY_LINE = re.compile(rb"^--([^\r\n]{1,200}?)[ \t]*\r?$", re.MULTILINE)
+
+
+def _reparse_multipart(part: EmailMessage, ctype: str) -> EmailMessage | None:
+    """Parse a multipart whose declared boundary does not match its body, using the
+    first delimiter line found in the body."""
+    payload = _payload_bytes(part)
+    match = _BOUNDARY_LINE.search(payload)
+    if not match:
+        return None
+    boundary = match.group(1).decode("ascii", "replace").replace('"', "")
+    head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode()
+    try:
+        recovered = BytesParser(policy=policy.default).parsebytes(head + payload)
+    except Exception:  # noqa: BLE001
+        return None
+    return recovered if recovered.is_multipart() else None
+
+
+def _walk(part: EmailMessage, depth: int, acc: _Walk, limits: ParseLimits, deadline: float,
+          top: bool = False) -> None:
+    if depth > limits.max_depth:
+        raise _Limit(f"too_deep: MIME nesting deeper than {limits.max_depth} levels")
+    if time.monotonic() > deadline:
+        raise _Limit(f"too_slow: parsing took longer than {limits.max_parse_seconds:g} s")
+    ctype = part.get_content_type()
+    maintype = ctype.split("/", 1)[0]
+    if maintype == "multipart":
+        if not part.is_multipart():
+            # The boundary was missing or wrong, so the stdlib left the parts as text.
+            recovered = _reparse_multipart(part, ctype)
+            if recovered is None:
+                acc.defects.append("UnparsedMultipart")
+                text = _part_text(part)
+                if text.strip():
+                    acc.texts.append(text)
+                return
+            part = recovered
+        for sub in part.get_payload() or []:
+            if isinstance(sub, EmailMessage):
+                _walk(sub, depth + 1, acc, limits, deadline)
+        return
+    if ctype in REPORT_TYPES:
+        acc.reports.append(part)
+        return
+    if ctype in ("message/rfc822", "message/global"):
+        inner = part.get_payload()
+        if isinstance(inner, list) and inner:
+            acc.embedded_headers.append(inner[0])
+        acc.attachments.append((part, ctype))
+        return
+    if ctype in ("text/rfc822-headers", "text/global-headers"):
+        acc.embedded_headers.append(_part_text(part))
+        acc.attachments.append((part, ctype))
+        return
+    try:
+        disposition = part.get_content_disposition()
+    except Exception:  # noqa: BLE001
+        disposition = None
+    if ctype in ("text/plain", "text/html") and disposition != "attachment" and (
+        top or not _filename(part)
+    ):
+        (acc.texts if ctype == "text/plain" else acc.htmls).append(_part_text(part))
+        return
+    acc.attachments.append((part, ctype))
+
+
+def _synthetic_id(parts: list[str], raw: bytes) -> str:
+    if any(parts):
+        digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()
+    else:
+        digest = hashlib.sha256(raw).hexdigest()
+    return f"synthetic.{digest[:40]}@helpdesk.invalid"
+
+
+def _importance(headers: dict[str, list[str]]) -> str:
+    importance = _first(headers, "importance").strip().lower()
+    if importance in ("high", "low"):
+        return importance
+    priority = _first(headers, "x-priority").strip()[:1]
+    if priority in ("1", "2"):
+        return "high"
+    if priority in ("4", "5"):
+        return "low"
+    ms = _first(headers, "x-msmail-priority").strip().lower()
+    if ms in ("high", "low"):
+        return ms
+    prio = _first(headers, "priority").strip().lower()
+    if prio == "urgent":
+        return "high"
+    if prio == "non-urgent":
+        return "low"
+    return "normal"
+
+
+def _dmarc(headers: dict[str, list[str]]) -> str:
+    """The verdict of the topmost Authentication-Results header: the one our receiving
+    provider added (anything below it came from the sender's side and proves nothing)."""
+    values = headers.get("authentication-results")
+    if not values:
+        return "none"
+    match = re.search(r"\bdmarc\s*=\s*([a-z]+)", values[0], re.IGNORECASE)
+    if not match:
+        return "none"
+    verdict = match.group(1).lower()
+    if verdict == "pass":
+        return "pass"
+    if verdict in ("fail", "quarantine", "reject"):
+        return "fail"
+    return "none"
+
+
+def _header_only(raw: bytes, limits: ParseLimits) -> EmailMessage | None:
+    try:
+        head = raw[: min(_header_block_size(raw), limits.max_header_bytes)]
+        return BytesHeaderParser(policy=policy.default).parsebytes(head)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _fill_headers(parsed: ParsedEmail, msg: EmailMessage, headers: dict[str, list[str]],
+                  raw_first_line: str = "") -> None:
+    ids = _message_ids(headers.get("message-id", []))
+    if ids:
+        parsed.message_id = ids[0]
+    parsed.in_reply_to = _message_ids(headers.get("in-reply-to", []))[:5]
+    parsed.references = _bounded_references(_message_ids(headers.get("references", [])))
+    parsed.subject = _clean(decode_header_value(_first(headers, "subject")))[:998]
+    froms = _addresses(headers.get("from", []))
+    parsed.sender = next(iter(_addresses(headers.get("sender", []))), None)
+    parsed.reply_to = _addresses(headers.get("reply-to", []))
+    parsed.from_ = froms[0] if froms else (parsed.sender or next(iter(parsed.reply_to), None))
+    if parsed.from_ is None:
+        # Last resorts: the envelope sender the receiving server recorded, or the mbox
+        # "From " line some exports keep.
+        envelope = [a for a in _addresses(headers.get("return-path", [])) if a.email]
+        if not envelope and raw_first_line.startswith("From "):
+            envelope = _addresses([raw_first_line[5:].split(" ", 1)[0]])
+        parsed.from_ = envelope[0] if envelope else None
+    parsed.to = _addresses(headers.get("to", []))
+    parsed.cc = _addresses(headers.get("cc", []))
+    parsed.delivered_to = [a.email for a in _addresses(
+        headers.get("delivered-to", []) + headers.get("x-original-to", []))]
+    date = _first(headers, "date")
+    if date:
+        try:
+            value = email.utils.parsedate_to_datetime(_unsurrogate(date).strip())
+            if value is not None and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            parsed.date = value
+        except (TypeError, ValueError, IndexError, OverflowError):
+            parsed.defects.append("InvalidDateHeader")
+    parsed.importance = _importance(headers)
+    parsed.dmarc = _dmarc(headers)
+    parsed.loop_marker = _clean(_first(headers, LOOP_HEADER.lower()).strip())[:200]
+    for name in ("auto-submitted", "precedence", "return-path", "x-mailer", "list-id",
+                 "authentication-results", "content-type"):
+        value = _first(headers, name)
+        if value:
+            parsed.headers[name] = _clean(decode_header_value(value))[:500]
+
+
+_REPLY_PARSER = None
+
+
+def _reply_part(text: str) -> str:
+    global _REPLY_PARSER
+    if not text.strip():
+        return ""
+    try:
+        if _REPLY_PARSER is None:
+            from mailparser_reply import EmailReplyParser
+
+            _REPLY_PARSER = EmailReplyParser(languages=_REPLY_LANGUAGES)
+        reply = _REPLY_PARSER.parse_reply(text=text[:_REPLY_TEXT_LIMIT])
+    except Exception:  # noqa: BLE001 - the full body is kept anyway
+        return text
+    reply = (reply or "").strip()
+    return reply or text.strip()
+
+
+def _collect_defects(msg: EmailMessage, parsed: ParsedEmail) -> None:
+    names: list[str] = []
+    for part in msg.walk():
+        for defect in getattr(part, "defects", []) or []:
+            names.append(type(defect).__name__)
+    parsed.defects.extend(sorted(set(names)))
+
+
+def _attachment(part: EmailMessage, ctype: str, index: int, cids: set[str],
+                related_ids: set[str]) -> ParsedAttachment:
+    name = _filename(part)
+    if ctype in ("message/rfc822", "message/global"):
+        content = _message_bytes(part)
+        if not name:
+            inner = part.get_payload()
+            subject = ""
+            if isinstance(inner, list) and inner:
+                subject = decode_header_value(_first(_raw_headers(inner[0]), "subject"))
+            name = _SAFE_NAME.sub("_", subject).strip(" ._")[:100] or f"message-{index}"
+        if not name.lower().endswith(".eml"):
+            name += ".eml"
+    else:
+        content = _payload_bytes(part)
+        if not name:
+            ext = mimetypes.guess_extension(ctype) or ".bin"
+            name = f"attachment-{index}{ext}"
+    content_id = ""
+    raw_cid = part.get("Content-ID", failobj="") if "Content-ID" in part else ""
+    if raw_cid:
+        content_id = _clean(normalize_message_id(_unsurrogate(str(raw_cid))))[:250]
+    try:
+        disposition = part.get_content_disposition()
+    except Exception:  # noqa: BLE001
+        disposition = None
+    inline = bool(content_id) and (content_id in cids or disposition == "inline"
+                                   or (disposition is None and content_id in related_ids))
+    return ParsedAttachment(filename=name, content_type=ctype, content=content,
+                            content_id=content_id, inline=inline)
+
+
 def parse_email(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedEmail:
     """Parse ``raw``; never raises. See the module docstring for the contract."""
-    raise NotImplementedError  # implemented in the parsing work of issue 3
+    raw = bytes(raw or b"")
+    try:
+        return _parse(raw, limits)
+    except _Limit as exc:
+        return _quarantined(raw, limits, exc.reason)
+    except RecursionError:
+        return _quarantined(raw, limits, "too_deep: MIME structure nested beyond what can be "
+                                         "parsed")
+    except Exception as exc:  # noqa: BLE001 - the contract: never raise, quarantine instead
+        return _quarantined(raw, limits,
+                            f"unparseable: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _quarantined(raw: bytes, limits: ParseLimits, reason: str) -> ParsedEmail:
+    """Whatever the header block tells, for the admin's list; the raw bytes are kept by
+    the caller."""
+    parsed = ParsedEmail(message_id="", raw_size=len(raw), quarantine_reason=_clean(reason))
+    msg = _header_only(raw, limits)
+    if msg is not None:
+        try:
+            _fill_headers(parsed, msg, _raw_headers(msg))
+        except Exception:  # noqa: BLE001
+            pass
+    if not parsed.message_id:
+        parsed.message_id = _synthetic_id([], raw)
+        parsed.message_id_synthetic = True
+    return parsed
+
+
+def _parse(raw: bytes, limits: ParseLimits) -> ParsedEmail:
+    started = time.monotonic()
+    deadline = started + limits.max_parse_seconds
+    if len(raw) > limits.max_raw_bytes:
+        raise _Limit(f"too_large: {len(raw)} bytes, the limit is {limits.max_raw_bytes}")
+    if _header_block_size(raw) > limits.max_header_bytes:
+        raise _Limit(f"too_large: header block above {limits.max_header_bytes} bytes")
+    if not raw.strip():
+        raise _Limit("unparseable: empty message")
+
+    # Some exports put blank or white-space lines before the header block.
+    msg = BytesParser(policy=policy.default).parsebytes(raw.lstrip(b" \t\r\n"))
+    if time.monotonic() > deadline:
+        raise _Limit(f"too_slow: parsing took longer than {limits.max_parse_seconds:g} s")
+    headers = _raw_headers(msg)
+    if not headers:
+        raise _Limit("unparseable: no header fields found")
+    parsed = ParsedEmail(message_id="", raw_size=len(raw))
+    _fill_headers(parsed, msg, headers, _unsurrogate(raw[:300].split(b"\n", 1)[0].decode(
+        "ascii", "surrogateescape")))
+    acc = _Walk()
+    _walk(msg, 0, acc, limits, deadline, top=True)
+    if len(acc.attachments) > limits.max_attachments:
+        raise _Limit(f"too_many_attachments: {len(acc.attachments)}, the limit is "
+                     f"{limits.max_attachments}")
+
+    if not any(t.strip() for t in acc.texts + acc.htmls):
+        # No body part: an inline text part with a file name (old clients send the body
+        # so) is the body; a text file sent as an attachment stays an attachment.
+        for index, (part, ctype) in enumerate(acc.attachments):
+            if ctype == "text/plain" and part.get_content_disposition() != "attachment":
+                acc.texts.append(_part_text(part))
+                del acc.attachments[index]
+                break
+    parsed.defects.extend(acc.defects)
+    raw_html = "\n".join(h for h in acc.htmls if h.strip())
+    text = "\n\n".join(t.strip("\r\n") for t in acc.texts if t.strip())
+    if not text.strip() and raw_html:
+        text = html_to_text(raw_html)
+    parsed.text = _clean(text.replace("\r\n", "\n"))
+    parsed.html = _clean(sanitize_html(raw_html)) if raw_html else ""
+    parsed.reply_text = _clean(_reply_part(parsed.text))
+
+    cids = cid_references(raw_html)
+    related_ids = set()
+    if msg.get_content_type() == "multipart/related" or "multipart/related" in (
+        parsed.headers.get("content-type", "") + " ".join(
+            p.get_content_type() for p in msg.walk() if p.is_multipart())
+    ):
+        related_ids = cids  # parts of a related body are inline when referenced
+    parsed.attachments = [
+        _attachment(part, ctype, i, cids, related_ids)
+        for i, (part, ctype) in enumerate(acc.attachments, start=1)
+    ]
+    _collect_defects(msg, parsed)
+
+    if not parsed.message_id:
+        parsed.message_id = _synthetic_id(
+            [parsed.from_.email if parsed.from_ else "", _first(headers, "date"), parsed.subject,
+             ",".join(a.email for a in parsed.to), hashlib.sha256(
+                 parsed.text.encode("utf-8", "replace")).hexdigest()],
+            raw,
+        )
+        parsed.message_id_synthetic = True
+
+    from channels_email.classify import classify  # it uses this module's types
+
+    classify(parsed, msg, raw, headers, acc.reports, acc.embedded_headers)
+    if parsed.from_ is None and not (parsed.bounce or parsed.is_delay or parsed.is_complaint):
+        raise _Limit("no_sender: no address in From, Sender, Reply-To or Return-Path")
+    if time.monotonic() > deadline:
+        raise _Limit(f"too_slow: parsing took longer than {limits.max_parse_seconds:g} s")
+    return parsed

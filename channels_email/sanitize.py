@@ -1,0 +1,147 @@
+"""HTML from email: sanitised for display with nh3, and turned into plain text.
+
+Policy (house rule: nothing a sender writes ever runs in an agent's browser):
+- no script, style, iframe, form, object, svg, meta or link elements; no event handler
+  attributes; links only to http(s), mailto and tel;
+- inline ``style`` attributes keep a short list of presentational properties, and are
+  dropped whole when they mention ``expression``, ``url(``, ``javascript`` or ``@import``;
+- images: ``cid:`` sources are kept (inline parts, rewritten to our attachment URLs by the
+  ticket view); remote sources are removed by default because they are how senders track
+  when an email is opened. ``allow_remote_images=True`` keeps http(s) sources for a
+  viewer who asks for them (the raw MIME is kept, so this can be decided later).
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from functools import lru_cache
+from html.parser import HTMLParser
+
+import nh3
+
+_TAGS = (set(nh3.ALLOWED_TAGS) | {"font", "tfoot", "label"}) - {"map", "area"}
+_ATTRIBUTES = {tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
+for _tag in ("td", "th", "table", "tr", "div", "p", "span", "font", "img", "a", "li", "ul",
+             "ol", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "center"):
+    _ATTRIBUTES.setdefault(_tag, set()).update({"style", "title", "dir", "lang"})
+_ATTRIBUTES["font"].update({"color", "face", "size"})
+_ATTRIBUTES["table"].update({"width", "border", "cellpadding", "cellspacing", "bgcolor"})
+_ATTRIBUTES["td"].update({"width", "valign", "bgcolor", "nowrap"})
+_ATTRIBUTES["th"].update({"width", "valign", "bgcolor"})
+_STYLE_PROPERTIES = {
+    "color", "background-color", "font-weight", "font-style", "font-size", "font-family",
+    "text-align", "text-decoration", "vertical-align", "white-space", "border",
+    "border-collapse", "padding", "margin", "width", "height", "line-height", "display",
+}
+_URL_SCHEMES = {"http", "https", "mailto", "tel", "cid"}
+_DANGEROUS_STYLE = re.compile(r"expression|url\s*\(|javascript|@import|behavior|-moz-binding",
+                              re.IGNORECASE)
+CID_REFERENCE = re.compile(r"""\bcid:([^"'\s<>)]+)""", re.IGNORECASE)
+
+
+def _filter(allow_remote_images: bool):
+    def attribute_filter(tag: str, attr: str, value: str) -> str | None:
+        if attr == "style" and _DANGEROUS_STYLE.search(value):
+            return None
+        if tag == "img" and attr == "src":
+            lowered = value.strip().lower()
+            if lowered.startswith("cid:"):
+                return value
+            if allow_remote_images and lowered.startswith(("https:", "http:")):
+                return value
+            return None
+        if tag != "img" and value.strip().lower().startswith("cid:"):
+            return None  # cid: is for images only
+        return value
+
+    return attribute_filter
+
+
+@lru_cache(maxsize=2)
+def _cleaner(allow_remote_images: bool) -> nh3.Cleaner:
+    return nh3.Cleaner(
+        tags=_TAGS,
+        clean_content_tags={"script", "style", "title", "head", "textarea", "select",
+                            "noscript", "iframe", "object", "embed", "svg", "math",
+                            "template", "xmp", "noembed", "noframes"},
+        attributes=_ATTRIBUTES,
+        attribute_filter=_filter(allow_remote_images),
+        url_schemes=_URL_SCHEMES,
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+        filter_style_properties=_STYLE_PROPERTIES,
+    )
+
+
+def sanitize_html(html: str, *, allow_remote_images: bool = False) -> str:
+    if not html or not html.strip():
+        return ""
+    return _cleaner(allow_remote_images).clean(html)
+
+
+def cid_references(html: str) -> set[str]:
+    """Content-IDs an HTML body refers to with ``cid:`` (normalised, no brackets)."""
+    from urllib.parse import unquote
+
+    return {unquote(m).strip("<>").strip() for m in CID_REFERENCE.findall(html or "")}
+
+
+_BLOCK = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table",
+          "blockquote", "pre", "hr", "ul", "ol", "dl", "dt", "dd", "section", "article",
+          "header", "footer", "center", "address"}
+_SKIP = {"script", "style", "head", "title", "noscript", "template", "svg", "xml"}
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip_depth = 0
+        self.pre_depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _SKIP:
+            self.skip_depth += 1
+        elif tag == "pre":
+            self.pre_depth += 1
+        if tag in _BLOCK:
+            self.parts.append("\n")
+        if tag == "li":
+            self.parts.append("- ")
+        if tag in ("td", "th"):
+            self.parts.append(" ")
+
+    def handle_startendtag(self, tag, attrs):
+        if tag in ("br", "hr"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in _SKIP and self.skip_depth:
+            self.skip_depth -= 1
+        elif tag == "pre" and self.pre_depth:
+            self.pre_depth -= 1
+        if tag in _BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if self.skip_depth:
+            return
+        if not self.pre_depth:
+            data = re.sub(r"\s+", " ", data)
+        self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """Readable plain text from an HTML body (for mails without a text part)."""
+    if not html:
+        return ""
+    parser = _TextExtractor()
+    try:
+        parser.feed(html)
+        parser.close()
+        text = "".join(parser.parts)
+    except Exception:  # noqa: BLE001 - HTMLParser is lenient; this is a last resort
+        text = html_lib.unescape(re.sub(r"<[^>]*>", " ", html))
+    lines = [line.strip() for line in text.replace("\xa0", " ").splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
