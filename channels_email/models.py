@@ -1,2 +1,208 @@
-"""Email channel models (EmailConnection, InboundEmail, EmailThreadRef) arrive with the
-inbound pipeline; the app exists now so the layout is fixed from the start."""
+"""Email channel models: connections (mailboxes), inbound emails, thread references."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.utils import timezone
+
+from helpdesk.crypto import EncryptedJSONField
+from helpdesk.tenancy import TenantOwnedModel
+
+
+class Provider(models.TextChoices):
+    GMAIL = "gmail", "Gmail"
+    MICROSOFT = "microsoft", "Microsoft 365"
+    MANUAL = "manual", "Manual (files and tests)"
+
+
+class ConnectionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    DISCONNECTED = "disconnected", "Disconnected"
+    TOKEN_EXPIRED = "token_expired", "Token Expired"
+    RATE_LIMITED = "rate_limited", "Rate Limited"
+
+
+class RoutingMode(models.TextChoices):
+    NONE = "none", "No routing (unassigned queue)"
+    TEAM = "team", "Team"
+    FLOW = "flow", "Flow"
+
+
+class AllowedEmails(models.TextChoices):
+    BOTH = "both", "New threads and replies"
+    NEW_THREADS = "new_threads", "New threads only"
+    REPLIES = "replies", "Replies only"
+
+
+class AllowedSenders(models.TextChoices):
+    ANYONE = "anyone", "Anyone"
+    KNOWN_CONTACTS = "known_contacts", "Known contacts only"
+
+
+class BodyPreference(models.TextChoices):
+    HTML = "html", "HTML"
+    TEXT = "text", "Plain text"
+
+
+class EmailConnection(TenantOwnedModel):
+    """One connected mailbox and its settings, health and sync state.
+
+    A provider mailbox (provider + address) is connected in at most one tenant at a time
+    (a partial unique constraint over the not-disconnected rows): a push names only the
+    mailbox, and stop/revoke act on the whole account.
+    """
+
+    provider = models.CharField(max_length=20, choices=Provider.choices)
+    address = models.EmailField(max_length=320)
+    display_name = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=20, choices=ConnectionStatus.choices,
+                              default=ConnectionStatus.ACTIVE)
+    credentials = EncryptedJSONField(null=True, blank=True)
+    cursor = models.TextField(blank=True, help_text="Gmail historyId or Graph delta link")
+    subscription_id = models.CharField(max_length=255, blank=True)
+    subscription_expires_at = models.DateTimeField(null=True, blank=True)
+
+    routing_mode = models.CharField(max_length=10, choices=RoutingMode.choices,
+                                    default=RoutingMode.NONE)
+    routing_team = models.ForeignKey("routing.Team", on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="+")
+    routing_flow = models.ForeignKey("routing.Flow", on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="+")
+
+    # Filters and settings (each skip is recorded on the InboundEmail with its reason).
+    alias_addresses = ArrayField(models.EmailField(max_length=320), default=list, blank=True)
+    skip_auto_replies = models.BooleanField(default=True)
+    block_list = ArrayField(
+        models.CharField(max_length=300), default=list, blank=True,
+        help_text="Sender or subject patterns: exact text, a wildcard like *@spam.example, "
+                  "or a regular expression between slashes like /^win a prize/",
+    )
+    allowed_sender_domains = ArrayField(models.CharField(max_length=253), default=list,
+                                        blank=True, help_text="Empty: every domain")
+    allowed_emails = models.CharField(max_length=12, choices=AllowedEmails.choices,
+                                      default=AllowedEmails.BOTH)
+    allowed_senders = models.CharField(max_length=15, choices=AllowedSenders.choices,
+                                       default=AllowedSenders.ANYONE)
+    import_cc = models.BooleanField(default=True)
+    body_preference = models.CharField(max_length=4, choices=BodyPreference.choices,
+                                       default=BodyPreference.HTML)
+    sender_rate_limit = models.PositiveIntegerField(
+        default=20, help_text="Mails from one sender per window before they count as a loop")
+    sender_rate_window_minutes = models.PositiveIntegerField(default=10)
+
+    sync_start_at = models.DateTimeField(default=timezone.now)
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    consecutive_errors = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "address"],
+                condition=~models.Q(status="disconnected"),
+                name="connection_mailbox_in_one_tenant",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "status"], name="connection_tenant_status")]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.get_provider_display()})"
+
+    def save(self, *args, **kwargs):
+        self.address = (self.address or "").strip().lower()
+        self.alias_addresses = [a.strip().lower() for a in self.alias_addresses if a.strip()]
+        super().save(*args, **kwargs)
+
+    @property
+    def own_addresses(self) -> set[str]:
+        return {self.address, *self.alias_addresses}
+
+
+class InboundState(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    SKIPPED = "skipped", "Skipped"
+    FAILED = "failed", "Failed"
+    QUARANTINED = "quarantined", "Quarantined"
+
+
+def inbound_raw_path(instance: InboundEmail, filename: str) -> str:
+    now = timezone.now()
+    return f"inbound/{instance.tenant_id}/{now:%Y/%m/%d}/{uuid.uuid4().hex}.eml"
+
+
+class InboundEmail(TenantOwnedModel):
+    """The durable record of one email that reached a connection.
+
+    Unique per (connection, provider_message_id): the idempotency key of every sync and
+    ingest. The raw bytes are stored before anything else; parsing can be re-run.
+    Nothing that reached us is dropped without a row saying why (state + reason).
+    """
+
+    connection = models.ForeignKey(EmailConnection, on_delete=models.CASCADE,
+                                   related_name="inbound_emails")
+    provider_message_id = models.CharField(max_length=255)
+    provider_thread_id = models.CharField(max_length=255, blank=True)
+    message_id_header = models.CharField(max_length=998, blank=True)
+    raw = models.FileField(upload_to=inbound_raw_path, max_length=300, blank=True)
+    raw_size = models.PositiveBigIntegerField(default=0)
+    state = models.CharField(max_length=12, choices=InboundState.choices,
+                             default=InboundState.RECEIVED)
+    reason = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    from_address = models.CharField(max_length=320, blank=True)
+    ticket = models.ForeignKey("tickets.Ticket", on_delete=models.SET_NULL, null=True,
+                               blank=True, related_name="inbound_emails")
+    message = models.ForeignKey("tickets.Message", on_delete=models.SET_NULL, null=True,
+                                blank=True, related_name="inbound_emails")
+    attempts = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "provider_message_id"],
+                                    name="inbound_connection_provider_id_unique"),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "state", "-received_at"], name="inbound_state"),
+            models.Index(fields=["tenant", "message_id_header"], name="inbound_message_id"),
+            models.Index(fields=["connection", "provider_thread_id"], name="inbound_thread",
+                         condition=~models.Q(provider_thread_id="")),
+        ]
+
+    def __str__(self) -> str:
+        return f"inbound {self.pk} ({self.state})"
+
+
+class EmailThreadRef(TenantOwnedModel):
+    """A Message-ID we saw, were referenced by, or sent, and the ticket it belongs to.
+
+    ``message`` is set when the id is the Message-ID of a timeline message (ours or the
+    customer's); it is empty for ids we only know from References / In-Reply-To, which
+    lets a reply that arrives before its parent still land in the same ticket.
+    """
+
+    message_id_header = models.CharField(max_length=998)
+    ticket = models.ForeignKey("tickets.Ticket", on_delete=models.CASCADE,
+                               related_name="thread_refs")
+    message = models.ForeignKey("tickets.Message", on_delete=models.CASCADE, null=True,
+                                blank=True, related_name="thread_refs")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "message_id_header"],
+                                    name="thread_ref_tenant_message_id_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.message_id_header

@@ -276,6 +276,10 @@ CELERY_TASK_QUEUES_NAMES = ("webhooks", "ingest", "outbound", "maintenance")
 CELERY_TASK_ROUTES = {f"{q}.*": {"queue": q} for q in CELERY_TASK_QUEUES_NAMES}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
+    "redrive-stuck-inbound": {
+        "task": "maintenance.redrive_stuck_inbound",
+        "schedule": timedelta(minutes=5),
+    },
     "purge-expired-invitations": {
         "task": "maintenance.purge_expired_invitations",
         "schedule": timedelta(hours=6),

@@ -22,4 +22,5 @@ urlpatterns = [
     path("<slug:tenant_slug>/", include((tenant_patterns, "tenant"))),
     path("<slug:tenant_slug>/tickets/", include("tickets.urls")),
     path("<slug:tenant_slug>/contacts/", include("contacts.urls")),
+    path("<slug:tenant_slug>/settings/email/", include("channels_email.urls")),
 ]

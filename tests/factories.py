@@ -163,3 +163,35 @@ class AttachmentFactory(factory.django.DjangoModelFactory):
     size = factory.LazyAttribute(lambda o: len(o.content))
     sha256 = factory.LazyAttribute(lambda o: hashlib.sha256(o.content).hexdigest())
     file = factory.LazyAttribute(lambda o: ContentFile(o.content, name=o.filename))
+
+
+class EmailConnectionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "channels_email.EmailConnection"
+
+    tenant = factory.SubFactory(TenantFactory)
+    provider = "manual"
+    address = factory.Sequence(lambda n: f"support{n}@company.example")
+    display_name = "Support"
+
+
+class InboundEmailFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "channels_email.InboundEmail"
+        exclude = ["content"]
+
+    connection = factory.SubFactory(EmailConnectionFactory)
+    tenant = factory.SelfAttribute("connection.tenant")
+    provider_message_id = factory.Sequence(lambda n: f"provider-{n}")
+    content = b"From: a@example.com\r\nSubject: hi\r\nMessage-ID: <x@example.com>\r\n\r\nhello\r\n"
+    raw = factory.LazyAttribute(lambda o: ContentFile(o.content, name="raw.eml"))
+    raw_size = factory.LazyAttribute(lambda o: len(o.content))
+
+
+class EmailThreadRefFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "channels_email.EmailThreadRef"
+
+    ticket = factory.SubFactory(TicketFactory)
+    tenant = factory.SelfAttribute("ticket.tenant")
+    message_id_header = factory.Sequence(lambda n: f"ref-{n}@example.com")

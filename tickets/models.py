@@ -68,6 +68,9 @@ class Ticket(TenantOwnedModel):
     tags = ArrayField(models.CharField(max_length=50), default=list, blank=True)
     source_channel = models.CharField(max_length=10, choices=SourceChannel.choices,
                                       default=SourceChannel.MANUAL)
+    email_connection = models.ForeignKey("channels_email.EmailConnection",
+                                         on_delete=models.SET_NULL, null=True, blank=True,
+                                         related_name="tickets")
     merged_into = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True,
                                     related_name="merged_tickets")
     # How the ticket was routed when it was created: mode, flow, rules fired and why

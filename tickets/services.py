@@ -57,6 +57,7 @@ def ticket_create(
     source_channel: str = SourceChannel.MANUAL,
     cc_addresses: Iterable[str] = (),
     tags: Iterable[str] = (),
+    email_connection=None,
 ) -> Ticket:
     """Create a ticket with the tenant's next number. Raises ValueError on a foreign row."""
     for related in (contact, team):
@@ -74,8 +75,9 @@ def ticket_create(
             team=team,
             assignee=assignee,
             source_channel=source_channel,
-            cc_addresses=list(cc_addresses),
+            cc_addresses=list(dict.fromkeys(cc_addresses)),
             tags=list(tags),
+            email_connection=email_connection,
         )
 
 
@@ -88,11 +90,15 @@ def message_add(
     subject: str = "",
     author_contact: Contact | None = None,
     author_user: User | None = None,
+    add_cc: Iterable[str] = (),
+    touch: bool = True,
 ) -> Message:
-    """Append a message to a ticket's timeline and touch the ticket.
+    """Append a message to a ticket's timeline and touch the ticket (one UPDATE).
 
-    An inbound message moves a solved or closed ticket back to open. An outbound message
-    starts Pending; delivery is the outbound service's business.
+    An inbound message moves a solved or closed ticket back to open; ``add_cc`` joins new
+    addresses to the ticket's CC list. An outbound message starts Pending; delivery is the
+    outbound service's business. ``touch=False`` is for the first message of a ticket
+    created in the same transaction (nothing to update).
     """
     with transaction.atomic():
         message = Message.objects.create(
@@ -106,15 +112,50 @@ def message_add(
             author_user=author_user,
             delivery_status=DeliveryStatus.PENDING if kind == MessageKind.OUTBOUND else "",
         )
+        if not touch:
+            return message
         fields = {"updated_at": timezone.now()}
         if kind == MessageKind.INBOUND and ticket.status in (
             TicketStatus.SOLVED, TicketStatus.CLOSED
         ):
             fields["status"] = TicketStatus.OPEN
+        new_cc = [a for a in dict.fromkeys(add_cc) if a not in ticket.cc_addresses]
+        if new_cc:
+            fields["cc_addresses"] = [*ticket.cc_addresses, *new_cc]
         Ticket.objects.filter(pk=ticket.pk).update(**fields)
         for name, value in fields.items():
             setattr(ticket, name, value)
         return message
+
+
+def attachments_add(
+    *, message: Message, files: Iterable[tuple[str, bytes, str, str, bool]]
+) -> list[Attachment]:
+    """Store several files and link them to ``message`` with one INSERT.
+
+    ``files`` holds (filename, content, content_type, content_id, inline) tuples.
+    """
+    rows = [_attachment_row(message=message, filename=name, content=content,
+                            content_type=ctype, content_id=cid, inline=inline)
+            for name, content, ctype, cid, inline in files]
+    return Attachment.objects.bulk_create(rows)
+
+
+def _attachment_row(*, message: Message, filename: str, content: bytes, content_type: str,
+                    content_id: str, inline: bool) -> Attachment:
+    safe_name = (filename or "attachment").replace("/", "_").replace("\\", "_").strip() or "file"
+    attachment = Attachment(
+        tenant_id=message.tenant_id,
+        message=message,
+        filename=safe_name[:255],
+        content_type=(content_type or "application/octet-stream")[:255],
+        size=len(content),
+        sha256=hashlib.sha256(content).hexdigest(),
+        content_id=(content_id or "")[:255],
+        inline=inline,
+    )
+    attachment.file.save(safe_name[-150:], ContentFile(content), save=False)
+    return attachment
 
 
 def attachment_add(
@@ -127,17 +168,8 @@ def attachment_add(
     inline: bool = False,
 ) -> Attachment:
     """Store ``content`` through Django's storage API and link it to ``message``."""
-    safe_name = (filename or "attachment").replace("/", "_").replace("\\", "_").strip() or "file"
-    attachment = Attachment(
-        tenant_id=message.tenant_id,
-        message=message,
-        filename=safe_name[:255],
-        content_type=content_type[:255],
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        content_id=content_id[:255],
-        inline=inline,
-    )
-    attachment.file.save(safe_name, ContentFile(content), save=False)
+    attachment = _attachment_row(message=message, filename=filename, content=content,
+                                 content_type=content_type, content_id=content_id,
+                                 inline=inline)
     attachment.save()
     return attachment

@@ -12,6 +12,7 @@ from helpdesk.services import tenant_create
 from helpdesk.tenancy import ScopeError, tenant_scope
 from tests.factories import (
     ContactFactory,
+    InboundEmailFactory,
     InvitationFactory,
     MembershipFactory,
     TicketFactory,
@@ -54,6 +55,7 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
         "number": tickets[-1].number,
         "contact_id": ContactFactory(tenant=victim).pk,
         "invitation_id": InvitationFactory(tenant=victim).pk,
+        "inbound_email_id": InboundEmailFactory(tenant=victim).pk,
     }
 
 

@@ -1,0 +1,266 @@
+"""Ingest benchmark: the project's inbound pipeline against the shared reference step.
+
+Run it with the project's services (embedded ones when DATABASE_URL / REDIS_URL are unset):
+
+    .venv/bin/python -m helpdesk.embedded run -- .venv/bin/python bench/ingest.py
+
+What it does, all on real PostgreSQL, in one process:
+1. generates the workload with ../shared/bench/gen_corpus.py --n 2000 --seed 42
+   (60% new threads, 40% replies) into ./var/bench/corpus (reused when present);
+2. migrates a scratch database (<name>_bench) and ingests every email in arrival order
+   through the same services the worker calls (inbound_email_receive stores the raw MIME
+   and the row; inbound_email_ingest parses, threads and writes), timed and counted from
+   raw bytes in hand to the final commit; SQL statements are counted per email except
+   BEGIN/COMMIT/SAVEPOINT/RELEASE, commits are explicit commits plus autocommitted writes;
+3. checks the tickets against the corpus manifest (one ticket per thread, no split and
+   no mixed thread);
+4. runs ../shared/bench/reference_pipeline.py --json on another scratch database in the
+   same run, and prints the ratio;
+5. repeats step 2 in a tenant pre-filled with 100,000 tickets (each with a message and its
+   thread reference).
+The last line printed is one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_BENCH = REPO.parent / "shared" / "bench"
+VAR = REPO / "var" / "bench"
+CORPUS = VAR / "corpus"
+N_EMAILS, SEED, PREFILL = 2000, 42, 100_000
+IGNORED_SQL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def scratch_database(url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``url``; return its URL."""
+    import psycopg
+
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def ensure_corpus() -> None:
+    manifest = CORPUS / "_manifest.jsonl"
+    if manifest.exists() and sum(1 for _ in manifest.open()) == N_EMAILS:
+        return
+    log(f"generating {N_EMAILS} emails (seed {SEED}) into {CORPUS}")
+    subprocess.run([sys.executable, str(SHARED_BENCH / "gen_corpus.py"), "--n", str(N_EMAILS),
+                    "--seed", str(SEED), "--out", str(CORPUS)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def load_corpus() -> tuple[list[bytes], list[dict]]:
+    names = sorted(p for p in CORPUS.iterdir() if p.suffix == ".eml")
+    manifest = [json.loads(line) for line in (CORPUS / "_manifest.jsonl").open()]
+    return [p.read_bytes() for p in names], manifest
+
+
+def run_reference(url: str) -> dict:
+    parts = urlsplit(scratch_database(url, "helpdesk_bench_reference"))
+    dsn = (f"host={parts.hostname} port={parts.port or 5432} dbname={parts.path[1:]} "
+           f"user={parts.username or 'postgres'}"
+           + (f" password={parts.password}" if parts.password else ""))
+    env = dict(os.environ, BENCH_CORPUS=str(CORPUS), BENCH_PG_DSN=dsn,
+               BENCH_MEDIA=str(VAR / "reference_media"), BENCH_RESULTS=str(VAR / "results"))
+    out = subprocess.run([sys.executable, str(SHARED_BENCH / "reference_pipeline.py"), "--json"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+class StatementCounter:
+    """Counts SQL statements and commits on Django's default connection."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.statements = 0
+        self.commits = 0
+        original_commit = connection._commit
+
+        def counting_commit(*args, **kwargs):
+            self.commits += 1
+            return original_commit(*args, **kwargs)
+
+        connection._commit = counting_commit
+        connection.execute_wrappers.append(self)
+
+    def __call__(self, execute, sql, params, many, context):
+        head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        if head not in IGNORED_SQL:
+            self.statements += 1
+            if not self.connection.in_atomic_block and head in ("INSERT", "UPDATE", "DELETE"):
+                self.commits += 1  # autocommitted write
+        return execute(sql, params, many, context)
+
+    def take(self) -> tuple[int, int]:
+        values = (self.statements, self.commits)
+        self.statements = self.commits = 0
+        return values
+
+
+def prefill(tenant, count: int) -> None:
+    """``count`` tickets, each with one message and its thread reference, in bulk SQL."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO contacts_contact (tenant_id, email, name, source, created_at, updated_at)"
+            " SELECT %s, 'prefill' || g || '@customers.example', 'Customer ' || g, 'email',"
+            " now(), now() FROM generate_series(1, 2000) g", [tenant.pk])
+        cur.execute(
+            "INSERT INTO tickets_ticket (tenant_id, number, title, description, status, priority,"
+            " contact_id, cc_addresses, tags, source_channel, routing, created_at, updated_at)"
+            " SELECT %s, g, 'Earlier question ' || g, 'Body of ticket ' || g,"
+            " (ARRAY['new','open','pending','solved','closed'])[1 + g %% 5], 'normal',"
+            " (SELECT min(id) FROM contacts_contact WHERE tenant_id = %s) + g %% 2000, '{}', '{}',"
+            " 'email', '{}', now() - (g || ' minutes')::interval,"
+            " now() - (g || ' minutes')::interval FROM generate_series(1, %s) g",
+            [tenant.pk, tenant.pk, count])
+        cur.execute(
+            "INSERT INTO tickets_message (tenant_id, ticket_id, kind, author_contact_id, subject,"
+            " body_text, body_html, created_at, delivery_status, delivery_error, attempts)"
+            " SELECT tenant_id, id, 'inbound', contact_id, title, description, '', created_at,"
+            " '', '', 0 FROM tickets_ticket WHERE tenant_id = %s", [tenant.pk])
+        cur.execute(
+            "INSERT INTO channels_email_emailthreadref (tenant_id, message_id_header, ticket_id,"
+            " message_id, created_at) SELECT tenant_id, 'prefill-' || id || '@customers.example',"
+            " ticket_id, id, created_at FROM tickets_message WHERE tenant_id = %s", [tenant.pk])
+        cur.execute(
+            "INSERT INTO tickets_ticketsequence (tenant_id, last_number) VALUES (%s, %s)",
+            [tenant.pk, count])
+        cur.execute("ANALYZE")
+
+
+def ingest_all(tenant_slug: str, raws: list[bytes], prefilled: int = 0) -> dict:
+    from django.db import connection
+
+    from channels_email.ingest import inbound_email_ingest
+    from channels_email.models import RoutingMode
+    from channels_email.services import connection_create_manual, inbound_email_receive
+    from helpdesk.services import tenant_create
+    from helpdesk.tenancy import tenant_scope
+    from routing.models import Team
+
+    tenant = tenant_create(slug=tenant_slug, name=tenant_slug)
+    with tenant_scope(tenant):
+        team = Team.objects.create(tenant=tenant, name="Support")
+        conn = connection_create_manual(tenant=tenant, address="support@company.example",
+                                        routing_mode=RoutingMode.TEAM, routing_team=team)
+    if prefilled:
+        log(f"pre-filling {tenant_slug} with {prefilled:,} tickets")
+        prefill(tenant, prefilled)
+    counter = StatementCounter(connection)
+    statements, commits, states = [], [], {}
+    start = time.perf_counter()
+    for i, raw in enumerate(raws):
+        with tenant_scope(tenant):
+            row, _ = inbound_email_receive(connection=conn, provider_message_id=f"bench-{i}",
+                                           raw=raw)
+        outcome = inbound_email_ingest(inbound_email_id=row.pk)
+        states[outcome.state] = states.get(outcome.state, 0) + 1
+        s, c = counter.take()
+        statements.append(s)
+        commits.append(c)
+    wall = time.perf_counter() - start
+    connection.execute_wrappers.remove(counter)
+    return {"tenant": tenant, "emails_per_s": len(raws) / wall, "wall_s": wall,
+            "states": states, "sql_per_email_median": statistics.median(statements),
+            "sql_per_email_max": max(statements),
+            "commits_per_email_median": statistics.median(commits)}
+
+
+def check_threading(tenant, manifest: list[dict]) -> dict:
+    from channels_email.mime import normalize_message_id
+    from channels_email.models import EmailThreadRef
+    from helpdesk.tenancy import tenant_scope
+
+    with tenant_scope(tenant):
+        mid_to_ticket = dict(EmailThreadRef.objects.filter(message__isnull=False)
+                             .values_list("message_id_header", "ticket_id"))
+    by_thread: dict[int, set] = {}
+    ticket_threads: dict[object, set] = {}
+    for m in manifest:
+        ticket = mid_to_ticket.get(normalize_message_id(m["message_id"]))
+        by_thread.setdefault(m["thread"], set()).add(ticket)
+        ticket_threads.setdefault(ticket, set()).add(m["thread"])
+    result = {
+        "expected_tickets": len(by_thread),
+        "messages_stored": sum(1 for m in manifest
+                               if normalize_message_id(m["message_id"]) in mid_to_ticket),
+        "threads_split": sum(1 for s in by_thread.values() if len(s) > 1),
+        "tickets_mixing_threads": sum(1 for t, s in ticket_threads.items() if len(s) > 1),
+    }
+    result["ok"] = (result["messages_stored"] == len(manifest) and result["threads_split"] == 0
+                    and result["tickets_mixing_threads"] == 0)
+    return result
+
+
+def main() -> None:
+    base_url = os.environ.get("DATABASE_URL")
+    if not base_url:
+        sys.exit("run me through `python -m helpdesk.embedded run --` or set DATABASE_URL")
+    ensure_corpus()
+    raws, manifest = load_corpus()
+    os.environ["DATABASE_URL"] = scratch_database(base_url, "helpdesk_bench")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
+    os.environ["MEDIA_ROOT"] = str(VAR / "media")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+    log(f"ingesting {len(raws)} emails")
+    ours = ingest_all("bench", raws)
+    threading_result = check_threading(ours["tenant"], manifest)
+    log("running the reference pipeline on the same corpus")
+    reference = run_reference(base_url)
+    log("ingesting again into a tenant with 100,000 tickets")
+    big = ingest_all("bench100k", raws, prefilled=PREFILL)
+    threading_big = check_threading(big["tenant"], manifest)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    ratio = ours["emails_per_s"] / reference["emails_per_s"]
+    print(f"emails:              {len(raws)} ({ours['states']})")
+    print(f"ours:                {ours['emails_per_s']:.1f} emails/s")
+    print(f"reference pipeline:  {reference['emails_per_s']:.1f} emails/s  (ratio {ratio:.2f})")
+    print(f"SQL per email:       median {ours['sql_per_email_median']}, "
+          f"max {ours['sql_per_email_max']}")
+    print(f"commits per email:   median {ours['commits_per_email_median']}")
+    print(f"threading:           {threading_result}")
+    print(f"with {PREFILL:,} tickets: {big['emails_per_s']:.1f} emails/s "
+          f"({big['emails_per_s'] / ours['emails_per_s']:.2f}x), threading {threading_big['ok']}")
+    print(f"peak RSS:            {peak_rss_mb:.0f} MB")
+    print(json.dumps({
+        "emails_per_s": round(ours["emails_per_s"], 1),
+        "reference_emails_per_s": round(reference["emails_per_s"], 1),
+        "ratio": round(ratio, 3),
+        "sql_per_email_median": ours["sql_per_email_median"],
+        "sql_per_email_max": ours["sql_per_email_max"],
+        "commits_per_email_median": ours["commits_per_email_median"],
+        "threading_ok": threading_result["ok"] and threading_big["ok"],
+        "emails_per_s_100k": round(big["emails_per_s"], 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

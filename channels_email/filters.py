@@ -1,0 +1,124 @@
+"""Per-connection inbound filters. Each skip is a (code, human reason) pair that the
+ingest step records on the InboundEmail.
+
+Contract: ``prefilter`` is pure except for the per-sender rate counter in Redis (one
+round trip, idempotent per InboundEmail id, so a replay is not counted twice). The two
+filters that need the database (allowed emails: new threads | replies; allowed senders:
+known contacts) are ``thread_filter`` and ``sender_filter``, called by ingest inside its
+transaction once the thread and the contact are known.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+from channels_email.mime import ParsedEmail
+from channels_email.models import AllowedEmails, AllowedSenders, EmailConnection
+
+
+@dataclass(frozen=True)
+class Skip:
+    code: str  # stable, machine-readable: loop, bounce, auto_reply, blocked, ...
+    reason: str  # for people: says which rule and which value
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _domain(address: str) -> str:
+    return address.rsplit("@", 1)[-1] if "@" in address else ""
+
+
+def pattern_matches(pattern: str, value: str) -> bool:
+    """Block-list pattern: ``/regex/`` (case-insensitive search), a wildcard with ``*`` or
+    ``?``, or an exact (case-insensitive) text."""
+    pattern = pattern.strip()
+    if not pattern or not value:
+        return False
+    if len(pattern) > 2 and pattern.startswith("/") and pattern.endswith("/"):
+        try:
+            return re.search(pattern[1:-1], value[:2000], re.IGNORECASE) is not None
+        except re.error:
+            return False  # refused at save time; an old bad pattern matches nothing
+    if "*" in pattern or "?" in pattern:
+        return fnmatch.fnmatchcase(value.lower(), pattern.lower())
+    return value.lower() == pattern.lower()
+
+
+def sender_count_in_window(*, connection: EmailConnection, sender: str, inbound_id: int,
+                           received_at: datetime) -> int:
+    """How many mails from ``sender`` reached ``connection`` in the window ending at
+    ``received_at`` (arrival time), this one included. A sorted set per sender keyed by
+    InboundEmail id, so counting the same email twice is impossible."""
+    window = connection.sender_rate_window_minutes * 60
+    key = f"{settings.CACHES['default']['KEY_PREFIX']}:rate:{connection.pk}:{sender}"
+    now = received_at.timestamp()
+    pipe = _redis().pipeline(transaction=False)
+    pipe.zadd(key, {str(inbound_id): now})
+    pipe.zremrangebyscore(key, "-inf", now - window - 3600)
+    pipe.zcount(key, now - window, now)
+    pipe.expire(key, window + 3600)
+    return int(pipe.execute()[2])
+
+
+def prefilter(*, parsed: ParsedEmail, connection: EmailConnection,
+              tenant_addresses: set[str], inbound_id: int,
+              received_at: datetime) -> Skip | None:
+    """The filters that need neither the thread nor the contact, in a fixed order."""
+    sender = parsed.from_.email if parsed.from_ else ""
+    if parsed.loop_marker:
+        return Skip("loop", "our own outbound mail came back (X-Helpdesk-Loop header)")
+    if sender in tenant_addresses:
+        return Skip("loop", f"sent from a connected or alias address ({sender})")
+    if parsed.bounce is not None:
+        return Skip("bounce", "delivery failure report; handed to delivery tracking")
+    if parsed.is_delay:
+        return Skip("delay", "temporary delivery warning (the mail server keeps trying)")
+    if parsed.is_complaint:
+        return Skip("complaint", "abuse feedback report")
+    if connection.skip_auto_replies:
+        if parsed.is_challenge:
+            return Skip("challenge", "challenge-response request from the sender's spam filter")
+        if parsed.is_auto_reply:
+            return Skip("auto_reply", f"automatic reply ({parsed.auto_reply_reason})")
+    for pattern in connection.block_list:
+        if pattern_matches(pattern, sender):
+            return Skip("blocked", f"sender matches the block list entry {pattern!r}")
+        if pattern_matches(pattern, parsed.subject):
+            return Skip("blocked", f"subject matches the block list entry {pattern!r}")
+    if connection.allowed_sender_domains:
+        domain = _domain(sender)
+        allowed = [d.lower().lstrip("@") for d in connection.allowed_sender_domains]
+        if not any(domain == d or domain.endswith("." + d) for d in allowed):
+            return Skip("domain_not_allowed",
+                        f"sender domain {domain or '(none)'} is not in the allowed domains")
+    count = sender_count_in_window(connection=connection, sender=sender, inbound_id=inbound_id,
+                                   received_at=received_at)
+    if count > connection.sender_rate_limit:
+        return Skip("sender_rate_limit",
+                    f"{count} mails from {sender} within {connection.sender_rate_window_minutes}"
+                    f" minutes (limit {connection.sender_rate_limit}): a mail loop is likely")
+    return None
+
+
+def thread_filter(*, connection: EmailConnection, is_reply: bool) -> Skip | None:
+    if connection.allowed_emails == AllowedEmails.NEW_THREADS and is_reply:
+        return Skip("replies_not_allowed", "this connection accepts new threads only")
+    if connection.allowed_emails == AllowedEmails.REPLIES and not is_reply:
+        return Skip("new_threads_not_allowed", "this connection accepts replies only")
+    return None
+
+
+def sender_filter(*, connection: EmailConnection, contact_known: bool) -> Skip | None:
+    if connection.allowed_senders == AllowedSenders.KNOWN_CONTACTS and not contact_known:
+        return Skip("unknown_sender", "this connection accepts mail from known contacts only")
+    return None

@@ -1,0 +1,367 @@
+"""The inbound pipeline: one stored InboundEmail -> a threaded, routed ticket, exactly once.
+
+Contract of ``inbound_email_ingest(inbound_email_id=...)``:
+- Safe to call any number of times, concurrently too: a row that is no longer
+  ``received`` is left alone; the final state change is guarded (``WHERE state =
+  received``), so of two workers racing on one row only one commits.
+- Runs in the row's tenant scope. Provider-agnostic: the only provider fact it uses is
+  the provider thread id stored on the row.
+- Parsing happens outside the transaction (it is pure). Filters that need no database run
+  next. Then one transaction: advisory locks on every thread key of the message (its own
+  Message-ID, In-Reply-To, References, the provider thread), thread lookup, duplicate
+  check, contact, ticket or reply, thread references, attachments, routing, and the
+  guarded state change. Two emails of one thread therefore serialise on a shared key and
+  end in one ticket, whichever commits first; the same email reaching two connections, or
+  arriving under several provider ids, becomes one message (the duplicates are skipped
+  with a reason pointing at it).
+- Never loses an email: quarantine, skip and failure all leave the row with a reason and
+  the raw bytes. Transient database errors propagate (the Celery task retries them);
+  anything else marks the row failed with the error and re-raises nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, Func, OuterRef
+from django.utils import timezone
+
+from channels_email import filters
+from channels_email.mime import DEFAULT_LIMITS, ParsedEmail, ParseLimits, parse_email
+from channels_email.models import (
+    BodyPreference,
+    EmailConnection,
+    EmailThreadRef,
+    InboundEmail,
+    InboundState,
+    RoutingMode,
+)
+from channels_email.outbound import delivery_bounce_record
+from contacts.models import ContactSource
+from contacts.services import contact_get_or_create
+from helpdesk.tenancy import tenant_scope, unscoped
+from routing.engine import RoutingFacts, route_new_ticket
+from tickets.models import MessageKind, SourceChannel, Ticket
+from tickets.services import attachments_add, message_add, ticket_create
+
+logger = logging.getLogger(__name__)
+
+FINAL_STATES = (InboundState.PROCESSED, InboundState.SKIPPED, InboundState.QUARANTINED)
+TICKET_TOKEN = re.compile(r"\[#(\d{1,12})\]")
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+@dataclass
+class IngestOutcome:
+    state: str
+    reason: str = ""
+    ticket_id: int | None = None
+    ticket_number: int | None = None
+    created_ticket: bool = False
+    message_pk: int | None = None
+    parsed: ParsedEmail | None = field(default=None, repr=False)
+
+
+class _LostRace(Exception):
+    """Another worker finished this row first; roll back and report its state."""
+
+
+def thread_lock_key(tenant_id: int, key: str) -> int:
+    digest = hashlib.blake2b(f"{tenant_id}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _with_tenant_addresses(queryset):
+    """Annotate rows with every connected and alias address of their tenant (the loop
+    filter's list), in the same statement that loads the row."""
+    tenant_connections = EmailConnection.objects.filter(tenant_id=OuterRef("tenant_id"))
+    return queryset.annotate(
+        tenant_addresses=ArraySubquery(tenant_connections.values("address")),
+        tenant_aliases=ArraySubquery(
+            tenant_connections.annotate(alias=Func(F("alias_addresses"), function="unnest"))
+            .values("alias")
+        ),
+    )
+
+
+def inbound_email_ingest(*, inbound_email_id: int,
+                         limits: ParseLimits = DEFAULT_LIMITS) -> IngestOutcome:
+    # Unscoped: the row names its tenant; everything after runs inside that scope.
+    with unscoped():
+        row = _with_tenant_addresses(
+            InboundEmail.objects
+            .select_related("connection__routing_team", "connection__routing_flow", "tenant")
+            .filter(pk=inbound_email_id)
+        ).first()
+    if row is None:
+        return IngestOutcome(state="missing", reason="no such inbound email")
+    if row.state in FINAL_STATES:
+        return IngestOutcome(state=row.state, reason=row.reason, ticket_id=row.ticket_id,
+                             message_pk=row.message_id)
+    with tenant_scope(row.tenant):
+        try:
+            return _ingest(row, limits)
+        except TRANSIENT_DB_ERRORS:
+            raise
+        except DatabaseError as exc:
+            return _mark_failed(row, exc)
+        except Exception as exc:  # noqa: BLE001 - recorded on the row, never swallowed
+            logger.exception("ingest.failed inbound_email=%s", row.pk)
+            return _mark_failed(row, exc)
+
+
+def _mark_failed(row: InboundEmail, exc: BaseException) -> IngestOutcome:
+    reason = f"error: {type(exc).__name__}: {str(exc)[:500]}"
+    InboundEmail.objects.filter(pk=row.pk, state=InboundState.RECEIVED).update(
+        state=InboundState.FAILED, reason=reason, attempts=F("attempts") + 1,
+    )
+    return IngestOutcome(state=InboundState.FAILED, reason=reason)
+
+
+def _read_raw(row: InboundEmail) -> bytes | None:
+    if not row.raw:
+        return None
+    with row.raw.open("rb") as handle:
+        return handle.read()
+
+
+def _finish(row: InboundEmail, state: str, reason: str = "", **fields) -> bool:
+    """Guarded final state change; False when another worker got there first."""
+    return bool(InboundEmail.objects.filter(pk=row.pk, state=InboundState.RECEIVED).update(
+        state=state, reason=reason, processed_at=timezone.now(),
+        attempts=F("attempts") + 1, **fields,
+    ))
+
+
+def _summary(parsed: ParsedEmail) -> dict:
+    details = {
+        "dmarc": parsed.dmarc,
+        "importance": parsed.importance,
+        "is_auto_reply": parsed.is_auto_reply,
+        "defects": parsed.defects[:20],
+    }
+    if parsed.bounce is not None:
+        details["bounce"] = {
+            "original_message_id": parsed.bounce.original_message_id,
+            "recipients": [r.__dict__ for r in parsed.bounce.recipients[:20]],
+        }
+    return details
+
+
+def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
+    conn = row.connection
+    raw = _read_raw(row)
+    if raw is None:
+        # Provider fetch (DESIGN section 4 step 1) plugs in here with the provider issues.
+        reason = "raw MIME is not stored and this connection cannot fetch it"
+        _finish(row, InboundState.FAILED, reason)
+        return IngestOutcome(state=InboundState.FAILED, reason=reason)
+
+    parsed = parse_email(raw, limits)
+    head = {
+        "message_id_header": parsed.message_id[:998],
+        "subject": parsed.subject[:998],
+        "from_address": (parsed.from_.email if parsed.from_ else "")[:320],
+        "details": _summary(parsed),
+    }
+    if parsed.quarantine_reason:
+        _finish(row, InboundState.QUARANTINED, parsed.quarantine_reason, **head)
+        return IngestOutcome(state=InboundState.QUARANTINED, reason=parsed.quarantine_reason,
+                             parsed=parsed)
+    if conn.status == "disconnected":
+        reason = "connection_disconnected: the mailbox was disconnected before this mail was read"
+        _finish(row, InboundState.SKIPPED, reason, **head)
+        return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
+
+    skip = filters.prefilter(parsed=parsed, connection=conn,
+                             tenant_addresses={*row.tenant_addresses, *row.tenant_aliases},
+                             inbound_id=row.pk, received_at=row.received_at)
+    if skip is not None:
+        reason = f"{skip.code}: {skip.reason}"
+        with transaction.atomic():
+            if skip.code == "bounce":
+                marked = delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce)
+                head["details"]["bounce"]["outbound_messages"] = marked
+            if not _finish(row, InboundState.SKIPPED, reason, **head):
+                raise _LostRace
+        return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
+
+    try:
+        with transaction.atomic():
+            return _thread_and_store(row, conn, parsed, head)
+    except _LostRace:
+        row.refresh_from_db()
+        return IngestOutcome(state=row.state, reason=row.reason, ticket_id=row.ticket_id,
+                             message_pk=row.message_id, parsed=parsed)
+
+
+def _find_thread(row: InboundEmail, parsed: ParsedEmail) -> tuple[int | None, bool, str]:
+    """(ticket id, is duplicate of an ingested message, how it was found).
+
+    Order (DESIGN section 4): the message's own id (a reply to it arrived first, or it is
+    a duplicate), In-Reply-To, then References newest first, against EmailThreadRef; then
+    the provider thread id on the same connection.
+    """
+    own = parsed.message_id
+    candidates = [own, *parsed.thread_ids]
+    with connection.cursor() as cursor:
+        # Raw SQL on the hot path: one statement for refs and provider thread; the tenant
+        # and connection are bound explicitly.
+        cursor.execute(
+            "SELECT r.message_id_header, r.ticket_id, r.message_id IS NOT NULL, "
+            "       t.merged_into_id "
+            "FROM channels_email_emailthreadref r "
+            "JOIN tickets_ticket t ON t.id = r.ticket_id "
+            "WHERE r.tenant_id = %s AND r.message_id_header = ANY(%s) "
+            "UNION ALL "
+            "SELECT '', i.ticket_id, false, t.merged_into_id "
+            "FROM channels_email_inboundemail i JOIN tickets_ticket t ON t.id = i.ticket_id "
+            "WHERE i.connection_id = %s AND i.provider_thread_id = %s "
+            "  AND i.provider_thread_id <> '' AND i.id <> %s "
+            "LIMIT 200",
+            [row.tenant_id, candidates, row.connection_id, row.provider_thread_id, row.pk],
+        )
+        hits = cursor.fetchall()
+    by_id = {mid: (ticket, has_msg, merged) for mid, ticket, has_msg, merged in hits if mid}
+    if own in by_id:
+        ticket, has_message, merged = by_id[own]
+        return merged or ticket, has_message, "message-id"
+    for mid in parsed.thread_ids:
+        if mid in by_id:
+            ticket, _, merged = by_id[mid]
+            return merged or ticket, False, "in-reply-to" if mid in parsed.in_reply_to \
+                else "references"
+    for mid, ticket, _, merged in hits:
+        if not mid:
+            return merged or ticket, False, "provider-thread"
+    return None, False, ""
+
+
+def _ticket_by_token(row: InboundEmail, parsed: ParsedEmail) -> Ticket | None:
+    """A ``[#123]`` token in the subject, honoured only for a participant of that ticket
+    (its contact or a CC), so nobody can append to a stranger's ticket by its number."""
+    match = TICKET_TOKEN.search(parsed.subject)
+    if not match or parsed.from_ is None:
+        return None
+    ticket = (Ticket.objects.filter(tenant_id=row.tenant_id, number=int(match.group(1)))
+              .select_related("contact").first())
+    if ticket is None:
+        return None
+    sender = parsed.from_.email
+    if sender == ticket.contact.email or sender in ticket.cc_addresses:
+        return ticket
+    return None
+
+
+def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEmail,
+                      head: dict) -> IngestOutcome:
+    keys = {parsed.message_id, *parsed.thread_ids}
+    if row.provider_thread_id:
+        keys.add(f"provider-thread:{row.connection_id}:{row.provider_thread_id}")
+    lock_keys = sorted(thread_lock_key(row.tenant_id, k) for k in keys)
+    with connection.cursor() as cursor:
+        # Sorted, so that two workers locking overlapping key sets cannot deadlock.
+        cursor.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) k",
+                       [lock_keys])
+
+    ticket_id, duplicate, found_by = _find_thread(row, parsed)
+    if duplicate:
+        original = (EmailThreadRef.objects.filter(message_id_header=parsed.message_id)
+                    .values_list("message_id", flat=True).first())
+        reason = f"duplicate: the same Message-ID was already ingested (message {original})"
+        if not _finish(row, InboundState.SKIPPED, reason, ticket_id=ticket_id,
+                       message_id=original, **head):
+            raise _LostRace
+        return IngestOutcome(state=InboundState.SKIPPED, reason=reason, ticket_id=ticket_id,
+                             message_pk=original, parsed=parsed)
+
+    ticket = None
+    if ticket_id is None:
+        ticket = _ticket_by_token(row, parsed)
+        found_by = "subject-token" if ticket else ""
+    is_reply = ticket_id is not None or ticket is not None
+
+    skip = filters.thread_filter(connection=conn, is_reply=is_reply)
+    sender = parsed.from_
+    contact, created_contact = None, False
+    if skip is None:
+        if conn.allowed_senders != "anyone":
+            from contacts.models import Contact
+
+            known = Contact.objects.filter(email=sender.email).exists()
+            skip = filters.sender_filter(connection=conn, contact_known=known)
+    if skip is not None:
+        reason = f"{skip.code}: {skip.reason}"
+        if not _finish(row, InboundState.SKIPPED, reason, **head):
+            raise _LostRace
+        return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
+
+    contact, created_contact = contact_get_or_create(
+        tenant=row.tenant, email=sender.email, name=sender.name, source=ContactSource.EMAIL,
+    )
+    # Every address of the tenant's mailboxes is ours: never a CC to copy replies to.
+    own = {*conn.own_addresses, *(a.lower() for a in row.tenant_addresses),
+           *(a.lower() for a in row.tenant_aliases)}
+    cc = [a.email for a in parsed.cc if a.email not in own and a.email != sender.email] \
+        if conn.import_cc else []
+    body_html = parsed.html if conn.body_preference == BodyPreference.HTML else ""
+
+    created = False
+    if is_reply:
+        if ticket is None:
+            ticket = Ticket.objects.get(pk=ticket_id)
+        message = message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text=parsed.text,
+                              body_html=body_html, subject=parsed.subject,
+                              author_contact=contact, add_cc=cc)
+    else:
+        created = True
+        ticket = ticket_create(
+            tenant=row.tenant, title=parsed.subject, description=parsed.text, contact=contact,
+            source_channel=SourceChannel.EMAIL, cc_addresses=cc,
+            team=conn.routing_team if conn.routing_mode == RoutingMode.TEAM else None,
+            email_connection=conn,
+        )
+        message = message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text=parsed.text,
+                              body_html=body_html, subject=parsed.subject,
+                              author_contact=contact, touch=False)
+
+    EmailThreadRef.objects.bulk_create(
+        [EmailThreadRef(tenant_id=row.tenant_id, message_id_header=parsed.message_id[:998],
+                        ticket=ticket, message=message)]
+        + [EmailThreadRef(tenant_id=row.tenant_id, message_id_header=mid[:998], ticket=ticket)
+           for mid in parsed.thread_ids if mid != parsed.message_id],
+        ignore_conflicts=True,
+    )
+    if found_by == "message-id":
+        # A reply registered this id before the message itself arrived: link it now, so
+        # that a later copy of this message is recognised as a duplicate.
+        EmailThreadRef.objects.filter(message_id_header=parsed.message_id[:998],
+                                      message__isnull=True).update(message=message)
+    if parsed.attachments:
+        attachments_add(message=message, files=[
+            (a.filename, a.content, a.content_type, a.content_id, a.inline)
+            for a in parsed.attachments
+        ])
+    if created and conn.routing_mode != RoutingMode.NONE:
+        route_new_ticket(
+            ticket=ticket, mode=conn.routing_mode, team=conn.routing_team,
+            flow=conn.routing_flow,
+            facts=RoutingFacts(
+                subject=parsed.subject, body=parsed.text, sender=sender.email,
+                recipients=tuple(sorted({a.email for a in [*parsed.to, *parsed.cc]}
+                                        | set(parsed.delivered_to) | own)),
+                has_attachments=bool(parsed.attachments), importance=parsed.importance,
+                is_new_contact=created_contact,
+            ),
+        )
+    head["details"]["threaded_by"] = found_by or "new-ticket"
+    if not _finish(row, InboundState.PROCESSED, "", ticket=ticket, message=message, **head):
+        raise _LostRace
+    return IngestOutcome(state=InboundState.PROCESSED, ticket_id=ticket.pk,
+                         ticket_number=ticket.number, created_ticket=created,
+                         message_pk=message.pk, parsed=parsed)

@@ -1,0 +1,93 @@
+"""Writes on connections and inbound emails that are not the ingest pipeline itself."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+
+from channels_email.models import (
+    ConnectionStatus,
+    EmailConnection,
+    InboundEmail,
+    InboundState,
+    Provider,
+)
+from helpdesk.models import Tenant, User
+from helpdesk.services import audit_record
+
+
+def connection_create_manual(*, tenant: Tenant, address: str, display_name: str = "",
+                             **settings) -> EmailConnection:
+    """A connection of the manual kind: no provider calls; mail arrives as files."""
+    return EmailConnection.objects.create(
+        tenant=tenant, provider=Provider.MANUAL, address=address, display_name=display_name,
+        status=ConnectionStatus.ACTIVE, **settings,
+    )
+
+
+def inbound_email_receive(
+    *, connection: EmailConnection, provider_message_id: str, raw: bytes | None = None,
+    provider_thread_id: str = "",
+) -> tuple[InboundEmail, bool]:
+    """Record that a message reached ``connection``, storing its raw bytes first.
+
+    Idempotent on (connection, provider_message_id): a second call returns the existing
+    row and ``False``. ``raw`` may be None when the provider is to be asked later (the
+    ingest step fetches it). Returns (row, created).
+    """
+    existing = InboundEmail.objects.filter(
+        connection=connection, provider_message_id=provider_message_id
+    ).first()
+    if existing is not None:
+        return existing, False
+    row = InboundEmail(
+        tenant_id=connection.tenant_id, connection=connection,
+        provider_message_id=provider_message_id[:255],
+        provider_thread_id=provider_thread_id[:255],
+    )
+    if raw is not None:
+        # Stored before the row is inserted: a row never points at bytes that are missing.
+        row.raw.save(f"{hashlib.sha256(raw).hexdigest()}.eml", ContentFile(raw), save=False)
+        row.raw_size = len(raw)
+    try:
+        with transaction.atomic():
+            row.save(force_insert=True)
+        return row, True
+    except IntegrityError:
+        # A concurrent receiver won the race; its row is the record.
+        if row.raw:
+            row.raw.storage.delete(row.raw.name)
+        return InboundEmail.objects.get(connection=connection,
+                                        provider_message_id=provider_message_id), False
+
+
+def inbound_email_raw_read(*, inbound_email: InboundEmail, actor: User | None = None) -> bytes:
+    """The stored raw bytes; every read is written to the audit trail (actor None: the
+    command line)."""
+    with inbound_email.raw.open("rb") as handle:
+        data = handle.read()
+    audit_record(tenant=inbound_email.tenant, actor=actor, action="inbound_email.downloaded",
+                 target=inbound_email, details={"state": inbound_email.state})
+    return data
+
+
+def inbound_email_reset_for_reprocess(*, inbound_email: InboundEmail, actor: User | None) -> bool:
+    """Put a quarantined, failed or skipped email back to received (audited).
+
+    Returns False when the row is processed already (nothing to redo).
+    """
+    if inbound_email.state in (InboundState.PROCESSED, InboundState.RECEIVED):
+        return inbound_email.state == InboundState.RECEIVED
+    with transaction.atomic():
+        updated = InboundEmail.objects.filter(pk=inbound_email.pk,
+                                              state=inbound_email.state).update(
+            state=InboundState.RECEIVED, reason="",
+        )
+        if updated:
+            audit_record(tenant=inbound_email.tenant, actor=actor,
+                         action="inbound_email.reprocessed", target=inbound_email,
+                         details={"previous_state": inbound_email.state,
+                                  "previous_reason": inbound_email.reason[:500]})
+    return bool(updated)
