@@ -180,10 +180,18 @@ def ingest_all(tenant_slug: str, raws: list[bytes], prefilled: int = 0) -> dict:
         commits.append(c)
     wall = time.perf_counter() - start
     connection.execute_wrappers.remove(counter)
-    return {"tenant": tenant, "emails_per_s": len(raws) / wall, "wall_s": wall,
+    return {"tenant": tenant, "connection": conn, "emails_per_s": len(raws) / wall, "wall_s": wall,
             "states": states, "sql_per_email_median": statistics.median(statements),
             "sql_per_email_max": max(statements),
             "commits_per_email_median": statistics.median(commits)}
+
+
+def release(conn) -> None:
+    """One mailbox is connected in one tenant at a time: free it for the next tenant."""
+    from helpdesk.tenancy import unscoped
+
+    with unscoped():
+        type(conn).objects.filter(pk=conn.pk).update(status="disconnected")
 
 
 def check_threading(tenant, manifest: list[dict]) -> dict:
@@ -221,6 +229,8 @@ def main() -> None:
     os.environ["DATABASE_URL"] = scratch_database(base_url, "helpdesk_bench")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
     os.environ["MEDIA_ROOT"] = str(VAR / "media")
+    # As the worker runs in production: with DEBUG on, Django also records every query.
+    os.environ["DEBUG"] = "false"
     import django
 
     django.setup()
@@ -228,11 +238,47 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
 
+    if "--profile" in sys.argv:
+        # Where the time goes: cProfile over the first N emails, top functions by own and
+        # cumulative time, plus the SQL of one new-ticket email and one reply.
+        import cProfile
+        import pstats
+
+        from django.db import connection
+
+        count = int(sys.argv[sys.argv.index("--profile") + 1])
+        timings: dict[str, list[float]] = {}
+
+        def timed(execute, sql, params, many, context):
+            started = time.perf_counter()
+            try:
+                return execute(sql, params, many, context)
+            finally:
+                key = " ".join(sql.split())[:150]
+                timings.setdefault(key, []).append(time.perf_counter() - started)
+
+        with connection.execute_wrapper(timed):
+            result = ingest_all("profile", raws[:count])
+        print(f"{result['emails_per_s']:.1f} emails/s without the profiler; SQL by total time:")
+        for key, values in sorted(timings.items(), key=lambda kv: -sum(kv[1]))[:25]:
+            print(f"{sum(values) * 1000:8.1f} ms {len(values):6d}x  {key}")
+        release(result["connection"])
+        profiler = cProfile.Profile()
+        profiler.enable()
+        result = ingest_all("profile2", raws[:count])
+        profiler.disable()
+        log(f"{result['emails_per_s']:.1f} emails/s under the profiler")
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(
+            r"/(channels_email|tickets|contacts|routing|helpdesk)/", 40)
+        return
     log(f"ingesting {len(raws)} emails")
     ours = ingest_all("bench", raws)
     threading_result = check_threading(ours["tenant"], manifest)
     log("running the reference pipeline on the same corpus")
     reference = run_reference(base_url)
+    release(ours["connection"])
     log("ingesting again into a tenant with 100,000 tickets")
     big = ingest_all("bench100k", raws, prefilled=PREFILL)
     threading_big = check_threading(big["tenant"], manifest)

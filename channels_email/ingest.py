@@ -21,15 +21,15 @@ Contract of ``inbound_email_ingest(inbound_email_id=...)``:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
 
-from django.contrib.postgres.expressions import ArraySubquery
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import F, Func, OuterRef
-from django.utils import timezone
+from django.db.models import F
 
 from channels_email import filters
 from channels_email.mime import DEFAULT_LIMITS, ParsedEmail, ParseLimits, parse_email
@@ -44,10 +44,17 @@ from channels_email.models import (
 from channels_email.outbound import delivery_bounce_record
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create
-from helpdesk.tenancy import tenant_scope, unscoped
-from routing.engine import RoutingFacts, route_new_ticket
+from helpdesk.models import Tenant
+from helpdesk.tenancy import tenant_scope
+from routing.engine import RoutingFacts, decide_routing, ticket_fields
+from routing.models import Flow, Team
 from tickets.models import MessageKind, SourceChannel, Ticket
-from tickets.services import attachments_add, message_add, ticket_create
+from tickets.services import (
+    attachments_add,
+    message_add,
+    ticket_create,
+    ticket_touch_for_inbound,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,28 +83,71 @@ def thread_lock_key(tenant_id: int, key: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _with_tenant_addresses(queryset):
-    """Annotate rows with every connected and alias address of their tenant (the loop
-    filter's list), in the same statement that loads the row."""
-    tenant_connections = EmailConnection.objects.filter(tenant_id=OuterRef("tenant_id"))
-    return queryset.annotate(
-        tenant_addresses=ArraySubquery(tenant_connections.values("address")),
-        tenant_aliases=ArraySubquery(
-            tenant_connections.annotate(alias=Func(F("alias_addresses"), function="unnest"))
-            .values("alias")
-        ),
+_LOAD_MODELS = (
+    # (model, alias, join) - the row, and everything ingest reads through it
+    (InboundEmail, "i", ""),
+    (EmailConnection, "c", "JOIN {table} c ON c.id = i.connection_id"),
+    (Tenant, "t", "JOIN {table} t ON t.id = i.tenant_id"),
+    (Team, "rt", "LEFT JOIN {table} rt ON rt.id = c.routing_team_id"),
+    (Flow, "rf", "LEFT JOIN {table} rf ON rf.id = c.routing_flow_id"),
+)
+
+
+@functools.cache
+def _load_sql() -> str:
+    columns, joins = [], []
+    for model, alias, join in _LOAD_MODELS:
+        columns += [f'{alias}."{f.column}"' for f in model._meta.concrete_fields]
+        if join:
+            joins.append(join.format(table=model._meta.db_table))
+    connections_table = EmailConnection._meta.db_table
+    # Every connected and alias address of the row's tenant: the loop filter's list.
+    addresses = (
+        f"ARRAY(SELECT lower(a.address) FROM {connections_table} a "  # noqa: S608
+        "WHERE a.tenant_id = i.tenant_id UNION "
+        f"SELECT lower(unnest(a.alias_addresses)) FROM {connections_table} a "
+        "WHERE a.tenant_id = i.tenant_id)"
     )
+    return (f"SELECT {', '.join(columns)}, {addresses} "  # noqa: S608 - our own table names
+            f"FROM {InboundEmail._meta.db_table} i {' '.join(joins)} WHERE i.id = %s")
+
+
+def _load(inbound_email_id: int) -> InboundEmail | None:
+    """The row with its connection, tenant and routing targets, and the tenant's addresses
+    (``row.tenant_addresses``), in one statement. Hand-written because this runs once per
+    email and the ORM spends longer building the equivalent query than the database
+    spends running it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_load_sql(), [inbound_email_id])
+        record = cursor.fetchone()
+    if record is None:
+        return None
+    objects, position = {}, 0
+    for model, _alias, _join in _LOAD_MODELS:
+        fields = model._meta.concrete_fields
+        values = list(record[position:position + len(fields)])
+        position += len(fields)
+        if values[0] is None:  # no routing team / flow
+            objects[model] = None
+            continue
+        for index, model_field in enumerate(fields):
+            if hasattr(model_field, "from_db_value") and values[index] is not None:
+                values[index] = model_field.from_db_value(values[index], None, connection)
+        objects[model] = model.from_db(connection.alias, [f.attname for f in fields], values)
+    row, conn, tenant = objects[InboundEmail], objects[EmailConnection], objects[Tenant]
+    for model, name in ((Team, "routing_team"), (Flow, "routing_flow")):
+        if objects[model] is not None:
+            setattr(conn, name, objects[model])
+    conn.tenant = tenant
+    row.connection, row.tenant = conn, tenant
+    row.tenant_addresses = set(record[position] or ())
+    return row
 
 
 def inbound_email_ingest(*, inbound_email_id: int,
                          limits: ParseLimits = DEFAULT_LIMITS) -> IngestOutcome:
     # Unscoped: the row names its tenant; everything after runs inside that scope.
-    with unscoped():
-        row = _with_tenant_addresses(
-            InboundEmail.objects
-            .select_related("connection__routing_team", "connection__routing_flow", "tenant")
-            .filter(pk=inbound_email_id)
-        ).first()
+    row = _load(inbound_email_id)
     if row is None:
         return IngestOutcome(state="missing", reason="no such inbound email")
     if row.state in FINAL_STATES:
@@ -130,12 +180,23 @@ def _read_raw(row: InboundEmail) -> bytes | None:
         return handle.read()
 
 
-def _finish(row: InboundEmail, state: str, reason: str = "", **fields) -> bool:
-    """Guarded final state change; False when another worker got there first."""
-    return bool(InboundEmail.objects.filter(pk=row.pk, state=InboundState.RECEIVED).update(
-        state=state, reason=reason, processed_at=timezone.now(),
-        attempts=F("attempts") + 1, **fields,
-    ))
+def _finish(row: InboundEmail, state: str, reason: str = "", head: dict | None = None, *,
+            ticket_id: int | None = None, message_pk: int | None = None) -> bool:
+    """Guarded final state change; False when another worker got there first. ``head``
+    holds what parsing learnt (Message-ID, subject, sender, details)."""
+    table = InboundEmail._meta.db_table  # our own table name, never input
+    sets = ["state = %s", "reason = %s", "processed_at = now()", "attempts = attempts + 1",
+            "ticket_id = COALESCE(%s, ticket_id)", "message_id = COALESCE(%s, message_id)"]
+    params: list = [state, reason[:2000], ticket_id, message_pk]
+    if head is not None:
+        sets += ["message_id_header = %s", "subject = %s", "from_address = %s",
+                 "details = %s::jsonb"]
+        params += [head["message_id_header"], head["subject"], head["from_address"],
+                   json.dumps(head["details"], default=str)]
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {', '.join(sets)} "  # noqa: S608
+                       "WHERE id = %s AND state = %s", [*params, row.pk, InboundState.RECEIVED])
+        return cursor.rowcount == 1
 
 
 def _summary(parsed: ParsedEmail) -> dict:
@@ -170,16 +231,16 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
         "details": _summary(parsed),
     }
     if parsed.quarantine_reason:
-        _finish(row, InboundState.QUARANTINED, parsed.quarantine_reason, **head)
+        _finish(row, InboundState.QUARANTINED, parsed.quarantine_reason, head)
         return IngestOutcome(state=InboundState.QUARANTINED, reason=parsed.quarantine_reason,
                              parsed=parsed)
     if conn.status == "disconnected":
         reason = "connection_disconnected: the mailbox was disconnected before this mail was read"
-        _finish(row, InboundState.SKIPPED, reason, **head)
+        _finish(row, InboundState.SKIPPED, reason, head)
         return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
 
     skip = filters.prefilter(parsed=parsed, connection=conn,
-                             tenant_addresses={*row.tenant_addresses, *row.tenant_aliases},
+                             tenant_addresses=row.tenant_addresses,
                              inbound_id=row.pk, received_at=row.received_at)
     if skip is not None:
         reason = f"{skip.code}: {skip.reason}"
@@ -187,7 +248,7 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
             if skip.code == "bounce":
                 marked = delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce)
                 head["details"]["bounce"]["outbound_messages"] = marked
-            if not _finish(row, InboundState.SKIPPED, reason, **head):
+            if not _finish(row, InboundState.SKIPPED, reason, head):
                 raise _LostRace
         return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
 
@@ -258,6 +319,26 @@ def _ticket_by_token(row: InboundEmail, parsed: ParsedEmail) -> Ticket | None:
     return None
 
 
+def _register_thread_ids(tenant_id: int, ticket_id: int, message_pk: int,
+                         parsed: ParsedEmail) -> None:
+    """Register the message's own id (linked to the stored message) and every id it
+    refers to (In-Reply-To, References) for its ticket, in one statement. An id that a
+    reply registered before this message arrived gets its message linked now, so that a
+    later copy of this message is recognised as a duplicate; other known ids keep their
+    first ticket."""
+    ids = list(dict.fromkeys(m[:998] for m in [parsed.message_id, *parsed.thread_ids]))
+    table = EmailThreadRef._meta.db_table  # our own table name, never input
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} AS r (tenant_id, message_id_header, ticket_id, message_id, "  # noqa: S608
+            "created_at) SELECT %s, h, %s, CASE WHEN h = %s THEN %s::bigint END, now() "
+            "FROM unnest(%s::varchar(998)[]) AS h "
+            "ON CONFLICT (tenant_id, message_id_header) DO UPDATE SET message_id = "
+            "EXCLUDED.message_id WHERE r.message_id IS NULL AND EXCLUDED.message_id IS NOT NULL",
+            [tenant_id, ticket_id, ids[0], message_pk, ids],
+        )
+
+
 def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEmail,
                       head: dict) -> IngestOutcome:
     keys = {parsed.message_id, *parsed.thread_ids}
@@ -274,8 +355,8 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
         original = (EmailThreadRef.objects.filter(message_id_header=parsed.message_id)
                     .values_list("message_id", flat=True).first())
         reason = f"duplicate: the same Message-ID was already ingested (message {original})"
-        if not _finish(row, InboundState.SKIPPED, reason, ticket_id=ticket_id,
-                       message_id=original, **head):
+        if not _finish(row, InboundState.SKIPPED, reason, head, ticket_id=ticket_id,
+                       message_pk=original):
             raise _LostRace
         return IngestOutcome(state=InboundState.SKIPPED, reason=reason, ticket_id=ticket_id,
                              message_pk=original, parsed=parsed)
@@ -297,7 +378,7 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
             skip = filters.sender_filter(connection=conn, contact_known=known)
     if skip is not None:
         reason = f"{skip.code}: {skip.reason}"
-        if not _finish(row, InboundState.SKIPPED, reason, **head):
+        if not _finish(row, InboundState.SKIPPED, reason, head):
             raise _LostRace
         return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
 
@@ -305,62 +386,52 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
         tenant=row.tenant, email=sender.email, name=sender.name, source=ContactSource.EMAIL,
     )
     # Every address of the tenant's mailboxes is ours: never a CC to copy replies to.
-    own = {*conn.own_addresses, *(a.lower() for a in row.tenant_addresses),
-           *(a.lower() for a in row.tenant_aliases)}
+    own = {*conn.own_addresses, *row.tenant_addresses}
     cc = [a.email for a in parsed.cc if a.email not in own and a.email != sender.email] \
         if conn.import_cc else []
     body_html = parsed.html if conn.body_preference == BodyPreference.HTML else ""
 
     created = False
     if is_reply:
-        if ticket is None:
-            ticket = Ticket.objects.get(pk=ticket_id)
+        ticket = ticket_touch_for_inbound(tenant_id=row.tenant_id,
+                                          ticket_id=ticket.pk if ticket else ticket_id, add_cc=cc)
         message = message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text=parsed.text,
                               body_html=body_html, subject=parsed.subject,
-                              author_contact=contact, add_cc=cc)
+                              author_contact=contact, touch=False)
     else:
         created = True
+        routed = {}
+        if conn.routing_mode != RoutingMode.NONE:
+            # Decided before the ticket exists, so its INSERT carries the outcome.
+            routed = ticket_fields(decide_routing(
+                tenant_id=row.tenant_id, mode=conn.routing_mode, team=conn.routing_team,
+                flow=conn.routing_flow,
+                facts=RoutingFacts(
+                    subject=parsed.subject, body=parsed.text, sender=sender.email,
+                    recipients=tuple(sorted({a.email for a in [*parsed.to, *parsed.cc]}
+                                            | set(parsed.delivered_to) | own)),
+                    has_attachments=bool(parsed.attachments), importance=parsed.importance,
+                    is_new_contact=created_contact,
+                ),
+            ))
         ticket = ticket_create(
             tenant=row.tenant, title=parsed.subject, description=parsed.text, contact=contact,
-            source_channel=SourceChannel.EMAIL, cc_addresses=cc,
-            team=conn.routing_team if conn.routing_mode == RoutingMode.TEAM else None,
-            email_connection=conn,
+            source_channel=SourceChannel.EMAIL, cc_addresses=cc, email_connection=conn,
+            **routed,
         )
         message = message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text=parsed.text,
                               body_html=body_html, subject=parsed.subject,
                               author_contact=contact, touch=False)
 
-    EmailThreadRef.objects.bulk_create(
-        [EmailThreadRef(tenant_id=row.tenant_id, message_id_header=parsed.message_id[:998],
-                        ticket=ticket, message=message)]
-        + [EmailThreadRef(tenant_id=row.tenant_id, message_id_header=mid[:998], ticket=ticket)
-           for mid in parsed.thread_ids if mid != parsed.message_id],
-        ignore_conflicts=True,
-    )
-    if found_by == "message-id":
-        # A reply registered this id before the message itself arrived: link it now, so
-        # that a later copy of this message is recognised as a duplicate.
-        EmailThreadRef.objects.filter(message_id_header=parsed.message_id[:998],
-                                      message__isnull=True).update(message=message)
+    _register_thread_ids(row.tenant_id, ticket.pk, message.pk, parsed)
     if parsed.attachments:
         attachments_add(message=message, files=[
             (a.filename, a.content, a.content_type, a.content_id, a.inline)
             for a in parsed.attachments
         ])
-    if created and conn.routing_mode != RoutingMode.NONE:
-        route_new_ticket(
-            ticket=ticket, mode=conn.routing_mode, team=conn.routing_team,
-            flow=conn.routing_flow,
-            facts=RoutingFacts(
-                subject=parsed.subject, body=parsed.text, sender=sender.email,
-                recipients=tuple(sorted({a.email for a in [*parsed.to, *parsed.cc]}
-                                        | set(parsed.delivered_to) | own)),
-                has_attachments=bool(parsed.attachments), importance=parsed.importance,
-                is_new_contact=created_contact,
-            ),
-        )
     head["details"]["threaded_by"] = found_by or "new-ticket"
-    if not _finish(row, InboundState.PROCESSED, "", ticket=ticket, message=message, **head):
+    if not _finish(row, InboundState.PROCESSED, "", head, ticket_id=ticket.pk,
+                   message_pk=message.pk):
         raise _LostRace
     return IngestOutcome(state=InboundState.PROCESSED, ticket_id=ticket.pk,
                          ticket_number=ticket.number, created_ticket=created,

@@ -6,6 +6,7 @@ import hashlib
 
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db import connection as db_connection
 
 from channels_email.models import (
     ConnectionStatus,
@@ -37,11 +38,6 @@ def inbound_email_receive(
     row and ``False``. ``raw`` may be None when the provider is to be asked later (the
     ingest step fetches it). Returns (row, created).
     """
-    existing = InboundEmail.objects.filter(
-        connection=connection, provider_message_id=provider_message_id
-    ).first()
-    if existing is not None:
-        return existing, False
     row = InboundEmail(
         tenant_id=connection.tenant_id, connection=connection,
         provider_message_id=provider_message_id[:255],
@@ -52,15 +48,17 @@ def inbound_email_receive(
         row.raw.save(f"{hashlib.sha256(raw).hexdigest()}.eml", ContentFile(raw), save=False)
         row.raw_size = len(raw)
     try:
-        with transaction.atomic():
+        # The insert is the existence check (one statement on the usual, new path); inside
+        # a caller's transaction a savepoint keeps a conflict from spoiling it.
+        with transaction.atomic(savepoint=db_connection.in_atomic_block):
             row.save(force_insert=True)
         return row, True
     except IntegrityError:
-        # A concurrent receiver won the race; its row is the record.
+        # Delivered before (or a concurrent receiver won the race): that row is the record.
         if row.raw:
             row.raw.storage.delete(row.raw.name)
         return InboundEmail.objects.get(connection=connection,
-                                        provider_message_id=provider_message_id), False
+                                        provider_message_id=provider_message_id[:255]), False
 
 
 def inbound_email_raw_read(*, inbound_email: InboundEmail, actor: User | None = None) -> bytes:

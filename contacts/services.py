@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
-
 from contacts.models import Contact, ContactSource, normalize_email
 from helpdesk.models import Tenant
 
@@ -13,23 +11,21 @@ def contact_get_or_create(
 ) -> tuple[Contact, bool]:
     """Match a contact by address (case-insensitive) within ``tenant`` or create it.
 
-    A missing name is filled from ``name`` when one is given later. Safe under concurrent
-    callers: the (tenant, email) unique constraint decides, and the loser re-reads.
+    A missing name is filled from ``name`` when one is given later. One upsert on the
+    (tenant, email) unique constraint, so concurrent callers cannot make two contacts.
     Returns (contact, created).
     """
     address = normalize_email(email)
     name = (name or "").strip()[:200]
-    contact = Contact.objects.filter(tenant=tenant, email=address).first()
-    if contact is None:
-        try:
-            with transaction.atomic():
-                return (
-                    Contact.objects.create(tenant=tenant, email=address, name=name, source=source),
-                    True,
-                )
-        except IntegrityError:
-            contact = Contact.objects.get(tenant=tenant, email=address)
-    if name and not contact.name:
-        contact.name = name
-        contact.save(update_fields=["name", "updated_at"])
-    return contact, False
+    table = Contact._meta.db_table  # our model's table name, never input
+    query = (
+        f"INSERT INTO {table} AS c (tenant_id, email, name, source, created_at, updated_at) "  # noqa: S608
+        "VALUES (%s, %s, %s, %s, now(), now()) "
+        "ON CONFLICT (tenant_id, email) DO UPDATE SET "
+        "  name = CASE WHEN c.name = '' THEN EXCLUDED.name ELSE c.name END, "
+        "  updated_at = CASE WHEN c.name = '' AND EXCLUDED.name <> '' THEN now() "
+        "               ELSE c.updated_at END "
+        "RETURNING c.*, (xmax = 0) AS created_now"
+    )
+    contact = list(Contact.objects.raw(query, [tenant.pk, address, name, source]))[0]
+    return contact, bool(contact.created_now)

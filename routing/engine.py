@@ -381,6 +381,59 @@ def _apply(decision: RoutingDecision, action: Any, *, teams: dict[int, Team],
 # ---------------------------------------------------------------------------- entry point
 
 
+def decide_routing(
+    *,
+    tenant_id: int,
+    mode: str,
+    facts: RoutingFacts,
+    team: Team | None = None,
+    flow: Flow | None = None,
+) -> RoutingDecision:
+    """Decide where a new ticket of ``tenant_id`` goes, before it exists: its fields can then
+    be written by the ticket's own INSERT (``ticket_fields``), with no UPDATE afterwards.
+
+    ``mode`` is "team" or "flow" (``channels_email.models.RoutingMode``; compared as plain
+    strings so routing does not depend on the channel). Must run in the tenant's scope.
+    Raises ValueError for an unknown mode only.
+    """
+    if mode == "team":
+        if team is not None and team.tenant_id != tenant_id:
+            team = None
+            reason = "team is not in this tenant"
+        else:
+            reason = None if team is not None else "no team configured"
+        return RoutingDecision(
+            explanation={"mode": "team", "team": _ref(team, team.name) if team else None,
+                         "reason": reason},
+            team=team, team_set=team is not None,
+        )
+    if mode == "flow":
+        if flow is None or flow.tenant_id != tenant_id:
+            return RoutingDecision(explanation={
+                "mode": "flow", "flow": None, "rules": [], "fallback_team": None,
+                "team": None, "assignee": None, "stopped_at": None,
+                "reason": "no flow configured" if flow is None else "flow is not in this tenant",
+            })
+        return evaluate_flow(flow, facts)
+    raise ValueError(f"unknown routing mode {mode!r}")
+
+
+def ticket_fields(decision: RoutingDecision) -> dict[str, Any]:
+    """Keyword arguments for ``tickets.services.ticket_create`` that apply ``decision``."""
+    fields: dict[str, Any] = {"routing": decision.explanation}
+    if decision.team_set:
+        fields["team"] = decision.team
+    if decision.assignee_set:
+        fields["assignee"] = decision.assignee
+    if decision.priority:
+        fields["priority"] = decision.priority
+    if decision.status:
+        fields["status"] = decision.status
+    if decision.tags:
+        fields["tags"] = list(dict.fromkeys(decision.tags))
+    return fields
+
+
 def route_new_ticket(
     *,
     ticket: Ticket,
@@ -389,34 +442,10 @@ def route_new_ticket(
     team: Team | None = None,
     flow: Flow | None = None,
 ) -> RoutingDecision:
-    """Route a just-created ticket and record why on ``ticket.routing`` (one UPDATE).
-
-    ``mode`` is "team" or "flow" (``channels_email.models.RoutingMode``; compared as plain
-    strings so routing does not depend on the channel). Must run in the ticket's tenant
-    scope, inside the caller's transaction. Raises ValueError for an unknown mode only.
-    """
-    if mode == "team":
-        if team is not None and team.tenant_id != ticket.tenant_id:
-            team = None
-            reason = "team is not in this tenant"
-        else:
-            reason = None if team is not None else "no team configured"
-        decision = RoutingDecision(
-            explanation={"mode": "team", "team": _ref(team, team.name) if team else None,
-                         "reason": reason},
-            team=team, team_set=team is not None,
-        )
-    elif mode == "flow":
-        if flow is None or flow.tenant_id != ticket.tenant_id:
-            decision = RoutingDecision(explanation={
-                "mode": "flow", "flow": None, "rules": [], "fallback_team": None,
-                "team": None, "assignee": None, "stopped_at": None,
-                "reason": "no flow configured" if flow is None else "flow is not in this tenant",
-            })
-        else:
-            decision = evaluate_flow(flow, facts)
-    else:
-        raise ValueError(f"unknown routing mode {mode!r}")
+    """Route an existing, just-created ticket and record why on ``ticket.routing`` (one
+    UPDATE). Ingest decides first instead (``decide_routing`` + ``ticket_fields``)."""
+    decision = decide_routing(tenant_id=ticket.tenant_id, mode=mode, facts=facts, team=team,
+                              flow=flow)
     _save(ticket, decision)
     return decision
 
@@ -446,6 +475,8 @@ def _save(ticket: Ticket, decision: RoutingDecision) -> None:
 __all__ = [
     "RoutingDecision",
     "RoutingFacts",
+    "decide_routing",
     "evaluate_flow",
     "route_new_ticket",
+    "ticket_fields",
 ]

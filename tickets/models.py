@@ -50,8 +50,15 @@ class TicketSequence(models.Model):
         return f"tenant {self.tenant_id}: last #{self.last_number}"
 
 
+class TicketNumberField(models.PositiveBigIntegerField):
+    """Read back with RETURNING on INSERT, so that a number the database assigns (see
+    ``tickets.services.ticket_create``) reaches the instance without another query."""
+
+    db_returning = True
+
+
 class Ticket(TenantOwnedModel):
-    number = models.PositiveBigIntegerField()
+    number = TicketNumberField()
     title = models.CharField(max_length=998)
     description = models.TextField(blank=True)
     status = models.CharField(max_length=10, choices=TicketStatus.choices,

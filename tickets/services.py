@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
+from django.db.models import Func, PositiveBigIntegerField, Value
 from django.utils import timezone
 
 from contacts.models import Contact
@@ -20,7 +21,6 @@ from tickets.models import (
     SourceChannel,
     Ticket,
     TicketPriority,
-    TicketSequence,
     TicketStatus,
 )
 
@@ -28,20 +28,21 @@ from tickets.models import (
 def next_ticket_number(*, tenant: Tenant) -> int:
     """Take the tenant's next ticket number. Must run inside the caller's transaction.
 
-    One upsert; the row lock it takes is held until the caller commits, which orders
-    concurrent creators in the tenant and keeps numbers unique and increasing.
+    One upsert (the database function ``tickets_next_number``, migration 0004); the row
+    lock it takes is held until the caller commits, which orders concurrent creators in
+    the tenant and keeps numbers unique and increasing.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("next_ticket_number must run inside transaction.atomic()")
-    table = TicketSequence._meta.db_table  # our model's table name, never input
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (tenant_id, last_number) VALUES (%s, 1) "  # noqa: S608
-            f"ON CONFLICT (tenant_id) DO UPDATE SET last_number = {table}.last_number + 1 "
-            "RETURNING last_number",
-            [tenant.pk],
-        )
+        cursor.execute("SELECT tickets_next_number(%s)", [tenant.pk])
         return cursor.fetchone()[0]
+
+
+def _next_number_expression(tenant: Tenant) -> Func:
+    """The same upsert as an SQL expression, evaluated inside the ticket's INSERT."""
+    return Func(Value(tenant.pk), function="tickets_next_number",
+                output_field=PositiveBigIntegerField())
 
 
 def ticket_create(
@@ -58,15 +59,20 @@ def ticket_create(
     cc_addresses: Iterable[str] = (),
     tags: Iterable[str] = (),
     email_connection=None,
+    routing: dict | None = None,
 ) -> Ticket:
-    """Create a ticket with the tenant's next number. Raises ValueError on a foreign row."""
+    """Create a ticket with the tenant's next number (one INSERT: the number is taken by
+    the database in the same statement and read back). Raises ValueError on a foreign
+    row. ``routing`` is the routing engine's recorded decision, when it ran first."""
     for related in (contact, team):
         if related is not None and related.tenant_id != tenant.pk:
             raise ValueError(f"{type(related).__name__} {related.pk} is not in tenant {tenant.pk}")
-    with transaction.atomic():
+    # No savepoint: inside a caller's transaction an error rolls the whole of it back.
+    with transaction.atomic(savepoint=False):
         return Ticket.objects.create(
             tenant=tenant,
-            number=next_ticket_number(tenant=tenant),
+            number=_next_number_expression(tenant),
+            routing=routing or {},
             title=(title or "").strip()[:998] or "(no subject)",
             description=description,
             status=status,
@@ -100,7 +106,7 @@ def message_add(
     outbound service's business. ``touch=False`` is for the first message of a ticket
     created in the same transaction (nothing to update).
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         message = Message.objects.create(
             tenant_id=ticket.tenant_id,
             ticket=ticket,
@@ -126,6 +132,24 @@ def message_add(
         for name, value in fields.items():
             setattr(ticket, name, value)
         return message
+
+
+def ticket_touch_for_inbound(*, tenant_id: int, ticket_id: int,
+                             add_cc: Iterable[str] = ()) -> Ticket:
+    """A customer wrote on ``ticket_id``: bump ``updated_at``, reopen a solved or closed
+    ticket, join new CC addresses, and return the ticket, in one UPDATE ... RETURNING.
+    Follow with ``message_add(..., touch=False)``."""
+    table = Ticket._meta.db_table  # our model's table name, never input
+    query = (
+        f"UPDATE {table} SET updated_at = now(), "  # noqa: S608
+        "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
+        "cc_addresses = cc_addresses || ARRAY(SELECT a FROM unnest(%s::varchar(320)[]) a "
+        "  WHERE NOT a = ANY(cc_addresses)) "
+        "WHERE id = %s AND tenant_id = %s RETURNING *"
+    )
+    params = [TicketStatus.SOLVED, TicketStatus.CLOSED, TicketStatus.OPEN,
+              list(dict.fromkeys(add_cc)), ticket_id, tenant_id]
+    return list(Ticket.objects.raw(query, params))[0]
 
 
 def attachments_add(
