@@ -115,6 +115,17 @@ class StatementCounter:
         return values
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (the PostgreSQL backend serving us), or 0
+    when /proc cannot tell (another machine, another user's server)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def prefill(tenant, count: int) -> None:
     """``count`` tickets, each with one message and its thread reference, in bulk SQL."""
     from django.db import connection
@@ -168,6 +179,10 @@ def ingest_all(tenant_slug: str, raws: list[bytes], prefilled: int = 0) -> dict:
         prefill(tenant, prefilled)
     counter = StatementCounter(connection)
     statements, commits, states = [], [], {}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        backend_pid = cursor.fetchone()[0]
+    backend_cpu, client_cpu = process_cpu_s(backend_pid), time.process_time()
     start = time.perf_counter()
     for i, raw in enumerate(raws):
         with tenant_scope(tenant):
@@ -179,11 +194,15 @@ def ingest_all(tenant_slug: str, raws: list[bytes], prefilled: int = 0) -> dict:
         statements.append(s)
         commits.append(c)
     wall = time.perf_counter() - start
+    backend_cpu = process_cpu_s(backend_pid) - backend_cpu
+    client_cpu = time.process_time() - client_cpu
     connection.execute_wrappers.remove(counter)
     return {"tenant": tenant, "connection": conn, "emails_per_s": len(raws) / wall, "wall_s": wall,
             "states": states, "sql_per_email_median": statistics.median(statements),
             "sql_per_email_max": max(statements),
-            "commits_per_email_median": statistics.median(commits)}
+            "commits_per_email_median": statistics.median(commits),
+            "cpu_ms_client_per_email": client_cpu * 1000 / len(raws),
+            "cpu_ms_pg_backend_per_email": backend_cpu * 1000 / len(raws)}
 
 
 def release(conn) -> None:
@@ -291,6 +310,10 @@ def main() -> None:
     print(f"SQL per email:       median {ours['sql_per_email_median']}, "
           f"max {ours['sql_per_email_max']}")
     print(f"commits per email:   median {ours['commits_per_email_median']}")
+    print(f"CPU per email:       {ours['cpu_ms_client_per_email']:.2f} ms in this process, "
+          f"{ours['cpu_ms_pg_backend_per_email']:.2f} ms in the PostgreSQL backend "
+          f"(reference: {reference.get('cpu_ms_client_per_email', 0):.2f} + "
+          f"{reference.get('cpu_ms_pg_backend_per_email', 0):.2f})")
     print(f"threading:           {threading_result}")
     print(f"with {PREFILL:,} tickets: {big['emails_per_s']:.1f} emails/s "
           f"({big['emails_per_s'] / ours['emails_per_s']:.2f}x), threading {threading_big['ok']}")

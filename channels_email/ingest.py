@@ -44,14 +44,14 @@ from channels_email.models import (
 from channels_email.outbound import delivery_bounce_record
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create
+from helpdesk import sql
 from helpdesk.models import Tenant
 from helpdesk.tenancy import tenant_scope
 from routing.engine import RoutingFacts, decide_routing, ticket_fields
 from routing.models import Flow, Team
-from tickets.models import MessageKind, SourceChannel, Ticket
+from tickets.models import Message, MessageKind, SourceChannel, Ticket
 from tickets.services import (
     attachments_add,
-    message_add,
     ticket_create,
     ticket_touch_for_inbound,
 )
@@ -95,9 +95,9 @@ _LOAD_MODELS = (
 
 @functools.cache
 def _load_sql() -> str:
-    columns, joins = [], []
+    selected, joins = [], []
     for model, alias, join in _LOAD_MODELS:
-        columns += [f'{alias}."{f.column}"' for f in model._meta.concrete_fields]
+        selected.append(sql.columns(model, alias))
         if join:
             joins.append(join.format(table=model._meta.db_table))
     connections_table = EmailConnection._meta.db_table
@@ -108,7 +108,7 @@ def _load_sql() -> str:
         f"SELECT lower(unnest(a.alias_addresses)) FROM {connections_table} a "
         "WHERE a.tenant_id = i.tenant_id)"
     )
-    return (f"SELECT {', '.join(columns)}, {addresses} "  # noqa: S608 - our own table names
+    return (f"SELECT {', '.join(selected)}, {addresses} "  # noqa: S608 - our own table names
             f"FROM {InboundEmail._meta.db_table} i {' '.join(joins)} WHERE i.id = %s")
 
 
@@ -124,16 +124,10 @@ def _load(inbound_email_id: int) -> InboundEmail | None:
         return None
     objects, position = {}, 0
     for model, _alias, _join in _LOAD_MODELS:
-        fields = model._meta.concrete_fields
-        values = list(record[position:position + len(fields)])
-        position += len(fields)
-        if values[0] is None:  # no routing team / flow
-            objects[model] = None
-            continue
-        for index, model_field in enumerate(fields):
-            if hasattr(model_field, "from_db_value") and values[index] is not None:
-                values[index] = model_field.from_db_value(values[index], None, connection)
-        objects[model] = model.from_db(connection.alias, [f.attname for f in fields], values)
+        values = record[position:position + sql.width(model)]
+        position += sql.width(model)
+        # A missing routing team / flow comes back as a row of NULLs.
+        objects[model] = None if values[0] is None else sql.instance(model, values)
     row, conn, tenant = objects[InboundEmail], objects[EmailConnection], objects[Tenant]
     for model, name in ((Team, "routing_team"), (Flow, "routing_flow")):
         if objects[model] is not None:
@@ -319,24 +313,41 @@ def _ticket_by_token(row: InboundEmail, parsed: ParsedEmail) -> Ticket | None:
     return None
 
 
-def _register_thread_ids(tenant_id: int, ticket_id: int, message_pk: int,
-                         parsed: ParsedEmail) -> None:
-    """Register the message's own id (linked to the stored message) and every id it
-    refers to (In-Reply-To, References) for its ticket, in one statement. An id that a
-    reply registered before this message arrived gets its message linked now, so that a
-    later copy of this message is recognised as a duplicate; other known ids keep their
-    first ticket."""
+def _store(row: InboundEmail, ticket: Ticket, message: Message, parsed: ParsedEmail,
+           head: dict) -> bool:
+    """One statement for the end of a processed email: insert ``message``; register its own
+    Message-ID (linked to it) and every id it refers to (In-Reply-To, References) for the
+    ticket; and the row's guarded final state. An id that a reply registered before this
+    message arrived gets the message linked now, so that a later copy of this message is
+    recognised as a duplicate; other known ids keep their first ticket. Returns False when
+    another worker finished the row first (the caller rolls back)."""
+    names, placeholders, params = sql.insert_parts(message)
     ids = list(dict.fromkeys(m[:998] for m in [parsed.message_id, *parsed.thread_ids]))
-    table = EmailThreadRef._meta.db_table  # our own table name, never input
+    query = (
+        f"WITH m AS (INSERT INTO {Message._meta.db_table} ({names}) "  # noqa: S608
+        f"  VALUES ({placeholders}) RETURNING id), "
+        f"r AS (INSERT INTO {EmailThreadRef._meta.db_table} AS r "
+        "  (tenant_id, message_id_header, ticket_id, message_id, created_at) "
+        "  SELECT %s, h, %s, CASE WHEN h = %s THEN (SELECT id FROM m) END, now() "
+        "  FROM unnest(%s::varchar(998)[]) AS h "
+        "  ON CONFLICT (tenant_id, message_id_header) DO UPDATE SET message_id = "
+        "  EXCLUDED.message_id WHERE r.message_id IS NULL AND EXCLUDED.message_id IS NOT NULL), "
+        f"f AS (UPDATE {InboundEmail._meta.db_table} SET state = %s, reason = '', "
+        "  processed_at = now(), attempts = attempts + 1, ticket_id = %s, "
+        "  message_id = (SELECT id FROM m), message_id_header = %s, subject = %s, "
+        "  from_address = %s, details = %s::jsonb "
+        "  WHERE id = %s AND state = %s RETURNING 1) "
+        "SELECT (SELECT id FROM m), (SELECT count(*) FROM f)"
+    )
+    params += [row.tenant_id, ticket.pk, ids[0], ids,
+               InboundState.PROCESSED, ticket.pk, head["message_id_header"], head["subject"],
+               head["from_address"], json.dumps(head["details"], default=str),
+               row.pk, InboundState.RECEIVED]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} AS r (tenant_id, message_id_header, ticket_id, message_id, "  # noqa: S608
-            "created_at) SELECT %s, h, %s, CASE WHEN h = %s THEN %s::bigint END, now() "
-            "FROM unnest(%s::varchar(998)[]) AS h "
-            "ON CONFLICT (tenant_id, message_id_header) DO UPDATE SET message_id = "
-            "EXCLUDED.message_id WHERE r.message_id IS NULL AND EXCLUDED.message_id IS NOT NULL",
-            [tenant_id, ticket_id, ids[0], message_pk, ids],
-        )
+        cursor.execute(query, params)
+        message_pk, finished = cursor.fetchone()
+    sql.saved(message, message_pk)
+    return finished == 1
 
 
 def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEmail,
@@ -395,9 +406,6 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
     if is_reply:
         ticket = ticket_touch_for_inbound(tenant_id=row.tenant_id,
                                           ticket_id=ticket.pk if ticket else ticket_id, add_cc=cc)
-        message = message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text=parsed.text,
-                              body_html=body_html, subject=parsed.subject,
-                              author_contact=contact, touch=False)
     else:
         created = True
         routed = {}
@@ -419,20 +427,21 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
             source_channel=SourceChannel.EMAIL, cc_addresses=cc, email_connection=conn,
             **routed,
         )
-        message = message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text=parsed.text,
-                              body_html=body_html, subject=parsed.subject,
-                              author_contact=contact, touch=False)
 
-    _register_thread_ids(row.tenant_id, ticket.pk, message.pk, parsed)
+    # The ticket is touched (or new) already: the message goes in with the thread ids and
+    # the final state, in one statement (tickets.services.message_add with touch=False
+    # would write the same row).
+    message = Message(tenant_id=row.tenant_id, ticket=ticket, kind=MessageKind.INBOUND,
+                      subject=parsed.subject[:998], body_text=parsed.text, body_html=body_html,
+                      author_contact=contact)
+    head["details"]["threaded_by"] = found_by or "new-ticket"
+    if not _store(row, ticket, message, parsed, head):
+        raise _LostRace
     if parsed.attachments:
         attachments_add(message=message, files=[
             (a.filename, a.content, a.content_type, a.content_id, a.inline)
             for a in parsed.attachments
         ])
-    head["details"]["threaded_by"] = found_by or "new-ticket"
-    if not _finish(row, InboundState.PROCESSED, "", head, ticket_id=ticket.pk,
-                   message_pk=message.pk):
-        raise _LostRace
     return IngestOutcome(state=InboundState.PROCESSED, ticket_id=ticket.pk,
                          ticket_number=ticket.number, created_ticket=created,
                          message_pk=message.pk, parsed=parsed)

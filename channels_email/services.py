@@ -15,6 +15,7 @@ from channels_email.models import (
     InboundState,
     Provider,
 )
+from helpdesk import sql
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
 
@@ -48,10 +49,13 @@ def inbound_email_receive(
         row.raw.save(f"{hashlib.sha256(raw).hexdigest()}.eml", ContentFile(raw), save=False)
         row.raw_size = len(raw)
     try:
-        # The insert is the existence check (one statement on the usual, new path); inside
-        # a caller's transaction a savepoint keeps a conflict from spoiling it.
-        with transaction.atomic(savepoint=db_connection.in_atomic_block):
-            row.save(force_insert=True)
+        # The insert is the existence check: one autocommitted statement on the usual, new
+        # path; inside a caller's transaction a savepoint keeps a conflict from spoiling it.
+        if db_connection.in_atomic_block:
+            with transaction.atomic():
+                sql.insert(row)
+        else:
+            sql.insert(row)
         return row, True
     except IntegrityError:
         # Delivered before (or a concurrent receiver won the race): that row is the record.

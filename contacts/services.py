@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contacts.models import Contact, ContactSource, normalize_email
+from helpdesk import sql
 from helpdesk.models import Tenant
 
 
@@ -25,7 +26,7 @@ def contact_get_or_create(
         "  name = CASE WHEN c.name = '' THEN EXCLUDED.name ELSE c.name END, "
         "  updated_at = CASE WHEN c.name = '' AND EXCLUDED.name <> '' THEN now() "
         "               ELSE c.updated_at END "
-        "RETURNING c.*, (xmax = 0) AS created_now"
+        f"RETURNING {sql.columns(Contact, 'c')}, (xmax = 0)"
     )
-    contact = list(Contact.objects.raw(query, [tenant.pk, address, name, source]))[0]
-    return contact, bool(contact.created_now)
+    contact, (created,) = sql.fetch_one(Contact, query, [tenant.pk, address, name, source])
+    return contact, bool(created)

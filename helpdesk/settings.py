@@ -97,6 +97,16 @@ if not IS_PROD and not all(_service_env.values()):
 DATABASES = {"default": env.db_url_config(_service_env["DATABASE_URL"])}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60 if IS_PROD else 0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Server-side parameter binding with prepared statements: psycopg prepares a statement
+# after it has run DB_PREPARE_THRESHOLD times on a connection, so PostgreSQL stops
+# re-planning the statements a worker runs for every email (it halves the database's CPU
+# per ingested email, see bench/ingest.py). Behind PgBouncer in transaction mode set
+# DB_SERVER_SIDE_BINDING=false (or DB_PREPARE_THRESHOLD=-1: never prepare).
+DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env.bool(
+    "DB_SERVER_SIDE_BINDING", default=True)
+_prepare_threshold = env.int("DB_PREPARE_THRESHOLD", default=5)
+DATABASES["default"]["OPTIONS"]["prepare_threshold"] = (
+    _prepare_threshold if _prepare_threshold >= 0 else None)
 # Lets two test runs share one server (e.g. TEST_DATABASE_NAME=test_helpdesk_2).
 DATABASES["default"]["TEST"] = {"NAME": env.str("TEST_DATABASE_NAME", default="") or None}
 REDIS_URL = _service_env["REDIS_URL"]

@@ -11,6 +11,7 @@ from django.db.models import Func, PositiveBigIntegerField, Value
 from django.utils import timezone
 
 from contacts.models import Contact
+from helpdesk import sql
 from helpdesk.models import Tenant, User
 from routing.models import Team
 from tickets.models import (
@@ -145,11 +146,11 @@ def ticket_touch_for_inbound(*, tenant_id: int, ticket_id: int,
         "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
         "cc_addresses = cc_addresses || ARRAY(SELECT a FROM unnest(%s::varchar(320)[]) a "
         "  WHERE NOT a = ANY(cc_addresses)) "
-        "WHERE id = %s AND tenant_id = %s RETURNING *"
+        f"WHERE id = %s AND tenant_id = %s RETURNING {sql.columns(Ticket)}"
     )
     params = [TicketStatus.SOLVED, TicketStatus.CLOSED, TicketStatus.OPEN,
               list(dict.fromkeys(add_cc)), ticket_id, tenant_id]
-    return list(Ticket.objects.raw(query, params))[0]
+    return sql.fetch_one(Ticket, query, params)[0]
 
 
 def attachments_add(

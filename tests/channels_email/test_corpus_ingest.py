@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
 from channels_email.ingest import inbound_email_ingest
 from channels_email.services import connection_create_manual, inbound_email_receive
 from helpdesk.tenancy import tenant_scope
+from tests.channels_email.corpus import CORPUS, corpus_files, needs_corpus
 
-# A byte-for-byte copy of ../shared/corpus (see tests/corpus/SOURCES.md for origins and
-# licences), kept in the repository so that a fresh clone tests the same mail.
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-NOT_MAIL = {"SOURCES.md", "MANIFEST.sha256", "bounce_expectations.csv"}
 NEVER_A_TICKET = {"bounce", "delay", "auto_reply", "challenge", "complaint"}
-
-
-def corpus_files() -> list[Path]:
-    if not CORPUS.is_dir():
-        return []
-    return sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name not in NOT_MAIL)
 
 
 def expectations() -> dict[str, str]:
@@ -36,7 +26,7 @@ FILES = corpus_files()
 VERDICTS = expectations()
 
 
-@pytest.mark.skipif(not FILES, reason=f"the shared corpus is not at {CORPUS}")
+@needs_corpus
 @pytest.mark.django_db
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(CORPUS)))
 def test_corpus_email_ingests_with_a_final_state(path, tenant):

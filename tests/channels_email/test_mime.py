@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import re
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,10 +15,8 @@ from hypothesis import strategies as st
 
 from channels_email.mime import ParseLimits, parse_email
 from channels_email.sanitize import sanitize_html
+from tests.channels_email.corpus import CORPUS, NOT_MAIL, corpus_files, needs_corpus
 from tests.channels_email.mail_builder import build_email
-
-CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-NOT_MAIL = {"SOURCES.md", "MANIFEST.sha256", "bounce_expectations.csv"}
 
 
 def parse(relative: str):
@@ -30,9 +27,9 @@ def names(parsed) -> list[str]:
     return [a.filename for a in parsed.attachments]
 
 
-def test_the_corpus_is_in_the_repository():
-    files = [p for p in CORPUS.rglob("*") if p.is_file() and p.name not in NOT_MAIL]
-    assert len(files) == 395
+@needs_corpus
+def test_the_whole_corpus_is_there():
+    assert len(corpus_files()) == 395
 
 
 # --------------------------------------------------------------- curated assertions
@@ -142,6 +139,7 @@ CURATED = [
 ]
 
 
+@needs_corpus
 @pytest.mark.parametrize("relative,check", CURATED, ids=[c[0] for c in CURATED])
 def test_curated_corpus_email(relative, check):
     parsed = parse(relative)
@@ -164,6 +162,7 @@ def _ticket_worthy(parsed) -> bool:
                 or parsed.is_complaint or parsed.is_challenge or parsed.is_auto_reply)
 
 
+@needs_corpus
 def test_bounce_expectations():
     verdicts = _expectations()
     bounces = [f for f, v in verdicts.items() if v == "bounce"]
@@ -193,6 +192,7 @@ REVIEWED_REPORTS_ELSEWHERE = {
 }
 
 
+@needs_corpus
 def test_no_ordinary_email_elsewhere_is_taken_for_a_bounce():
     judged = set(_expectations())
     taken = set()

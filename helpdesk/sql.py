@@ -1,0 +1,88 @@
+"""Hand-written SQL on the hot paths, returning model instances without the ORM's query
+building (which costs more than the database's work for a one-row statement).
+
+Contract: ``columns(Model, alias)`` lists a model's concrete columns in field order; a
+statement that selects or returns exactly that list (then any extra values) can be turned
+into an instance by ``instance(Model, values)``. Table and column names come from model
+metadata, never from input; values always go through parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import TypeVar
+
+from django.db import connection, models
+
+M = TypeVar("M", bound=models.Model)
+
+
+@functools.cache
+def columns(model: type[models.Model], alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{f.column}"' for f in model._meta.concrete_fields)
+
+
+@functools.cache
+def _fields(model: type[models.Model]):
+    fields = model._meta.concrete_fields
+    converters = [(i, f) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
+    return [f.attname for f in fields], converters, len(fields)
+
+
+def width(model: type[models.Model]) -> int:
+    return _fields(model)[2]
+
+
+def instance(model: type[M], values: Sequence) -> M:
+    """A model instance from the first ``width(model)`` values of a row."""
+    attnames, converters, count = _fields(model)
+    values = list(values[:count])
+    for index, field in converters:
+        if values[index] is not None:
+            values[index] = field.from_db_value(values[index], None, connection)
+    return model.from_db(connection.alias, attnames, values)
+
+
+def fetch_one(model: type[M], sql: str, params: Sequence) -> tuple[M, tuple] | None:
+    """Run ``sql`` (which returns ``columns(model)`` first) and return the instance and
+    the row's extra values, or None when no row comes back."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return instance(model, row), tuple(row[width(model):])
+
+
+@functools.cache
+def _insert_fields(model: type[models.Model]):
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    names = ", ".join(f'"{f.column}"' for f in fields)
+    return fields, names, ", ".join(["%s"] * len(fields))
+
+
+def insert_parts(obj: models.Model) -> tuple[str, str, list]:
+    """(column list, placeholders, parameters) of an INSERT of ``obj``, with the values the
+    ORM would write (``pre_save`` fills auto_now fields, ``get_db_prep_save`` adapts)."""
+    fields, names, placeholders = _insert_fields(type(obj))
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    return names, placeholders, params
+
+
+def saved(obj: M, pk: int) -> M:
+    """Mark ``obj`` as the stored row ``pk`` (after a hand-written INSERT)."""
+    obj.pk = pk
+    obj._state.adding = False
+    obj._state.db = connection.alias
+    return obj
+
+
+def insert(obj: M) -> M:
+    """INSERT ``obj`` in one statement and set its primary key."""
+    names, placeholders, params = insert_parts(obj)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {obj._meta.db_table} ({names}) "  # noqa: S608
+                       f"VALUES ({placeholders}) RETURNING {obj._meta.pk.column}", params)
+        return saved(obj, cursor.fetchone()[0])
