@@ -35,38 +35,44 @@ _STYLE_PROPERTIES = {
     "border-collapse", "padding", "margin", "width", "height", "line-height", "display",
 }
 _URL_SCHEMES = {"http", "https", "mailto", "tel", "cid"}
-_DANGEROUS_STYLE = re.compile(r"expression|url\s*\(|javascript|@import|behavior|-moz-binding",
-                              re.IGNORECASE)
+# A backslash is a CSS escape (u\72l( is url(): a style that needs one is dropped whole.
+_DANGEROUS_STYLE = re.compile(r"expression|url\s*\(|javascript|@import|behavior|-moz-binding"
+                              r"|\\|&#|image-set|src\s*\(", re.IGNORECASE)
 CID_REFERENCE = re.compile(r"""\bcid:([^"'\s<>)]+)""", re.IGNORECASE)
 
 
-def _filter(allow_remote_images: bool):
-    def attribute_filter(tag: str, attr: str, value: str) -> str | None:
-        if attr == "style" and _DANGEROUS_STYLE.search(value):
-            return None
-        if tag == "img" and attr == "src":
-            lowered = value.strip().lower()
-            if lowered.startswith("cid:"):
-                return value
-            if allow_remote_images and lowered.startswith(("https:", "http:")):
-                return value
-            return None
-        if tag != "img" and value.strip().lower().startswith("cid:"):
-            return None  # cid: is for images only
-        return value
-
-    return attribute_filter
+# nh3 serialises what it keeps in a normal form (double-quoted attributes, with "&<>
+# escaped), so the two policies nh3 cannot express are applied to its output: image
+# sources other than cid: (and http(s) when allowed), and inline styles that could load or
+# run anything. A Python attribute callback would cost twice the whole clean.
+_IMG_SRC = re.compile(r'(<img\b[^>]*?)\ssrc="([^"]*)"', re.IGNORECASE)
+_STYLE_ATTR = re.compile(r'\sstyle="([^"]*)"', re.IGNORECASE)
+_CID_LINK = re.compile(r'\s(?:href|cite)="cid:[^"]*"', re.IGNORECASE)
 
 
-@lru_cache(maxsize=2)
-def _cleaner(allow_remote_images: bool) -> nh3.Cleaner:
+def _img_src(allow_remote_images: bool):
+    def replace(match: re.Match) -> str:
+        source = match.group(2).strip().lower()
+        if source.startswith("cid:") or (
+                allow_remote_images and source.startswith(("https:", "http:"))):
+            return match.group(0)
+        return match.group(1)
+
+    return replace
+
+
+def _style(match: re.Match) -> str:
+    return "" if _DANGEROUS_STYLE.search(match.group(1)) else match.group(0)
+
+
+@lru_cache(maxsize=1)
+def _cleaner() -> nh3.Cleaner:
     return nh3.Cleaner(
         tags=_TAGS,
         clean_content_tags={"script", "style", "title", "head", "textarea", "select",
                             "noscript", "iframe", "object", "embed", "svg", "math",
                             "template", "xmp", "noembed", "noframes"},
         attributes=_ATTRIBUTES,
-        attribute_filter=_filter(allow_remote_images),
         url_schemes=_URL_SCHEMES,
         link_rel="noopener noreferrer nofollow",
         strip_comments=True,
@@ -77,7 +83,14 @@ def _cleaner(allow_remote_images: bool) -> nh3.Cleaner:
 def sanitize_html(html: str, *, allow_remote_images: bool = False) -> str:
     if not html or not html.strip():
         return ""
-    return _cleaner(allow_remote_images).clean(html)
+    cleaned = _cleaner().clean(html)
+    if "<img" in cleaned:
+        cleaned = _IMG_SRC.sub(_img_src(allow_remote_images), cleaned)
+    if ' style="' in cleaned:
+        cleaned = _STYLE_ATTR.sub(_style, cleaned)
+    if "cid:" in cleaned:
+        cleaned = _CID_LINK.sub("", cleaned)
+    return cleaned
 
 
 def cid_references(html: str) -> set[str]:

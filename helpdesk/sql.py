@@ -58,17 +58,27 @@ def fetch_one(model: type[M], sql: str, params: Sequence) -> tuple[M, tuple] | N
 
 @functools.cache
 def _insert_fields(model: type[models.Model]):
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    names = ", ".join(f'"{f.column}"' for f in fields)
-    return fields, names, ", ".join(["%s"] * len(fields))
+    return [f for f in model._meta.concrete_fields if not f.primary_key]
 
 
-def insert_parts(obj: models.Model) -> tuple[str, str, list]:
+def insert_parts(obj: models.Model, expressions: dict[str, tuple[str, list]] | None = None
+                 ) -> tuple[str, str, list]:
     """(column list, placeholders, parameters) of an INSERT of ``obj``, with the values the
-    ORM would write (``pre_save`` fills auto_now fields, ``get_db_prep_save`` adapts)."""
-    fields, names, placeholders = _insert_fields(type(obj))
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    return names, placeholders, params
+    ORM would write (``pre_save`` fills auto_now fields, ``get_db_prep_save`` adapts).
+    ``expressions`` maps a field's attname to (SQL, parameters) computed by the database
+    instead, e.g. ``{"number": ("tickets_next_number(%s)", [tenant_id])}``."""
+    expressions = expressions or {}
+    names, placeholders, params = [], [], []
+    for field in _insert_fields(type(obj)):
+        names.append(f'"{field.column}"')
+        if field.attname in expressions:
+            snippet, values = expressions[field.attname]
+            placeholders.append(snippet)
+            params.extend(values)
+        else:
+            placeholders.append("%s")
+            params.append(field.get_db_prep_save(field.pre_save(obj, True), connection))
+    return ", ".join(names), ", ".join(placeholders), params
 
 
 def saved(obj: M, pk: int) -> M:
@@ -79,10 +89,17 @@ def saved(obj: M, pk: int) -> M:
     return obj
 
 
-def insert(obj: M) -> M:
-    """INSERT ``obj`` in one statement and set its primary key."""
-    names, placeholders, params = insert_parts(obj)
+def insert(obj: M, expressions: dict[str, tuple[str, list]] | None = None) -> M:
+    """INSERT ``obj`` in one statement and set its primary key, and the fields computed by
+    ``expressions`` (read back with RETURNING)."""
+    names, placeholders, params = insert_parts(obj, expressions)
+    computed = list(expressions or ())
+    returning = ", ".join([obj._meta.pk.column,
+                           *(obj._meta.get_field(a).column for a in computed)])
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {obj._meta.db_table} ({names}) "  # noqa: S608
-                       f"VALUES ({placeholders}) RETURNING {obj._meta.pk.column}", params)
-        return saved(obj, cursor.fetchone()[0])
+                       f"VALUES ({placeholders}) RETURNING {returning}", params)
+        row = cursor.fetchone()
+    for attname, value in zip(computed, row[1:], strict=True):
+        setattr(obj, attname, value)
+    return saved(obj, row[0])

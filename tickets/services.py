@@ -7,7 +7,6 @@ from collections.abc import Iterable
 
 from django.core.files.base import ContentFile
 from django.db import connection, transaction
-from django.db.models import Func, PositiveBigIntegerField, Value
 from django.utils import timezone
 
 from contacts.models import Contact
@@ -40,12 +39,6 @@ def next_ticket_number(*, tenant: Tenant) -> int:
         return cursor.fetchone()[0]
 
 
-def _next_number_expression(tenant: Tenant) -> Func:
-    """The same upsert as an SQL expression, evaluated inside the ticket's INSERT."""
-    return Func(Value(tenant.pk), function="tickets_next_number",
-                output_field=PositiveBigIntegerField())
-
-
 def ticket_create(
     *,
     tenant: Tenant,
@@ -68,24 +61,24 @@ def ticket_create(
     for related in (contact, team):
         if related is not None and related.tenant_id != tenant.pk:
             raise ValueError(f"{type(related).__name__} {related.pk} is not in tenant {tenant.pk}")
-    # No savepoint: inside a caller's transaction an error rolls the whole of it back.
-    with transaction.atomic(savepoint=False):
-        return Ticket.objects.create(
-            tenant=tenant,
-            number=_next_number_expression(tenant),
-            routing=routing or {},
-            title=(title or "").strip()[:998] or "(no subject)",
-            description=description,
-            status=status,
-            priority=priority,
-            contact=contact,
-            team=team,
-            assignee=assignee,
-            source_channel=source_channel,
-            cc_addresses=list(dict.fromkeys(cc_addresses)),
-            tags=list(tags),
-            email_connection=email_connection,
-        )
+    ticket = Ticket(
+        tenant=tenant,
+        number=0,  # taken by the database in the INSERT itself
+        title=(title or "").strip()[:998] or "(no subject)",
+        description=description,
+        status=status,
+        priority=priority,
+        contact=contact,
+        team=team,
+        assignee=assignee,
+        source_channel=source_channel,
+        cc_addresses=list(dict.fromkeys(cc_addresses)),
+        tags=list(tags),
+        email_connection=email_connection,
+        routing=routing or {},
+    )
+    # One statement, so atomic by itself: the number's upsert and the row go in together.
+    return sql.insert(ticket, {"number": ("tickets_next_number(%s)", [tenant.pk])})
 
 
 def message_add(

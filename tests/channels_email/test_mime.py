@@ -368,10 +368,12 @@ XSS = [
     '<a href="vbscript:msgbox(1)">x</a>',
     '<p onmouseover="alert(1)">hover</p>',
     '<img src="https://tracker.example/pixel.gif" width=1 height=1>',
+    '<p style="color: red; width: expr\\65ssion(alert(1))">css escape</p>',
+    '<a href="cid:part@x">a cid link</a>',
 ]
 DANGER = re.compile(r"<script|<svg|<iframe|<object|<embed|<form|<meta|<base|<link|<style|"
                     r"\bon[a-z]+\s*=|javascript:|vbscript:|expression\(|data:|"
-                    r"tracker\.example|evil\.example", re.IGNORECASE)
+                    r"tracker\.example|evil\.example|\\|href=\"cid:", re.IGNORECASE)
 
 
 @pytest.mark.parametrize("payload", XSS)
