@@ -335,6 +335,34 @@ def test_team_routing_and_only_new_mail_is_affected(conn, tenant):
 
 
 @pytest.mark.django_db
+def test_flow_routing_applies_rules_in_the_ticket_insert_and_records_why(conn, tenant):
+    from routing.services import flow_create, rule_create
+
+    billing, general = (TeamFactory(tenant=tenant, name=n) for n in ("Billing", "General"))
+    with tenant_scope(tenant):
+        flow = flow_create(tenant=tenant, name="Triage", fallback_team=general)
+        rule_create(flow=flow, name="Refunds", conditions=[
+            {"field": "subject", "op": "contains", "value": "refund"},
+            {"field": "has_attachments", "op": "is", "value": True},
+        ], actions=[{"type": "assign_team", "value": billing.pk},
+                    {"type": "set_priority", "value": "high"},
+                    {"type": "add_tag", "value": "refund"}])
+        conn.routing_mode, conn.routing_flow = RoutingMode.FLOW, flow
+        conn.save()
+    ingest(conn, build_email(message_id="<f1@c.example>", subject="Refund please",
+                             attachments=[("bill.pdf", b"%PDF", "application/pdf")]))
+    ingest(conn, build_email(message_id="<f2@c.example>", subject="Refund please"))
+    refund, other = tickets(tenant)
+    assert (refund.team, refund.priority, refund.tags) == (billing, "high", ["refund"])
+    assert refund.routing["flow"]["name"] == "Triage"
+    assert refund.routing["rules"][0]["matched"] is True
+    assert any("subject contains" in why for why in refund.routing["rules"][0]["why"])
+    assert other.team == general and other.priority == "normal" and other.tags == []
+    assert other.routing["rules"][0]["matched"] is False
+    assert other.routing["fallback_team"]["name"] == "General"
+
+
+@pytest.mark.django_db
 def test_ingest_eml_command_with_report(tmp_path, tenant, capsys):
     folder = tmp_path / "mails"
     folder.mkdir()
