@@ -146,8 +146,9 @@ class InboundEmail(TenantOwnedModel):
     Nothing that reached us is dropped without a row saying why (state + reason).
     """
 
+    # Indexed by the (connection, provider_message_id) unique constraint.
     connection = models.ForeignKey(EmailConnection, on_delete=models.CASCADE,
-                                   related_name="inbound_emails")
+                                   related_name="inbound_emails", db_index=False)
     provider_message_id = models.CharField(max_length=255)
     provider_thread_id = models.CharField(max_length=255, blank=True)
     message_id_header = models.CharField(max_length=998, blank=True)

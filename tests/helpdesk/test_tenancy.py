@@ -153,3 +153,19 @@ def test_user_in_two_tenants_sees_each_and_the_switcher(client):
     assert "Only in two" in client.get("/two/tickets/").content.decode()
     assert client.get(f"/two/tickets/{ticket_b.number}/").status_code == 200
     assert client.get("/").status_code == 200  # chooser, since there are two
+
+
+def test_every_tenant_owned_model_has_an_index_led_by_tenant():
+    """TenantOwnedModel.tenant has no index of its own; this one must cover it."""
+    from django.apps import apps
+
+    from helpdesk.tenancy import TenantOwnedModel
+
+    for model in apps.get_models():
+        if not issubclass(model, TenantOwnedModel):
+            continue
+        leading = [c for c in model._meta.constraints
+                   if getattr(c, "fields", ()) and c.fields[0] == "tenant"
+                   and getattr(c, "condition", None) is None]
+        leading += [i for i in model._meta.indexes if i.fields and i.fields[0] == "tenant"]
+        assert leading, f"{model.__name__} needs an index or unique constraint led by tenant"
