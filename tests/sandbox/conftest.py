@@ -1,0 +1,153 @@
+"""Start the Google sandbox as a real subprocess on a free port (state in a tmp var dir)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html.parser
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT_ID = "helpdesk-test.apps.googleusercontent.com"
+CLIENT_SECRET = "GOCSPX-test-secret"
+REDIRECT_URI = "http://127.0.0.1:8000/channels/email/google/callback/"
+SCOPES = ["https://www.googleapis.com/auth/gmail.readonly",
+          "https://www.googleapis.com/auth/gmail.send"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_var(tmp_path_factory):
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session")
+def sandbox_url(sandbox_var):
+    env = {**os.environ, "HELPDESK_VAR_DIR": str(sandbox_var)}
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    info = sandbox_var / "sandbox" / "server.json"
+    deadline = time.time() + 20
+    while not info.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("sandbox did not start: " + (proc.stdout.read() if proc.stdout else ""))
+        time.sleep(0.05)
+    url = json.loads(info.read_text())["url"]
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def sandbox(sandbox_url):
+    """A clean sandbox for each test, with the test client registered."""
+    requests.post(sandbox_url + "/_sandbox/reset", json={"settings": True}, timeout=5)
+    requests.post(sandbox_url + "/_sandbox/clients", json={
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "redirect_uris": [REDIRECT_URI]}, timeout=5).raise_for_status()
+    requests.post(sandbox_url + "/_sandbox/settings", json={
+        "push_retry_min_seconds": 0.2, "push_retry_max_seconds": 1.0,
+        "reorder_hold_seconds": 0.5}, timeout=5).raise_for_status()
+    return sandbox_url
+
+
+class FormParser(html.parser.HTMLParser):
+    """Collects forms: action, method and (name, value) of inputs and buttons."""
+
+    def __init__(self):
+        super().__init__()
+        self.forms: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "form":
+            self.forms.append({"action": a.get("action"), "method": a.get("method", "get"),
+                               "fields": [], "buttons": []})
+        elif tag == "input" and self.forms and a.get("name"):
+            if a.get("type") == "checkbox" and "checked" not in a:
+                return
+            self.forms[-1]["fields"].append((a["name"], a.get("value", "")))
+        elif tag == "button" and self.forms and a.get("name"):
+            self.forms[-1]["buttons"].append((a["name"], a.get("value", "")))
+
+
+def forms_of(page: str) -> list[dict]:
+    parser = FormParser()
+    parser.feed(page)
+    return parser.forms
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(
+        hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def authorize(url: str, email: str, *, decision: str = "allow", scopes=None, state="st-123",
+              challenge: str | None = None, extra: dict | None = None) -> dict:
+    """Drive the consent pages like a browser; return the redirect's query parameters."""
+    params = {"client_id": CLIENT_ID, "redirect_uri": REDIRECT_URI, "response_type": "code",
+              "scope": " ".join(scopes or SCOPES), "state": state, "access_type": "offline",
+              "prompt": "consent", "include_granted_scopes": "true", **(extra or {})}
+    if challenge:
+        params.update(code_challenge=challenge, code_challenge_method="S256")
+    session = requests.Session()
+    page = session.get(url + "/o/oauth2/v2/auth", params=params, timeout=5)
+    assert page.status_code == 200, page.text
+    picker = [f for f in forms_of(page.text) if not f["buttons"]][0]  # "use another account"
+    fields = [(k, v) for k, v in picker["fields"] if k != "email"] + [("email", email)]
+    consent = session.post(url + "/o/oauth2/v2/auth", data=fields, timeout=5)
+    assert consent.status_code == 200, consent.text
+    form = forms_of(consent.text)[0]
+    answer = session.post(url + "/o/oauth2/v2/auth",
+                          data=form["fields"] + [("decision", decision)],
+                          allow_redirects=False, timeout=5)
+    assert answer.status_code == 302, answer.text
+    location = answer.headers["Location"]
+    assert location.startswith(REDIRECT_URI)
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+
+
+def exchange(url: str, code: str, verifier: str | None, basic: bool = True):
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI}
+    if verifier:
+        data["code_verifier"] = verifier
+    if basic:
+        return requests.post(url + "/token", data=data, auth=(CLIENT_ID, CLIENT_SECRET),
+                             timeout=5)
+    data.update(client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    return requests.post(url + "/token", data=data, timeout=5)
+
+
+@pytest.fixture
+def connect(sandbox):
+    """OAuth-connect a mailbox; return (tokens, google-auth Credentials, gmail service)."""
+    from google.oauth2.credentials import Credentials
+    from googleapiclient.discovery import build
+
+    def _connect(email: str = "support@acme.test"):
+        verifier, challenge = pkce_pair()
+        redirect = authorize(sandbox, email, challenge=challenge)
+        tokens = exchange(sandbox, redirect["code"], verifier).json()
+        creds = Credentials(tokens["access_token"], refresh_token=tokens["refresh_token"],
+                            token_uri=sandbox + "/token", client_id=CLIENT_ID,
+                            client_secret=CLIENT_SECRET, scopes=SCOPES)
+        service = build("gmail", "v1", credentials=creds, static_discovery=True,
+                        client_options={"api_endpoint": sandbox + "/"})
+        return tokens, creds, service
+
+    return _connect
