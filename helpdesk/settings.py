@@ -311,3 +311,34 @@ TENANT_RESERVED_SLUGS = frozenset(
 )
 INVITATION_TTL = timedelta(days=7)
 TICKETS_PER_PAGE = 25
+
+# --- Mail providers ----------------------------------------------------------------------
+# Every provider URL is a setting. SANDBOX_URL (dev and test only) points them all at the
+# local emulator in sandbox/; production never loads it.
+SANDBOX_URL = "" if IS_PROD else env.str("SANDBOX_URL", default="").rstrip("/")
+_google = SANDBOX_URL or ""
+GOOGLE_CLIENT_ID = env.str("GOOGLE_CLIENT_ID", default="helpdesk-dev.apps.googleusercontent.com"
+                           if SANDBOX_URL else "")
+GOOGLE_CLIENT_SECRET = env.str("GOOGLE_CLIENT_SECRET", default="sandbox-secret"
+                               if SANDBOX_URL else "")
+GOOGLE_AUTH_URI = env.str("GOOGLE_AUTH_URI", default=(_google or "https://accounts.google.com")
+                          + "/o/oauth2/v2/auth")
+GOOGLE_TOKEN_URI = env.str("GOOGLE_TOKEN_URI", default=(_google + "/token") if _google
+                           else "https://oauth2.googleapis.com/token")
+GOOGLE_REVOKE_URI = env.str("GOOGLE_REVOKE_URI", default=(_google + "/revoke") if _google
+                            else "https://oauth2.googleapis.com/revoke")
+GOOGLE_CERTS_URL = env.str("GOOGLE_CERTS_URL", default=(_google or "https://www.googleapis.com")
+                           + "/oauth2/v1/certs")
+GMAIL_API_ENDPOINT = env.str("GMAIL_API_ENDPOINT", default=(_google + "/") if _google
+                             else "https://gmail.googleapis.com/")
+GMAIL_SCOPES = ("https://www.googleapis.com/auth/gmail.readonly",
+                "https://www.googleapis.com/auth/gmail.send")
+GMAIL_PUBSUB_TOPIC = env.str("GMAIL_PUBSUB_TOPIC", default="projects/helpdesk-dev/topics/gmail"
+                             if SANDBOX_URL else "")
+GMAIL_WATCH_LABEL = env.str("GMAIL_WATCH_LABEL", default="INBOX")
+PUBSUB_AUDIENCE = env.str("PUBSUB_AUDIENCE", default=PUBLIC_BASE_URL.rstrip("/")
+                          + "/webhooks/google/pubsub/")
+PUBSUB_SERVICE_ACCOUNT = env.str(
+    "PUBSUB_SERVICE_ACCOUNT",
+    default="pubsub-push@helpdesk-dev.iam.gserviceaccount.com" if SANDBOX_URL else "")
+PROVIDER_HTTP_TIMEOUT_SECONDS = env.float("PROVIDER_HTTP_TIMEOUT_SECONDS", default=20.0)

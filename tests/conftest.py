@@ -52,3 +52,6 @@ def scoped(tenant):
     """Run the test body inside the tenant's scope."""
     with tenant_scope(tenant):
         yield tenant
+
+# The Google sandbox (a real subprocess over HTTP) for any test folder that needs it.
+from tests.sandbox_support import connect, sandbox, sandbox_url, sandbox_var  # noqa: E402, F401

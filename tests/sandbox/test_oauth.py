@@ -8,7 +8,15 @@ from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request
 from google.oauth2.credentials import Credentials
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, SCOPES, authorize, exchange, pkce_pair
+from tests.sandbox_support import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    REDIRECT_URI,
+    SCOPES,
+    authorize,
+    exchange,
+    pkce_pair,
+)
 
 
 def test_allow_redirects_with_code_and_state_and_pkce_exchange(sandbox):

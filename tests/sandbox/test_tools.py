@@ -10,7 +10,7 @@ import sys
 
 import requests
 
-from .conftest import ROOT
+from tests.sandbox_support import ROOT
 
 
 def run_cli(sandbox_var, *args) -> str:

@@ -1,4 +1,6 @@
-"""Start the Google sandbox as a real subprocess on a free port (state in a tmp var dir)."""
+"""The Google sandbox for tests: started as a real subprocess on a free port (state in a tmp
+var dir), plus OAuth helpers. Fixtures are imported by tests/conftest.py for every test
+folder."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CLIENT_ID = "helpdesk-test.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-test-secret"
 REDIRECT_URI = "http://127.0.0.1:8000/channels/email/google/callback/"
