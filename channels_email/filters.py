@@ -54,6 +54,22 @@ def pattern_matches(pattern: str, value: str) -> bool:
     return value.lower() == pattern.lower()
 
 
+# One round trip: record this email (by InboundEmail id, so a replay is not counted
+# twice), drop what fell out of the window, count what is in it, keep the key alive.
+_COUNT_SCRIPT = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2] - ARGV[3] - 3600)
+local count = redis.call('ZCOUNT', KEYS[1], ARGV[2] - ARGV[3], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3] + 3600)
+return count
+"""
+
+
+@lru_cache(maxsize=1)
+def _count_script():
+    return _redis().register_script(_COUNT_SCRIPT)
+
+
 def sender_count_in_window(*, connection: EmailConnection, sender: str, inbound_id: int,
                            received_at: datetime) -> int:
     """How many mails from ``sender`` reached ``connection`` in the window ending at
@@ -61,13 +77,8 @@ def sender_count_in_window(*, connection: EmailConnection, sender: str, inbound_
     InboundEmail id, so counting the same email twice is impossible."""
     window = connection.sender_rate_window_minutes * 60
     key = f"{settings.CACHES['default']['KEY_PREFIX']}:rate:{connection.pk}:{sender}"
-    now = received_at.timestamp()
-    pipe = _redis().pipeline(transaction=False)
-    pipe.zadd(key, {str(inbound_id): now})
-    pipe.zremrangebyscore(key, "-inf", now - window - 3600)
-    pipe.zcount(key, now - window, now)
-    pipe.expire(key, window + 3600)
-    return int(pipe.execute()[2])
+    return int(_count_script()(keys=[key],
+                               args=[str(inbound_id), received_at.timestamp(), window]))
 
 
 def prefilter(*, parsed: ParsedEmail, connection: EmailConnection,

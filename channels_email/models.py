@@ -175,7 +175,9 @@ class InboundEmail(TenantOwnedModel):
         ]
         indexes = [
             models.Index(fields=["tenant", "state", "-received_at"], name="inbound_state"),
-            models.Index(fields=["tenant", "message_id_header"], name="inbound_message_id"),
+            # The redrive sweep over every tenant: rows still waiting for their task.
+            models.Index(fields=["received_at"], name="inbound_waiting",
+                         condition=models.Q(state="received")),
             models.Index(fields=["connection", "provider_thread_id"], name="inbound_thread",
                          condition=~models.Q(provider_thread_id="")),
         ]
