@@ -28,6 +28,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from django.core.files.base import ContentFile
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 
@@ -150,7 +151,7 @@ def inbound_email_ingest(*, inbound_email_id: int,
     with tenant_scope(row.tenant):
         try:
             return _ingest(row, limits)
-        except TRANSIENT_DB_ERRORS:
+        except (FetchDeferred, *TRANSIENT_DB_ERRORS):
             raise
         except DatabaseError as exc:
             return _mark_failed(row, exc)
@@ -165,6 +166,55 @@ def _mark_failed(row: InboundEmail, exc: BaseException) -> IngestOutcome:
         state=InboundState.FAILED, reason=reason, attempts=F("attempts") + 1,
     )
     return IngestOutcome(state=InboundState.FAILED, reason=reason)
+
+
+class FetchDeferred(Exception):  # noqa: N818 - a signal to the task, not a failure
+    """The provider cannot be asked now (rate limited, transient error, token to
+    refresh): the row stays ``received``; the task retries after ``wait`` seconds and the
+    redrive sweep is the safety net."""
+
+    def __init__(self, reason: str, wait: float):
+        super().__init__(reason)
+        self.wait = wait
+
+
+def _fetch_raw(row: InboundEmail, conn: EmailConnection
+               ) -> tuple[bytes | None, IngestOutcome | None]:
+    """DESIGN section 4 step 1: fetch the raw MIME from the provider and store it (one
+    UPDATE), outside any transaction. Returns (raw, None), or (None, outcome) when the row
+    reached a final state, and raises FetchDeferred when it should be tried later."""
+    from channels_email import health, providers
+
+    try:
+        provider = providers.get(conn.provider)
+    except KeyError:
+        reason = "raw MIME is not stored and this connection cannot fetch it"
+        _finish(row, InboundState.FAILED, reason)
+        return None, IngestOutcome(state=InboundState.FAILED, reason=reason)
+    if conn.status == "disconnected":
+        reason = "connection_disconnected: the mailbox was disconnected before this mail was read"
+        _finish(row, InboundState.SKIPPED, reason)
+        return None, IngestOutcome(state=InboundState.SKIPPED, reason=reason)
+    if not health.may_call(conn):
+        raise FetchDeferred(f"connection is {conn.status}", max(health.wait_seconds(conn), 60))
+    try:
+        raw = provider.fetch_raw(conn, row.provider_message_id)
+    except providers.PermanentError as exc:
+        health.record_error(conn, exc)
+        reason = f"gone: the provider no longer has this message ({exc.reason or exc})"
+        _finish(row, InboundState.SKIPPED, reason)
+        return None, IngestOutcome(state=InboundState.SKIPPED, reason=reason)
+    except providers.ProviderError as exc:
+        health.record_error(conn, exc)
+        wait = getattr(exc, "retry_after", None) or health.wait_seconds(conn) or 30
+        raise FetchDeferred(f"{type(exc).__name__}: {exc}", wait) from exc
+    if conn.consecutive_errors or conn.status == "rate_limited":
+        health.record_success(conn)
+    name = f"{hashlib.sha256(raw).hexdigest()}.eml"
+    row.raw.save(name, ContentFile(raw), save=False)
+    row.raw_size = len(raw)
+    InboundEmail.objects.filter(pk=row.pk).update(raw=row.raw.name, raw_size=row.raw_size)
+    return raw, None
 
 
 def _read_raw(row: InboundEmail) -> bytes | None:
@@ -212,10 +262,9 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
     conn = row.connection
     raw = _read_raw(row)
     if raw is None:
-        # Provider fetch (DESIGN section 4 step 1) plugs in here with the provider issues.
-        reason = "raw MIME is not stored and this connection cannot fetch it"
-        _finish(row, InboundState.FAILED, reason)
-        return IngestOutcome(state=InboundState.FAILED, reason=reason)
+        raw, outcome = _fetch_raw(row, conn)
+        if outcome is not None:
+            return outcome
 
     parsed = parse_email(raw, limits)
     head = {

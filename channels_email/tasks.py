@@ -6,24 +6,30 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from channels_email.ingest import inbound_email_ingest
+from channels_email.ingest import FetchDeferred, inbound_email_ingest
 from channels_email.models import InboundEmail, InboundState
 from helpdesk.tenancy import unscoped
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="ingest.process_inbound_email",
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=5, retry_backoff_max=600, retry_jitter=True, max_retries=8,
-)
-def process_inbound_email(*, inbound_email_id: int) -> str:
-    """Ingest one stored email. Idempotent: a processed row is left alone."""
-    outcome = inbound_email_ingest(inbound_email_id=inbound_email_id)
+@shared_task(bind=True, name="ingest.process_inbound_email",
+             autoretry_for=(OperationalError, InterfaceError),
+             retry_backoff=5, retry_backoff_max=600, retry_jitter=True, max_retries=8)
+def process_inbound_email(self, *, inbound_email_id: int) -> str:
+    """Ingest one stored email. Idempotent: a processed row is left alone. When the
+    provider cannot be asked now, retry later (the row stays received; beat's redrive
+    sweep picks it up if the retries run out)."""
+    try:
+        outcome = inbound_email_ingest(inbound_email_id=inbound_email_id)
+    except FetchDeferred as deferred:
+        logger.info("ingest.deferred inbound_email=%s reason=%s", inbound_email_id, deferred)
+        countdown = min(deferred.wait, settings.CELERY_MAX_COUNTDOWN_SECONDS)
+        raise self.retry(countdown=countdown, max_retries=None) from deferred
     logger.info("ingest.done inbound_email=%s state=%s", inbound_email_id, outcome.state)
     return outcome.state
 
@@ -42,3 +48,68 @@ def redrive_stuck_inbound(*, older_than_minutes: int = 5, limit: int = 500) -> i
     if ids:
         logger.info("ingest.redrive count=%s", len(ids))
     return len(ids)
+
+
+@shared_task(bind=True, name="ingest.sync_connection", max_retries=None)
+def sync_connection(self, *, connection_id: int) -> str:
+    """Walk a mailbox's new messages into InboundEmail rows (see ``sync.py``)."""
+    from channels_email import health, providers
+    from channels_email.sync import SyncBusy, connection_sync
+
+    try:
+        result = connection_sync(connection_id)
+    except SyncBusy as busy:
+        # One more sync is wanted (a push came in during the running one).
+        raise self.retry(countdown=5) from busy
+    except providers.AuthError:
+        return "token_expired"  # health recorded it; Reconnect runs the catch-up
+    except providers.ProviderError as exc:
+        if self.request.retries >= 10:
+            return "gave_up"  # the reconciliation sweep tries again in a few minutes
+        wait = getattr(exc, "retry_after", None) or health.backoff_seconds(
+            self.request.retries + 1, base=10, cap=900)
+        raise self.retry(countdown=wait) from exc
+    return result.state
+
+
+@shared_task(name="maintenance.reconcile_connections")
+def reconcile_connections() -> int:
+    """The safety net behind pushes: queue a (coalesced) sync of every connected mailbox,
+    so a lost push delays a ticket but never loses it."""
+    from channels_email.models import ConnectionStatus, EmailConnection
+    from channels_email.sync import push_mark
+
+    # Unscoped: a sweep over every tenant; each sync enters its connection's scope.
+    with unscoped():
+        ids = list(EmailConnection.objects.filter(
+            status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
+        ).exclude(provider="manual").values_list("pk", flat=True))
+    queued = 0
+    for pk in ids:
+        if push_mark(pk):
+            sync_connection.delay(connection_id=pk)
+            queued += 1
+    return queued
+
+
+@shared_task(name="maintenance.refresh_tokens")
+def refresh_tokens() -> int:
+    """Refresh every access token that expires within the next quarter hour."""
+    from channels_email import providers
+    from channels_email.models import ConnectionStatus, EmailConnection
+    from channels_email.tokens import BEAT_MARGIN, ensure_fresh_token
+    from helpdesk.tenancy import tenant_scope
+
+    refreshed = 0
+    # Unscoped: a sweep over every tenant; each refresh runs in its connection's scope.
+    with unscoped():
+        connections = list(EmailConnection.objects.select_related("tenant").filter(
+            status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
+        ).exclude(provider="manual"))
+    for conn in connections:
+        with tenant_scope(conn.tenant):
+            try:
+                refreshed += ensure_fresh_token(conn, BEAT_MARGIN)
+            except providers.ProviderError:
+                logger.warning("tokens.refresh_failed connection=%s", conn.pk)
+    return refreshed

@@ -4,6 +4,12 @@ from channels_email import views
 
 app_name = "channels_email"
 urlpatterns = [
+    path("", views.email_channels, name="channels"),
+    path("connect/<str:provider>/", views.connect_start, name="connect"),
+    path("<int:connection_id>/", views.connection_detail, name="connection"),
+    path("<int:connection_id>/reconnect/", views.connection_reconnect, name="reconnect"),
+    path("<int:connection_id>/disconnect/", views.connection_disconnect_view,
+         name="disconnect"),
     path("inbound/", views.inbound_attention_list, name="attention"),
     path("inbound/<int:inbound_email_id>/raw/", views.inbound_raw_download, name="raw"),
     path("inbound/<int:inbound_email_id>/reprocess/", views.inbound_reprocess,

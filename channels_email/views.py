@@ -3,6 +3,7 @@ their raw download and reprocessing. Tenant admins only; runs in the tenant scop
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -10,10 +11,17 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from channels_email import connect
+from channels_email.forms import RoutingForm
 from channels_email.ingest import inbound_email_ingest
-from channels_email.models import InboundEmail, InboundState
-from channels_email.selectors import inbound_email_get, inbound_emails_needing_attention
+from channels_email.models import EmailConnection, InboundEmail, InboundState, Provider
+from channels_email.selectors import (
+    connections_for_tenant,
+    inbound_email_get,
+    inbound_emails_needing_attention,
+)
 from channels_email.services import inbound_email_raw_read, inbound_email_reset_for_reprocess
+from helpdesk.tenancy import tenant_scope, unscoped
 
 
 def _admin_row(request, inbound_email_id: int) -> InboundEmail:
@@ -56,3 +64,112 @@ def inbound_reprocess(request, inbound_email_id: int):
     else:
         messages.info(request, f"Email {row.pk} is already processed.")
     return redirect("channels_email:attention", tenant_slug=request.tenant.slug)
+
+
+# --------------------------------------------------------------- Channels > Email
+
+
+def _require_admin(request) -> None:
+    if not request.membership.is_admin:
+        raise PermissionDenied("Only workspace admins can manage email channels.")
+
+
+def _connection(request, connection_id: int) -> EmailConnection:
+    _require_admin(request)
+    conn = EmailConnection.objects.filter(pk=connection_id).select_related(
+        "routing_team", "routing_flow").first()
+    if conn is None:
+        raise Http404("No such connection")
+    return conn
+
+
+def email_channels(request):
+    """Every connection of the workspace with its health, and Add Email Account."""
+    _require_admin(request)
+    return render(request, "channels_email/channels.html", {
+        "connections": connections_for_tenant(tenant=request.tenant)
+        .select_related("routing_team", "routing_flow"),
+        "gmail_configured": bool(settings.GOOGLE_CLIENT_ID),
+    })
+
+
+@require_POST
+def connect_start(request, provider: str):
+    _require_admin(request)
+    if provider not in Provider.values or provider == Provider.MANUAL:
+        raise Http404("No such provider")
+    if provider != Provider.GMAIL or not settings.GOOGLE_CLIENT_ID:
+        messages.error(request, "That provider is not configured on this server.")
+        return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
+    return redirect(connect.oauth_start(request=request, tenant=request.tenant,
+                                        provider=provider))
+
+
+@require_POST
+def connection_reconnect(request, connection_id: int):
+    conn = _connection(request, connection_id)
+    return redirect(connect.oauth_start(request=request, tenant=request.tenant,
+                                        provider=conn.provider, reconnect=conn))
+
+
+@require_POST
+def connection_disconnect_view(request, connection_id: int):
+    conn = _connection(request, connection_id)
+    connect.connection_disconnect(connection=conn, actor=request.user)
+    messages.success(request, f"{conn.address} is disconnected. Its tickets stay.")
+    return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
+
+
+def connection_detail(request, connection_id: int):
+    """Routing of a connection (Team or Flow and its target); applies to new mail only."""
+    conn = _connection(request, connection_id)
+    form = RoutingForm(request.POST or None, instance=conn, tenant=request.tenant)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Routing saved. It applies to mail that arrives from now on.")
+        return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
+    return render(request, "channels_email/connection.html", {"connection": conn, "form": form})
+
+
+def oauth_callback(request, provider: str):
+    """The provider sends the admin back here (one fixed URL, not tenant-scoped)."""
+    if not request.user.is_authenticated:
+        return redirect(f"{settings.LOGIN_URL}?next={request.get_full_path()}")
+    try:
+        state = connect.read_state(request=request, provider=provider,
+                                   state=request.GET.get("state", ""))
+    except connect.ConnectError as exc:
+        return render(request, "channels_email/connect_error.html", {"error": str(exc)},
+                      status=400)
+    tenant, membership = _tenant_membership(request.user, state["t"])
+    if membership is None or not membership.is_admin:
+        return render(request, "channels_email/connect_error.html",
+                      {"error": "You are not an admin of that workspace."}, status=403)
+    if request.GET.get("error"):
+        messages.info(request, "Access was not granted, so nothing was connected.")
+        return redirect("channels_email:channels", tenant_slug=tenant.slug)
+    with tenant_scope(tenant):
+        try:
+            result = connect.oauth_complete(request=request, provider=provider, tenant=tenant,
+                                            state=state, code=request.GET.get("code", ""))
+        except connect.ConnectError as exc:
+            messages.error(request, str(exc))
+            return redirect("channels_email:channels", tenant_slug=tenant.slug)
+    conn = result.connection
+    if result.created:
+        messages.success(request, f"{conn.address} is connected. Choose where its mail goes.")
+        return redirect("channels_email:connection", tenant_slug=tenant.slug,
+                        connection_id=conn.pk)
+    messages.success(request, f"{conn.address} is reconnected; mail that arrived meanwhile "
+                              "is being fetched.")
+    return redirect("channels_email:channels", tenant_slug=tenant.slug)
+
+
+def _tenant_membership(user, tenant_id):
+    from helpdesk.models import Membership
+
+    # Unscoped: the state names the tenant; membership decides whether it may be used.
+    with unscoped():
+        membership = (Membership.objects.select_related("tenant")
+                      .filter(user=user, tenant_id=tenant_id).first())
+    return (membership.tenant if membership else None), membership

@@ -286,6 +286,14 @@ CELERY_TASK_QUEUES_NAMES = ("webhooks", "ingest", "outbound", "maintenance")
 CELERY_TASK_ROUTES = {f"{q}.*": {"queue": q} for q in CELERY_TASK_QUEUES_NAMES}
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
+    "reconcile-connections": {
+        "task": "maintenance.reconcile_connections",
+        "schedule": timedelta(minutes=5),
+    },
+    "refresh-tokens": {
+        "task": "maintenance.refresh_tokens",
+        "schedule": timedelta(minutes=5),
+    },
     "redrive-stuck-inbound": {
         "task": "maintenance.redrive_stuck_inbound",
         "schedule": timedelta(minutes=5),
@@ -307,7 +315,7 @@ LOGGING = {
 }
 
 TENANT_RESERVED_SLUGS = frozenset(
-    {"admin", "api", "webhooks", "static", "media", "accounts", "sandbox", "healthz"}
+    {"admin", "api", "webhooks", "oauth", "static", "media", "accounts", "sandbox", "healthz"}
 )
 INVITATION_TTL = timedelta(days=7)
 TICKETS_PER_PAGE = 25

@@ -4,6 +4,8 @@ top-level words in front of it are reserved slugs (settings.TENANT_RESERVED_SLUG
 from django.contrib import admin
 from django.urls import include, path
 
+from channels_email import views as channel_views
+from channels_email import webhooks
 from helpdesk import views
 
 tenant_patterns = [
@@ -18,6 +20,8 @@ urlpatterns = [
     path("accounts/invite/<str:token>/", views.invitation_accept_view, name="invitation_accept"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("webhooks/google/pubsub/", webhooks.google_pubsub, name="webhook_google_pubsub"),
+    path("oauth/<str:provider>/callback/", channel_views.oauth_callback, name="oauth_callback"),
     path("", views.home, name="home"),
     path("<slug:tenant_slug>/", include((tenant_patterns, "tenant"))),
     path("<slug:tenant_slug>/tickets/", include("tickets.urls")),

@@ -153,3 +153,55 @@ def connect(sandbox):
         return tokens, creds, service
 
     return _connect
+
+
+def consent(auth_url: str, email: str, *, decision: str = "allow") -> str:
+    """Drive the sandbox's account picker and consent page for an authorization URL our
+    app built, like a browser would; return the redirect Location (not fetched)."""
+    session = requests.Session()
+    page = session.get(auth_url, timeout=5)
+    assert page.status_code == 200, page.text
+    base = auth_url.split("?", 1)[0]
+    picker = [f for f in forms_of(page.text) if not f["buttons"]]
+    if picker:  # no login_hint: "use another account" with the address
+        fields = [(k, v) for k, v in picker[0]["fields"] if k != "email"] + [("email", email)]
+        page = session.post(base, data=fields, timeout=5)
+        assert page.status_code == 200, page.text
+    form = forms_of(page.text)[0]
+    answer = session.post(base, data=form["fields"] + [("decision", decision)],
+                          allow_redirects=False, timeout=5)
+    assert answer.status_code == 302, answer.text
+    return answer.headers["Location"]
+
+
+class PushCatcher:
+    """A local HTTP endpoint standing in for our public webhook URL: it keeps what Pub/Sub
+    pushes (headers and body) so a test can replay them into the Django test client."""
+
+    def __init__(self):
+        import queue
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.pushes: queue.Queue = queue.Queue()
+        catcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length", 0))
+                catcher.pushes.put((dict(self.headers), self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/push"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def next(self, timeout: float = 10.0):
+        return self.pushes.get(timeout=timeout)
+
+    def close(self):
+        self.server.shutdown()

@@ -15,6 +15,7 @@ from channels_email.providers.base import (
 )
 
 _REGISTRY: dict[str, type[EmailProvider]] = {}
+_MODULES = {"gmail": "channels_email.providers.gmail"}
 
 
 def register(name: str):
@@ -27,6 +28,10 @@ def register(name: str):
 
 def get(name: str) -> EmailProvider:
     """A provider client for ``name`` (``EmailConnection.provider``); KeyError if none."""
+    if name not in _REGISTRY and name in _MODULES:
+        import importlib
+
+        importlib.import_module(_MODULES[name])
     return _REGISTRY[name]()
 
 

@@ -12,6 +12,7 @@ from helpdesk.services import tenant_create
 from helpdesk.tenancy import ScopeError, tenant_scope
 from tests.factories import (
     ContactFactory,
+    EmailConnectionFactory,
     InboundEmailFactory,
     InvitationFactory,
     MembershipFactory,
@@ -26,6 +27,11 @@ UNSCOPED_URL_NAMES = {
     "home", "healthz", "invitation_accept",
     "login", "logout", "password_change", "password_change_done", "password_reset",
     "password_reset_done", "password_reset_confirm", "password_reset_complete",
+    # Provider webhooks: authenticated by the provider's signed token, not a session.
+    "webhook_google_pubsub",
+    # The OAuth redirect target: one fixed URL per provider; the signed state names the
+    # tenant and the view checks the user is its admin.
+    "oauth_callback",
 }
 
 
@@ -56,6 +62,9 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
         "contact_id": ContactFactory(tenant=victim).pk,
         "invitation_id": InvitationFactory(tenant=victim).pk,
         "inbound_email_id": InboundEmailFactory(tenant=victim).pk,
+        "connection_id": EmailConnectionFactory(tenant=victim).pk,
+        # Not an object, but a URL word: an unknown provider must be a 404 too.
+        "provider": "no-such-provider",
     }
 
 

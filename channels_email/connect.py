@@ -1,0 +1,204 @@
+"""Connecting, reconnecting and disconnecting a provider mailbox (OAuth in the browser).
+
+Contract:
+- ``oauth_start`` returns the provider's consent URL. The ``state`` it carries is signed
+  and names the tenant, the user, the provider, a single-use nonce kept in the session
+  (with the PKCE verifier), and the connection being reconnected, if any. The callback
+  URL is fixed (``/oauth/<provider>/callback/``), not tenant-scoped, as providers require.
+- ``oauth_complete`` checks all of that (a replayed, foreign, stale or tampered state, or
+  a state from another session, changes nothing), exchanges the code, reads the mailbox
+  address, and creates the connection or, on reconnect, updates it; credentials are
+  stored encrypted; a new connection starts from the mailbox's current cursor (mail
+  already in the inbox is not imported) and gets its watch. A mailbox connected in another
+  tenant (or another connection of this one) is refused. Each outcome that changes
+  something writes an AuditEvent.
+- ``connection_disconnect`` stops the watch, revokes the grant, wipes the credentials and
+  marks the connection Disconnected; its tickets and messages stay. Provider errors on
+  the way do not stop the disconnect.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from channels_email import health, providers
+from channels_email.models import ConnectionStatus, EmailConnection, Provider
+from channels_email.webhooks import forget_mailbox
+from helpdesk.models import Tenant, User
+from helpdesk.services import audit_record
+
+logger = logging.getLogger(__name__)
+
+STATE_SALT = "channels_email.oauth"
+STATE_MAX_AGE_SECONDS = 15 * 60
+SESSION_KEY = "oauth_pending"
+
+
+class ConnectError(Exception):
+    """Shown to the admin as is; nothing was changed."""
+
+
+@dataclass
+class ConnectResult:
+    connection: EmailConnection
+    created: bool
+
+
+def callback_url(provider: str) -> str:
+    return settings.PUBLIC_BASE_URL.rstrip("/") + reverse("oauth_callback",
+                                                          kwargs={"provider": provider})
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(64)[:96]
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+def oauth_start(*, request, tenant: Tenant, provider: str,
+                reconnect: EmailConnection | None = None) -> str:
+    nonce = secrets.token_urlsafe(24)
+    verifier, challenge = _pkce()
+    pending = request.session.get(SESSION_KEY, {})
+    pending[nonce] = {"verifier": verifier, "at": timezone.now().timestamp()}
+    request.session[SESSION_KEY] = dict(list(pending.items())[-5:])  # a few tabs at most
+    state = signing.dumps({"t": tenant.pk, "u": request.user.pk, "p": provider, "n": nonce,
+                           "r": reconnect.pk if reconnect else None}, salt=STATE_SALT)
+    return providers.get(provider).authorization_url(
+        state=state, code_challenge=challenge, redirect_uri=callback_url(provider),
+        login_hint=reconnect.address if reconnect else "")
+
+
+def read_state(*, request, provider: str, state: str) -> dict:
+    """The verified state, with its nonce spent; ConnectError otherwise."""
+    try:
+        data = signing.loads(state, salt=STATE_SALT, max_age=STATE_MAX_AGE_SECONDS)
+    except signing.SignatureExpired as exc:
+        raise ConnectError("The connection request expired. Please start again.") from exc
+    except signing.BadSignature as exc:
+        raise ConnectError("This connection request is not valid.") from exc
+    pending = request.session.get(SESSION_KEY, {})
+    entry = pending.pop(data.get("n"), None)
+    request.session[SESSION_KEY] = pending
+    if entry is None or data.get("u") != request.user.pk or data.get("p") != provider:
+        raise ConnectError("This connection request was already used or belongs to another "
+                           "session. Please start again.")
+    data["verifier"] = entry["verifier"]
+    return data
+
+
+def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
+                   code: str) -> ConnectResult:
+    client = providers.get(provider)
+    try:
+        tokens = client.exchange_code(code=code, code_verifier=state["verifier"],
+                                      redirect_uri=callback_url(provider))
+        credentials = tokens.as_credentials()
+        address = client.mailbox_address(credentials).strip().lower()
+    except providers.ProviderError as exc:
+        raise ConnectError(f"{Provider(provider).label} did not accept the sign-in "
+                           f"({exc.reason or exc}). Nothing was changed.") from exc
+    missing = set(settings.GMAIL_SCOPES) - set(tokens.scopes) if provider == "gmail" else set()
+    if missing:
+        raise ConnectError("Both permissions are needed (read and send mail). Please allow "
+                           "them on the consent screen.")
+    reconnect_id = state.get("r")
+    existing = (EmailConnection.objects.filter(provider=provider, address=address)
+                .exclude(status=ConnectionStatus.DISCONNECTED).first())
+    if reconnect_id:
+        return _reconnect(request, tenant, reconnect_id, address, credentials, client)
+    if existing is not None:
+        raise ConnectError(f"{address} is already connected in this workspace.")
+    return _create(request, tenant, provider, address, credentials, client)
+
+
+def _create(request, tenant, provider, address, credentials, client) -> ConnectResult:
+    try:
+        with transaction.atomic():
+            conn = EmailConnection.objects.create(
+                tenant=tenant, provider=provider, address=address, display_name="",
+                status=ConnectionStatus.ACTIVE, credentials=credentials,
+                sync_start_at=timezone.now())
+    except IntegrityError as exc:
+        raise ConnectError(f"{address} is already connected in another workspace. "
+                           "Disconnect it there first.") from exc
+    forget_mailbox(provider, address)
+    try:
+        _start_watch(conn, client)
+    except providers.ProviderError as exc:
+        health.record_error(conn, exc)  # shown on the health page; the beat task retries
+    audit_record(tenant=tenant, actor=request.user, action="email_connection.connected",
+                 target=conn, details={"provider": provider, "address": address})
+    return ConnectResult(conn, True)
+
+
+def _reconnect(request, tenant, connection_id, address, credentials, client) -> ConnectResult:
+    conn = EmailConnection.objects.filter(pk=connection_id, tenant=tenant).first()
+    if conn is None:
+        raise ConnectError("That connection no longer exists.")
+    if conn.address != address:
+        raise ConnectError(f"You signed in as {address}, but this connection is for "
+                           f"{conn.address}. Nothing was changed.")
+    try:
+        with transaction.atomic():
+            conn.credentials = credentials
+            conn.status = ConnectionStatus.ACTIVE
+            conn.save(update_fields=["credentials", "status", "updated_at"])
+    except IntegrityError as exc:
+        raise ConnectError(f"{address} is connected in another workspace now.") from exc
+    health.reactivate(conn)
+    forget_mailbox(conn.provider, address)
+    try:
+        _start_watch(conn, client, keep_cursor=True)
+    except providers.ProviderError as exc:
+        health.record_error(conn, exc)
+    audit_record(tenant=tenant, actor=request.user, action="email_connection.reconnected",
+                 target=conn, details={"provider": conn.provider, "address": address})
+    _queue_sync(conn)  # catch up from the last cursor
+    return ConnectResult(conn, False)
+
+
+def _start_watch(conn: EmailConnection, client, keep_cursor: bool = False) -> None:
+    watch = client.start_watch(conn)
+    fields = {"subscription_id": watch.subscription_id,
+              "subscription_expires_at": watch.expires_at}
+    if watch.cursor and not (keep_cursor and conn.cursor):
+        fields["cursor"] = watch.cursor
+    EmailConnection.objects.filter(pk=conn.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(conn, name, value)
+
+
+def _queue_sync(conn: EmailConnection) -> None:
+    from channels_email.sync import push_mark
+    from channels_email.tasks import sync_connection
+
+    if push_mark(conn.pk):
+        transaction.on_commit(lambda: sync_connection.delay(connection_id=conn.pk))
+
+
+def connection_disconnect(*, connection: EmailConnection, actor: User | None) -> None:
+    if connection.status == ConnectionStatus.DISCONNECTED:
+        return
+    if connection.provider != Provider.MANUAL and connection.credentials:
+        client = providers.get(connection.provider)
+        for step in (client.stop_watch, lambda c: client.revoke(c.credentials)):
+            try:
+                step(connection)
+            except providers.ProviderError as exc:
+                logger.warning("disconnect.provider_error connection=%s error=%s",
+                               connection.pk, health.redact(str(exc)))
+    health.record_disconnected(connection)
+    forget_mailbox(connection.provider, connection.address)
+    audit_record(tenant=connection.tenant, actor=actor, action="email_connection.disconnected",
+                 target=connection, details={"address": connection.address})

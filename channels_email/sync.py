@@ -1,0 +1,183 @@
+"""Mailbox sync: from the stored cursor to InboundEmail rows, exactly once per message.
+
+Contract of ``connection_sync(connection_id)``:
+- Runs under a per-connection lock in Redis; a second sync of the same connection while
+  one runs is deferred (``SyncBusy``), and the push coalescing mark is cleared when a sync
+  starts, so a push arriving during a running sync queues exactly one more.
+- Never calls the provider for a connection that health says must wait (Rate Limited,
+  Token Expired, Disconnected).
+- Walks the provider's changes from ``connection.cursor`` page by page; then, in one
+  transaction, inserts the new rows (the unique (connection, provider message id) makes a
+  duplicate push or an overlapping sync harmless) and advances the cursor. The ingest
+  tasks are enqueued after the commit.
+- A cursor the provider no longer has (``CursorExpired``) falls back to a bounded full
+  sync: every inbox message since the last successful sync (minus a margin), never
+  before the connection's ``sync_start_at``; the new cursor is read before listing, so
+  nothing that arrives meanwhile is skipped.
+- A first sync with no cursor only records the mailbox's current cursor: mail already in
+  the inbox when the mailbox was connected is not imported.
+- Provider errors are reported to ``health`` and re-raised for the task to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from channels_email import health, providers
+from channels_email.models import ConnectionStatus, EmailConnection, InboundEmail, InboundState
+from channels_email.providers.base import MessageRef
+from helpdesk.tenancy import tenant_scope, unscoped
+
+logger = logging.getLogger(__name__)
+
+FULL_SYNC_MARGIN = timedelta(hours=1)
+LOCK_SECONDS = 300
+MAX_PAGES = 200
+
+
+class SyncBusy(Exception):  # noqa: N818 - a signal to the task
+    """Another worker is syncing this connection."""
+
+
+@dataclass
+class SyncResult:
+    state: str  # synced | skipped | started
+    new_rows: list[int] = field(default_factory=list)
+    cursor: str = ""
+    full_sync: bool = False
+    reason: str = ""
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def _key(kind: str, connection_id: int) -> str:
+    return f"{settings.CACHES['default']['KEY_PREFIX']}:{kind}:{connection_id}"
+
+
+def push_mark(connection_id: int) -> bool:
+    """Mark a sync as wanted; True when no sync was already pending (the caller enqueues
+    one). The mark expires by itself so a lost task cannot block pushes for long."""
+    return bool(_redis().set(_key("sync-pending", connection_id), "1", nx=True, ex=600))
+
+
+def push_unmark(connection_id: int) -> None:
+    _redis().delete(_key("sync-pending", connection_id))
+
+
+def connection_sync(connection_id: int) -> SyncResult:
+    with unscoped():  # the id names the connection; everything after runs in its tenant
+        conn = (EmailConnection.objects.select_related("tenant")
+                .filter(pk=connection_id).first())
+    if conn is None or conn.status == ConnectionStatus.DISCONNECTED:
+        push_unmark(connection_id)
+        return SyncResult(state="skipped", reason="no such connection or disconnected")
+    lock = _redis().lock(_key("sync-lock", connection_id), timeout=LOCK_SECONDS,
+                         blocking=False)
+    if not lock.acquire():
+        raise SyncBusy(f"connection {connection_id} is being synced")
+    try:
+        push_unmark(connection_id)  # from here on, a new push queues one more sync
+        with tenant_scope(conn.tenant):
+            return _sync(conn)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            logger.warning("sync.lock_expired connection=%s", connection_id)
+
+
+def _sync(conn: EmailConnection) -> SyncResult:
+    if not health.may_call(conn):
+        return SyncResult(state="skipped", reason=f"connection is {conn.status}")
+    provider = providers.get(conn.provider)
+    try:
+        from channels_email.tokens import ensure_fresh_token
+
+        ensure_fresh_token(conn)
+        if not conn.cursor:
+            cursor = provider.current_cursor(conn)
+            EmailConnection.objects.filter(pk=conn.pk).update(cursor=cursor)
+            health.record_success(conn, synced=True)
+            return SyncResult(state="started", cursor=cursor)
+        full_sync = False
+        try:
+            refs, cursor = _changes(provider, conn)
+        except providers.CursorExpired:
+            full_sync = True
+            refs, cursor = _full_sync(provider, conn)
+    except providers.ProviderError as exc:
+        health.record_error(conn, exc)
+        raise
+    new_rows = _store(conn, refs, cursor)
+    health.record_success(conn, synced=True)
+    logger.info("sync.done connection=%s new=%s full=%s", conn.pk, len(new_rows), full_sync)
+    return SyncResult(state="synced", new_rows=new_rows, cursor=cursor, full_sync=full_sync)
+
+
+def _changes(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
+    refs: list[MessageRef] = []
+    page, cursor = "", conn.cursor
+    for _ in range(MAX_PAGES):
+        result = provider.changes_since(conn, conn.cursor, page)
+        refs.extend(result.messages)
+        cursor = result.cursor or cursor
+        if not result.next_page:
+            break
+        page = result.next_page
+    return refs, cursor
+
+
+def _full_sync(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
+    cursor = provider.current_cursor(conn)  # before listing: later mail comes next time
+    since = max((conn.last_sync_at or conn.sync_start_at) - FULL_SYNC_MARGIN,
+                conn.sync_start_at)
+    refs: list[MessageRef] = []
+    page = ""
+    for _ in range(MAX_PAGES):
+        result = provider.list_since(conn, since, page)
+        refs.extend(result.messages)
+        if not result.next_page:
+            break
+        page = result.next_page
+    logger.warning("sync.full connection=%s since=%s found=%s", conn.pk, since.isoformat(),
+                   len(refs))
+    return refs, cursor
+
+
+def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str) -> list[int]:
+    """Insert the rows and advance the cursor in one transaction; enqueue ingest after."""
+    unique = list({ref.provider_message_id: ref for ref in refs}.values())
+    with transaction.atomic():
+        if unique:
+            InboundEmail.objects.bulk_create([
+                InboundEmail(tenant_id=conn.tenant_id, connection=conn,
+                             provider_message_id=ref.provider_message_id[:255],
+                             provider_thread_id=ref.provider_thread_id[:255])
+                for ref in unique
+            ], ignore_conflicts=True)
+        EmailConnection.objects.filter(pk=conn.pk).update(cursor=cursor,
+                                                          updated_at=timezone.now())
+        ids = list(InboundEmail.objects.filter(
+            connection=conn, state=InboundState.RECEIVED,
+            provider_message_id__in=[r.provider_message_id[:255] for r in unique],
+        ).values_list("pk", flat=True)) if unique else []
+        transaction.on_commit(lambda: _enqueue(ids))
+    return ids
+
+
+def _enqueue(ids: list[int]) -> None:
+    from channels_email.tasks import process_inbound_email
+
+    for pk in ids:
+        process_inbound_email.delay(inbound_email_id=pk)

@@ -1,0 +1,281 @@
+"""Gmail end to end through the sandbox over HTTP: connect in the browser (OAuth with PKCE),
+Pub/Sub push to the webhook, sync, ingest; token care, rate limits, expired cursors,
+disconnect. The worker's tasks run in-process here; test_gmail_worker.py runs them on a
+real Celery worker."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+import requests
+
+from channels_email import health
+from channels_email.models import ConnectionStatus, EmailConnection, InboundEmail
+from channels_email.sync import connection_sync, push_unmark
+from channels_email.tasks import process_inbound_email
+from helpdesk.models import AuditEvent
+from helpdesk.tenancy import tenant_scope, unscoped
+from tests.sandbox_support import CLIENT_ID, CLIENT_SECRET, PushCatcher, consent
+from tickets.models import Ticket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TOPIC = "projects/helpdesk-test/topics/gmail"
+AUDIENCE = "https://helpdesk.test/webhooks/google/pubsub/"
+PUSH_ACCOUNT = "pubsub-push@helpdesk-test.iam.gserviceaccount.com"
+
+
+@pytest.fixture
+def gmail(settings, sandbox):
+    """Settings pointing at the sandbox; the sandbox pushing to a catcher."""
+    settings.GOOGLE_CLIENT_ID, settings.GOOGLE_CLIENT_SECRET = CLIENT_ID, CLIENT_SECRET
+    settings.GOOGLE_AUTH_URI = sandbox + "/o/oauth2/v2/auth"
+    settings.GOOGLE_TOKEN_URI = sandbox + "/token"
+    settings.GOOGLE_REVOKE_URI = sandbox + "/revoke"
+    settings.GOOGLE_CERTS_URL = sandbox + "/oauth2/v1/certs"
+    settings.GMAIL_API_ENDPOINT = sandbox + "/"
+    settings.GMAIL_PUBSUB_TOPIC = TOPIC
+    settings.PUBSUB_AUDIENCE, settings.PUBSUB_SERVICE_ACCOUNT = AUDIENCE, PUSH_ACCOUNT
+    settings.PUBLIC_BASE_URL = "http://testserver"
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    requests.post(sandbox + "/_sandbox/clients", json={
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "redirect_uris": ["http://testserver/oauth/gmail/callback/"]}, timeout=5)
+    catcher = PushCatcher()
+    requests.post(sandbox + "/_sandbox/settings", json={"topics": {TOPIC: {
+        "push_endpoint": catcher.url, "audience": AUDIENCE,
+        "service_account": PUSH_ACCOUNT}}}, timeout=5).raise_for_status()
+    yield sandbox, catcher
+    catcher.close()
+
+
+def connect_mailbox(client, tenant, address: str, decision: str = "allow"):
+    start = client.post(f"/{tenant.slug}/settings/email/connect/gmail/")
+    assert start.status_code == 302
+    location = consent(start["Location"], address, decision=decision)
+    callback = urllib.parse.urlsplit(location)
+    return client.get(callback.path + "?" + callback.query)
+
+
+def deliver(sandbox, to, subject, **extra):
+    reply = requests.post(sandbox + "/_sandbox/deliver", json={
+        "to": to, "from": "Maria Lopez <maria@customer.example>", "subject": subject,
+        "body": "Hello, the printer is on fire.", **extra}, timeout=5)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def run_tasks(connection_id):
+    """What the worker does after a push: sync, then ingest each new row."""
+    push_unmark(connection_id)
+    result = connection_sync(connection_id)
+    for pk in result.new_rows:
+        process_inbound_email.run(inbound_email_id=pk)
+    return result
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+def test_connect_push_sync_ingest_and_reply_threading(gmail, admin_client, tenant):
+    sandbox, catcher = gmail
+    answer = connect_mailbox(admin_client, tenant, "support@acme.test")
+    assert answer.status_code == 302
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get(address="support@acme.test")
+        assert conn.status == ConnectionStatus.ACTIVE and conn.cursor
+        assert conn.credentials["refresh_token"] and conn.subscription_expires_at
+        assert AuditEvent.objects.filter(action="email_connection.connected").exists()
+    catcher.next()  # the watch's first notification
+
+    deliver(sandbox, "support@acme.test", "Printer on fire",
+            attachments=[{"filename": "photo.png", "content_type": "image/png",
+                          "data_base64": "iVBORw0KGgo="}])
+    headers, body = catcher.next()
+    webhook = admin_client.post("/webhooks/google/pubsub/", data=body,
+                                content_type="application/json",
+                                HTTP_AUTHORIZATION=headers["Authorization"])
+    assert webhook.status_code == 204
+    result = run_tasks(conn.pk)
+    assert len(result.new_rows) == 1
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get()
+        assert ticket.title == "Printer on fire"
+        assert ticket.contact.email == "maria@customer.example"
+        assert [a.filename for a in ticket.messages.get().attachments.all()] == ["photo.png"]
+        first = InboundEmail.objects.get()
+
+    # The customer answers in the same Gmail thread: same ticket.
+    parent = f"<{first.message_id_header}>"
+    deliver(sandbox, "support@acme.test", "Re: Printer on fire",
+            headers={"In-Reply-To": parent, "References": parent})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        reply = InboundEmail.objects.exclude(pk=first.pk).get()
+        assert reply.provider_thread_id == first.provider_thread_id  # Gmail's own thread
+        assert Ticket.objects.count() == 1 and ticket.messages.count() == 2
+
+
+def test_duplicate_pushes_and_overlapping_syncs_ingest_once(gmail, admin_client, tenant):
+    sandbox, catcher = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    for n in range(3):
+        deliver(sandbox, "support@acme.test", f"Question {n}")
+    for _ in range(5):
+        run_tasks(conn.pk)
+    with unscoped():
+        assert InboundEmail.objects.count() == 3
+    with tenant_scope(tenant):
+        assert sorted(Ticket.objects.values_list("title", flat=True)) == [
+            "Question 0", "Question 1", "Question 2"]
+
+
+def test_denied_consent_and_replayed_state_change_nothing(gmail, admin_client, tenant):
+    answer = connect_mailbox(admin_client, tenant, "support@acme.test", decision="deny")
+    assert answer.status_code == 302
+    start = admin_client.post(f"/{tenant.slug}/settings/email/connect/gmail/")
+    location = urllib.parse.urlsplit(consent(start["Location"], "support@acme.test"))
+    assert admin_client.get(location.path + "?" + location.query).status_code == 302
+    replay = admin_client.get(location.path + "?" + location.query)
+    assert replay.status_code == 400
+    with unscoped():
+        assert EmailConnection.objects.count() == 1
+
+
+def test_a_mailbox_is_connected_in_one_tenant_only(gmail, client, tenant, admin_user):
+    from tests.factories import MembershipFactory, TenantFactory
+
+    other = TenantFactory()
+    MembershipFactory(tenant=other, user=admin_user, role="admin")
+    client.force_login(admin_user)
+    connect_mailbox(client, tenant, "support@acme.test")
+    connect_mailbox(client, other, "support@acme.test")
+    with unscoped():
+        assert list(EmailConnection.objects.values_list("tenant_id", flat=True)) == [tenant.pk]
+
+
+def test_forged_or_foreign_push_tokens_are_refused(gmail, admin_client, tenant):
+    sandbox, catcher = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    headers, body = catcher.next()
+    assert admin_client.post("/webhooks/google/pubsub/", data=body,
+                             content_type="application/json").status_code == 401
+    forged = admin_client.post("/webhooks/google/pubsub/", data=body,
+                               content_type="application/json",
+                               HTTP_AUTHORIZATION="Bearer eyJhbGciOiJub25lIn0.e30.")
+    assert forged.status_code == 403
+    from django.test import override_settings
+
+    with override_settings(PUBSUB_AUDIENCE="https://elsewhere.example/"):
+        wrong = admin_client.post("/webhooks/google/pubsub/", data=body,
+                                  content_type="application/json",
+                                  HTTP_AUTHORIZATION=headers["Authorization"])
+    assert wrong.status_code == 403
+    malformed = admin_client.post("/webhooks/google/pubsub/", data=b"{}",
+                                  content_type="application/json",
+                                  HTTP_AUTHORIZATION=headers["Authorization"])
+    assert malformed.status_code == 400
+
+
+def test_expired_cursor_recovers_every_message(gmail, admin_client, tenant):
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    deliver(sandbox, "support@acme.test", "Lost one")
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "expired_history", "count": 1},
+                  timeout=5).raise_for_status()
+    result = run_tasks(conn.pk)
+    assert result.full_sync and len(result.new_rows) == 1
+    with tenant_scope(tenant):
+        assert Ticket.objects.get().title == "Lost one"
+
+
+def test_rate_limit_then_active_and_invalid_grant_then_reconnect(gmail, admin_client, tenant):
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "too_many_requests", "count": 1,
+                                                      "retry_after": 30}, timeout=5)
+    deliver(sandbox, "support@acme.test", "Busy day")
+    from channels_email.providers import RateLimited
+
+    with pytest.raises(RateLimited):
+        run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.RATE_LIMITED and not health.may_call(conn)
+        assert run_tasks(conn.pk).state == "skipped"  # honours rate_limited_until
+        EmailConnection.objects.filter(pk=conn.pk).update(rate_limited_until=None)
+    assert len(run_tasks(conn.pk).new_rows) == 1
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.ACTIVE and conn.consecutive_errors == 0
+
+    # The user revokes access at Google; the token runs out: Token Expired, nothing fetched.
+    requests.post(sandbox + "/_sandbox/revoke-all", json={"email": "support@acme.test"},
+                  timeout=5)
+    with tenant_scope(tenant):
+        creds = dict(conn.credentials, expires_at="2000-01-01T00:00:00+00:00")
+        conn.credentials = creds
+        conn.save(update_fields=["credentials"])
+    deliver(sandbox, "support@acme.test", "While disconnected")
+    from channels_email.providers import AuthError
+
+    with pytest.raises(AuthError):
+        run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.TOKEN_EXPIRED
+        assert run_tasks(conn.pk).state == "skipped"
+    # Reconnect: Active again, and what arrived meanwhile is ingested.
+    reconnect = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/reconnect/")
+    location = urllib.parse.urlsplit(consent(reconnect["Location"], "support@acme.test"))
+    assert admin_client.get(location.path + "?" + location.query).status_code == 302
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.ACTIVE
+        assert Ticket.objects.filter(title="While disconnected").exists()
+
+
+def test_token_is_refreshed_before_expiry_and_rotation_kept(gmail, admin_client, tenant):
+    from channels_email.tasks import refresh_tokens
+
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+        old = dict(conn.credentials)
+        conn.credentials = dict(old, expires_at="2000-01-01T00:00:00+00:00")
+        conn.save(update_fields=["credentials"])
+    assert refresh_tokens.run() == 1
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.credentials["access_token"] != old["access_token"]
+        assert conn.credentials["refresh_token"]  # kept (or rotated), never lost
+    assert refresh_tokens.run() == 0  # fresh now
+
+
+def test_disconnect_stops_revokes_and_ignores_later_pushes(gmail, admin_client, tenant):
+    sandbox, catcher = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    headers, body = catcher.next()
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    answer = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/disconnect/")
+    assert answer.status_code == 302
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.DISCONNECTED and conn.credentials is None
+    assert admin_client.post("/webhooks/google/pubsub/", data=body,
+                             content_type="application/json",
+                             HTTP_AUTHORIZATION=headers["Authorization"]).status_code == 204
+    assert connection_sync(conn.pk).state == "skipped"
+    with unscoped():
+        assert InboundEmail.objects.count() == 0
