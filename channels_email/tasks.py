@@ -113,3 +113,38 @@ def refresh_tokens() -> int:
             except providers.ProviderError:
                 logger.warning("tokens.refresh_failed connection=%s", conn.pk)
     return refreshed
+
+
+@shared_task(name="maintenance.renew_watches")
+def renew_watches(*, within_hours: int = 36) -> int:
+    """Renew every watch that expires within ``within_hours`` (Gmail watches last 7 days;
+    Google asks for a daily renewal). A failure is recorded on the connection's health,
+    so a watch that could not be renewed shows on the Email channels page."""
+    from datetime import timedelta as _td
+
+    from channels_email import health, providers
+    from channels_email.models import ConnectionStatus, EmailConnection
+    from channels_email.tokens import ensure_fresh_token
+    from helpdesk.tenancy import tenant_scope
+
+    horizon = timezone.now() + _td(hours=within_hours)
+    # Unscoped: a sweep over every tenant; each renewal runs in its connection's scope.
+    with unscoped():
+        due = list(EmailConnection.objects.select_related("tenant").filter(
+            status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
+        ).exclude(provider="manual").exclude(subscription_expires_at__gt=horizon))
+    renewed = 0
+    for conn in due:
+        with tenant_scope(conn.tenant):
+            if not health.may_call(conn):
+                continue
+            try:
+                ensure_fresh_token(conn)
+                watch = providers.get(conn.provider).start_watch(conn)
+            except providers.ProviderError as exc:
+                health.record_error(conn, exc)
+                continue
+            EmailConnection.objects.filter(pk=conn.pk).update(
+                subscription_id=watch.subscription_id, subscription_expires_at=watch.expires_at)
+            renewed += 1
+    return renewed

@@ -290,6 +290,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "maintenance.reconcile_connections",
         "schedule": timedelta(minutes=5),
     },
+    "renew-watches": {
+        "task": "maintenance.renew_watches",
+        "schedule": timedelta(hours=6),
+    },
     "refresh-tokens": {
         "task": "maintenance.refresh_tokens",
         "schedule": timedelta(minutes=5),

@@ -279,3 +279,39 @@ def test_disconnect_stops_revokes_and_ignores_later_pushes(gmail, admin_client, 
     assert connection_sync(conn.pk).state == "skipped"
     with unscoped():
         assert InboundEmail.objects.count() == 0
+
+
+def test_watches_close_to_expiry_are_renewed(gmail, admin_client, tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from channels_email.tasks import renew_watches
+
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    assert renew_watches.run() == 0  # a fresh watch lasts days
+    with tenant_scope(tenant):
+        EmailConnection.objects.update(subscription_expires_at=timezone.now()
+                                       + timedelta(hours=2))
+    assert renew_watches.run() == 1
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+        assert conn.subscription_expires_at > timezone.now() + timedelta(days=5)
+
+
+def test_credentials_are_never_stored_or_shown_in_plaintext(gmail, admin_client, tenant,
+                                                           caplog):
+    from django.db import connection as db
+
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        creds = EmailConnection.objects.get().credentials
+    secrets = [creds["access_token"], creds["refresh_token"]]
+    with db.cursor() as cursor:
+        cursor.execute("SELECT credentials::text FROM channels_email_emailconnection")
+        stored = cursor.fetchone()[0]
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "support@acme.test" in page
+    for secret in secrets:
+        assert secret not in stored and secret not in page
+        assert secret not in caplog.text
