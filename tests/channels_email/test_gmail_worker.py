@@ -1,0 +1,116 @@
+"""Gmail with a real Celery worker on real Redis: a customer email delivered in the
+sandbox becomes a ticket through push -> webhook -> sync task -> ingest task, and
+duplicate or reordered pushes ingest every message exactly once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+
+from channels_email.models import EmailConnection, InboundEmail
+from helpdesk.tenancy import tenant_scope, unscoped
+from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
+    admin_client,
+    connect_mailbox,
+    deliver,
+    gmail,
+)
+from tickets.models import Ticket
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def worker(tmp_path, gmail):  # noqa: F811 - the fixture above
+    sandbox, _ = gmail
+    db = connection.settings_dict
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        MEDIA_ROOT=settings.STORAGES["default"]["OPTIONS"]["location"],
+        CACHE_KEY_PREFIX=settings.CACHES["default"]["KEY_PREFIX"],
+        SANDBOX_URL=sandbox, GOOGLE_CLIENT_ID=settings.GOOGLE_CLIENT_ID,
+        GOOGLE_CLIENT_SECRET=settings.GOOGLE_CLIENT_SECRET,
+        GMAIL_PUBSUB_TOPIC=settings.GMAIL_PUBSUB_TOPIC,
+    )
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo", "-Q",
+         "ingest", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    yield proc, log
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def wait_for(predicate, proc, log, seconds=60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError("timed out\n" + log.read_text()[-4000:])
+
+
+def forward_pushes(client, catcher, count):
+    """Hand each push Pub/Sub made to our webhook, as Pub/Sub would over the network."""
+    for _ in range(count):
+        headers, body = catcher.next()
+        answer = client.post("/webhooks/google/pubsub/", data=body,
+                             content_type="application/json",
+                             HTTP_AUTHORIZATION=headers["Authorization"])
+        assert answer.status_code == 204
+
+
+def test_push_to_ticket_with_a_real_worker(gmail, admin_client, tenant, worker):  # noqa: F811
+    sandbox, catcher = gmail
+    proc, log = worker
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    forward_pushes(admin_client, catcher, 1)  # the watch's own notification
+    deliver(sandbox, "support@acme.test", "Printer on fire")
+    forward_pushes(admin_client, catcher, 1)
+
+    def one_ticket():
+        with tenant_scope(tenant):
+            return Ticket.objects.filter(title="Printer on fire").exists()
+
+    wait_for(one_ticket, proc, log)
+    with tenant_scope(tenant):
+        assert EmailConnection.objects.get().last_sync_at is not None
+
+
+def test_duplicate_and_reordered_pushes_ingest_each_message_once(
+        gmail, admin_client, tenant, worker):  # noqa: F811
+    sandbox, catcher = gmail
+    proc, log = worker
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    forward_pushes(admin_client, catcher, 1)
+    requests.post(sandbox + "/_sandbox/faults", json=[{"kind": "push_duplicate"},
+                                                      {"kind": "push_reorder"}],
+                  timeout=5).raise_for_status()
+    for n in range(5):
+        deliver(sandbox, "support@acme.test", f"Question {n}")
+    forward_pushes(admin_client, catcher, 10)  # each push twice, newest first
+
+    def all_five():
+        with tenant_scope(tenant):
+            return Ticket.objects.count() == 5
+
+    wait_for(all_five, proc, log)
+    time.sleep(1.5)  # let any straggling duplicate task finish
+    with unscoped():
+        assert InboundEmail.objects.count() == 5
+        assert InboundEmail.objects.filter(state="processed").count() == 5
+    with tenant_scope(tenant):
+        assert sorted(Ticket.objects.values_list("title", flat=True)) == [
+            f"Question {n}" for n in range(5)]
