@@ -49,4 +49,5 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo check passed" in result.stdout
+    assert "gmail: connect, route to a team, sandbox email -> ticket OK" in result.stdout
     assert "demo stopped" in result.stdout

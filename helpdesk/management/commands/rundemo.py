@@ -1,4 +1,6 @@
-"""Run the whole product locally: migrate, seed, then web + Celery worker + beat.
+"""Run the whole product locally: migrate, seed, then the Google sandbox, web, Celery
+worker and beat. The sandbox stands in for Google (OAuth consent, Gmail, Pub/Sub push to
+our webhook): an admin can connect a Gmail mailbox and deliver customer mail from its page.
 
 Started by ``make demo`` (inside ``python -m helpdesk.embedded run``, which provides
 PostgreSQL and Redis when the environment names none). Ctrl-C stops every process.
@@ -9,6 +11,7 @@ stops: the demo's own smoke test.
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import re
 import signal
@@ -26,6 +29,14 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_PASSWORD, seed_demo
+
+# The demo's Google side: the sandbox's OAuth client and Pub/Sub topic (no real secrets).
+DEMO_GOOGLE = {
+    "GOOGLE_CLIENT_ID": "helpdesk-demo.apps.googleusercontent.com",
+    "GOOGLE_CLIENT_SECRET": "demo-sandbox-secret",
+    "GMAIL_PUBSUB_TOPIC": "projects/helpdesk-demo/topics/gmail",
+    "PUBSUB_SERVICE_ACCOUNT": "pubsub-push@helpdesk-demo.iam.gserviceaccount.com",
+}
 
 
 def _port_free(port: int) -> bool:
@@ -59,13 +70,19 @@ class Command(BaseCommand):
             "beat": [python, "-m", "celery", "-A", "helpdesk", "beat", "--loglevel", "INFO",
                      "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
         }
-        env = dict(os.environ, PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
-        procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+        public = f"http://127.0.0.1:{port}"
+        sandbox_proc, sandbox_url = self._start_sandbox(public)
+        env = dict(os.environ, PUBLIC_BASE_URL=public, SANDBOX_URL=sandbox_url,
+                   **DEMO_GOOGLE)
+        procs = {"sandbox": sandbox_proc}
+        procs.update({name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
         self.stdout.write(self.style.SUCCESS(f"\nHelpdesk demo is starting at {url}"))
         self.stdout.write(f"  Demo data: {report}")
         self.stdout.write(f"  Admin: {ADMIN_EMAIL} / {DEMO_PASSWORD}  (also /admin/)")
         self.stdout.write(f"  Agent: {AGENT_EMAIL} / {DEMO_PASSWORD}")
+        self.stdout.write(f"  Google sandbox: {sandbox_url}/_sandbox/  (connect a Gmail "
+                          "mailbox under Email channels, then deliver customer mail there)")
         self.stdout.write("  Press Ctrl-C to stop everything.\n")
 
         stopping = False
@@ -88,6 +105,39 @@ class Command(BaseCommand):
                 time.sleep(0.5)
         finally:
             self._stop(procs)
+
+    def _sandbox_url(self) -> str:
+        info = settings.VAR_DIR / "sandbox" / "server.json"
+        return json.loads(info.read_text())["url"].rstrip("/")
+
+    def _start_sandbox(self, public: str) -> tuple[subprocess.Popen, str]:
+        """Start the sandbox on a free port and point it at this demo: our OAuth client
+        with its callback, and the Pub/Sub topic pushing to our webhook."""
+        info = settings.VAR_DIR / "sandbox" / "server.json"
+        info.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"],
+                                cwd=settings.BASE_DIR)
+        deadline = time.monotonic() + 30
+        while not info.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise CommandError("the Google sandbox did not start")
+            time.sleep(0.1)
+        sandbox_url = json.loads(info.read_text())["url"].rstrip("/")
+        webhook = f"{public}/webhooks/google/pubsub/"
+        for path, body in (
+            ("/_sandbox/clients", {"client_id": DEMO_GOOGLE["GOOGLE_CLIENT_ID"],
+                                   "client_secret": DEMO_GOOGLE["GOOGLE_CLIENT_SECRET"],
+                                   "redirect_uris": [f"{public}/oauth/gmail/callback/"]}),
+            ("/_sandbox/settings", {"topics": {DEMO_GOOGLE["GMAIL_PUBSUB_TOPIC"]: {
+                "push_endpoint": webhook, "audience": webhook,
+                "service_account": DEMO_GOOGLE["PUBSUB_SERVICE_ACCOUNT"]}}}),
+        ):
+            request = urllib.request.Request(sandbox_url + path, method="POST",
+                                             data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=10).read()
+        return proc, sandbox_url
 
     def _stop(self, procs):
         for proc in procs.values():
@@ -148,3 +198,56 @@ class Command(BaseCommand):
         self.stdout.write("worker: ping task round trip OK")
         if procs["beat"].poll() is not None:
             raise CommandError("beat exited")
+        self._check_gmail(url)
+
+    def _check_gmail(self, url: str) -> None:
+        """The Gmail path as an admin walks it, against the sandbox: connect (OAuth
+        consent), route to a team, deliver a customer email, see the ticket appear
+        (push -> webhook -> worker). The check's mailbox is disconnected afterwards."""
+        sandbox_url = self._sandbox_url()
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def post(target: str, fields: dict | list, referer: str):
+            csrf = next(c.value for c in jar if c.name == "csrftoken")
+            data = urllib.parse.urlencode(
+                [*(fields.items() if isinstance(fields, dict) else fields),
+                 ("csrfmiddlewaretoken", csrf)], doseq=True).encode()
+            request = urllib.request.Request(target, data=data, headers={"Referer": referer})
+            return opener.open(request, timeout=20)
+
+        opener.open(url + "accounts/login/", timeout=10).read()
+        post(url + "accounts/login/", {"username": ADMIN_EMAIL, "password": DEMO_PASSWORD},
+             url + "accounts/login/").read()
+        channels = url + "acme/settings/email/"
+        opener.open(channels, timeout=10).read()
+        consent = post(channels + "connect/gmail/", {}, channels)  # lands on the sandbox
+        auth = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(consent.geturl()).query))
+        mailbox = f"demo-check-{uuid.uuid4().hex[:8]}@acme.example"
+        fields = [*auth.items(), ("step", "consent"), ("email", mailbox),
+                  ("decision", "allow"), *(("grant_scope", s) for s in auth["scope"].split())]
+        landed = opener.open(urllib.request.Request(
+            consent.geturl().split("?")[0], data=urllib.parse.urlencode(fields).encode()),
+            timeout=20)  # Allow -> our callback -> the new connection's routing page
+        page, where = landed.read().decode(), landed.geturl()
+        team = re.search(r'<option value="(\d+)">Billing</option>', page)
+        if not re.search(r"/acme/settings/email/\d+/$", where) or not team:
+            raise CommandError(f"Gmail connect did not reach the routing page ({where})")
+        post(where, {"display_name": "Acme Support", "routing_mode": "team",
+                     "routing_team": team.group(1)}, where).read()
+        subject = f"Demo check {uuid.uuid4().hex[:8]}"
+        request = urllib.request.Request(
+            sandbox_url + "/_sandbox/deliver", method="POST",
+            data=json.dumps({"to": mailbox, "from": "Dana Customer <dana@example.net>",
+                             "subject": subject, "body": "Is anyone there?"}).encode(),
+            headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).read()
+        deadline = time.monotonic() + 60
+        queue = f"{url}acme/tickets/?team={team.group(1)}"
+        while subject not in opener.open(queue, timeout=10).read().decode():
+            if time.monotonic() > deadline:
+                raise CommandError("the sandbox email did not become a ticket within 60 s")
+            time.sleep(0.5)
+        connection_id = re.search(r"/email/(\d+)/$", where).group(1)
+        post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
+        self.stdout.write("gmail: connect, route to a team, sandbox email -> ticket OK")
