@@ -2,7 +2,7 @@
 
 Contract of ``google_pubsub`` (``POST /webhooks/google/pubsub/``):
 - No or unverifiable OIDC token: 401 (missing) or 403 (bad signature, expired, wrong
-  audience, issuer or service account); nothing changes.
+  audience, issuer or service account); nothing changes. Google's certs unreachable: 503.
 - Malformed body: 400. Unknown or disconnected mailbox: 204 and a log line (Pub/Sub would
   otherwise retry for days).
 - Otherwise mark "sync wanted" for the connection in Redis and, when no sync was pending,
@@ -59,6 +59,9 @@ def google_pubsub(request: HttpRequest) -> HttpResponse:
     except providers.AuthError as exc:
         logger.warning("webhook.google.rejected reason=%s", exc.reason or exc)
         return HttpResponse("forbidden", status=403, content_type="text/plain")
+    except providers.ProviderError as exc:  # Google's certs unreachable: Pub/Sub retries
+        logger.warning("webhook.google.cannot_verify reason=%s", exc.reason or exc)
+        return HttpResponse("try again", status=503, content_type="text/plain")
     try:
         notifications = gmail.parse_notification(request.body, dict(request.headers))
     except providers.PermanentError:

@@ -1,27 +1,42 @@
-"""Gmail through google-api-python-client (static discovery) and google-auth, with every
-URL from settings (the sandbox in dev and tests, Google in production).
+"""Gmail behind ``EmailProvider``: OAuth by hand (plain ``requests`` to the token endpoint),
+the Gmail API through google-api-python-client, and Pub/Sub push verification.
 
-Contract: implements ``base.EmailProvider``. One HTTP request per call attempt
-(``execute(num_retries=0)``); the library never refreshes tokens by itself (credentials
-carry the access token only), so that a refresh happens in ``tokens.py``, under a lock,
-with the rotated refresh token saved. Every failure is mapped to the ``ProviderError``
-family; tokens never reach logs or messages.
+Rules kept here:
+
+- the API client gets an access token only (no refresh token), so the library never
+  refreshes on its own: refreshing is the beat task's job, and it must save a rotated
+  refresh token;
+- one HTTP request per attempt (``execute(num_retries=0)``, no auth-refresh retry on 401);
+- only the ``ProviderError`` family leaves this module (no HttpError, RefreshError,
+  httplib2 or socket errors);
+- tokens are never logged.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import email.utils
 import json
+import logging
+import re
+import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
 from urllib.parse import urlencode
 
+import google.auth.exceptions
 import google_auth_httplib2
 import httplib2
+import jwt as pyjwt
 import requests
 from django.conf import settings
-from google.auth.transport.requests import Request as GoogleRequest
-from google.oauth2 import id_token
+from google.auth.transport.requests import Request as GoogleAuthRequest
+from google.oauth2 import id_token as google_id_token
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
@@ -43,255 +58,546 @@ from channels_email.providers.base import (
     WatchState,
 )
 
-GOOGLE_ISSUERS = {"https://accounts.google.com", "accounts.google.com"}
-RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded",
-                "dailyLimitExceeded"}
-_session = requests.Session()
-_google_request = GoogleRequest(session=_session)
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+# A token without the scope the call needs: the grant no longer covers what we do, so the
+# connection needs a reconnect (base.AuthError: "scopes withdrawn").
+SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
+PUSH_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
+PAGE_SIZE = 500
 
 
-def _b64url_decode(data: str) -> bytes:
-    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+# --------------------------------------------------------------------------- helpers
 
 
-def _http_error(exc: HttpError, *, history: bool = False) -> ProviderError:
-    status = int(getattr(exc.resp, "status", 0) or 0)
-    reason = ""
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timeout() -> float:
+    return float(settings.PROVIDER_HTTP_TIMEOUT_SECONDS)
+
+
+def _b64_decode_tolerant(text: str) -> bytes:
+    """base64 or base64url, padded or not (Gmail raw, Pub/Sub data)."""
+    text = re.sub(r"\s+", "", text).replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
     try:
-        details = exc.error_details
-        if isinstance(details, list) and details and isinstance(details[0], dict):
-            reason = details[0].get("reason", "")
-    except Exception:  # noqa: BLE001 - an unusual error body: keep the status
-        reason = ""
-    message = f"Gmail answered {status} {reason}".strip()
-    retry_after = None
-    header = exc.resp.get("retry-after") if hasattr(exc.resp, "get") else None
-    if header:
-        try:
-            retry_after = float(header)
-        except ValueError:
-            retry_after = None
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - _now()).total_seconds())
+
+
+def _google_reason(content: bytes | str) -> tuple[str, str]:
+    """(reason, message) from Google's error envelope, tolerant of anything else."""
+    try:
+        data = json.loads(content)
+    except (TypeError, ValueError):
+        return "", ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return (error if isinstance(error, str) else ""), ""
+    reason = ""
+    for item in error.get("errors") or []:
+        if isinstance(item, dict) and item.get("reason"):
+            reason = str(item["reason"])
+            break
+    if not reason:
+        for item in error.get("details") or []:
+            if isinstance(item, dict) and item.get("reason"):
+                reason = str(item["reason"])
+                break
+    return reason or str(error.get("status") or ""), str(error.get("message") or "")
+
+
+def _map_http_error(exc: HttpError, *, cursor_call: bool = False) -> ProviderError:
+    status = int(exc.resp.status)
+    reason, message = _google_reason(exc.content)
+    text = f"Gmail API {status} {reason}: {message}".strip()
     if status == 401:
-        return AuthError(message, status=status, reason="authError")
-    if status == 429 or (status == 403 and reason in RATE_REASONS):
-        return RateLimited(message, retry_after=retry_after, status=status, reason=reason)
-    if status == 404 and history:
-        return CursorExpired(message, status=status, reason=reason or "notFound")
-    if status >= 500:
-        return TransientError(message, status=status, reason=reason)
-    return PermanentError(message, status=status, reason=reason)
+        return AuthError(text, status=401, reason="authError")
+    if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
+        return RateLimited(text, status=status, reason=reason or "rateLimitExceeded",
+                           retry_after=_retry_after(exc.resp.get("retry-after")))
+    if status == 403 and reason in SCOPE_REASONS:
+        return AuthError(text, status=403, reason=reason)
+    if status == 404 and cursor_call:
+        return CursorExpired(text, status=404, reason=reason or "notFound")
+    if status >= 500 or status == 408:
+        return TransientError(text, status=status, reason=reason)
+    return PermanentError(text, status=status, reason=reason)
 
 
-def _call(request, *, history: bool = False):
+def _execute(request, *, cursor_call: bool = False) -> Any:
+    """One HTTP request; every failure becomes a ProviderError."""
     try:
         return request.execute(num_retries=0)
     except HttpError as exc:
-        raise _http_error(exc, history=history) from None
-    except (TimeoutError, OSError, httplib2.HttpLib2Error) as exc:
-        raise TransientError(f"Gmail unreachable: {type(exc).__name__}") from None
+        error = _map_http_error(exc, cursor_call=cursor_call)
+        logger.info("gmail call failed: %s (%s)", type(error).__name__, error)
+        raise error from None
+    except google.auth.exceptions.RefreshError as exc:
+        raise AuthError(f"Google credentials cannot be used: {exc}", reason="authError") from None
+    except google.auth.exceptions.TransportError as exc:
+        raise TransientError(f"Google transport error: {exc}", reason="transport") from None
+    except (TimeoutError, httplib2.HttpLib2Error, OSError) as exc:
+        # socket.timeout is TimeoutError; ConnectionError and ssl errors are OSErrors.
+        reason = "timeout" if isinstance(exc, TimeoutError) else "connection"
+        raise TransientError(f"Gmail API unreachable: {type(exc).__name__}: {exc}",
+                             reason=reason) from None
+    except json.JSONDecodeError as exc:
+        raise TransientError(f"Gmail API answered something that is not JSON: {exc}",
+                             reason="malformed") from None
 
 
-def _token_request(data: dict) -> dict:
+def _access_token(credentials: dict | None) -> str:
+    token = (credentials or {}).get("access_token") or ""
+    if not token:
+        raise AuthError("The connection has no access token", reason="no_credentials")
+    return token
+
+
+def _service(credentials: dict | None):
+    """A Gmail client over an access token only, with our timeout and no auth retries."""
+    creds = Credentials(token=_access_token(credentials))
+    http = google_auth_httplib2.AuthorizedHttp(
+        creds, http=httplib2.Http(timeout=_timeout()), refresh_status_codes=())
+    return build("gmail", "v1", http=http, static_discovery=True, cache_discovery=False,
+                 client_options={"api_endpoint": settings.GMAIL_API_ENDPOINT})
+
+
+def _token_set(body: dict, *, keep_refresh: bool = True) -> TokenSet:
+    access = body.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise PermanentError("The token endpoint returned no access_token", reason="malformed")
     try:
-        response = _session.post(settings.GOOGLE_TOKEN_URI, data=data,
-                                 timeout=settings.PROVIDER_HTTP_TIMEOUT_SECONDS)
+        expires_in = float(body.get("expires_in") or 3600)
+    except (TypeError, ValueError):
+        expires_in = 3600.0
+    scopes = tuple(str(body.get("scope") or "").split())
+    refresh = body.get("refresh_token") if keep_refresh else ""
+    return TokenSet(access_token=access, expires_at=_now() + timedelta(seconds=expires_in),
+                    refresh_token=refresh if isinstance(refresh, str) else "", scopes=scopes)
+
+
+def _oauth_post(url: str, data: dict, *, what: str) -> requests.Response:
+    try:
+        return requests.post(url, data=data, headers={"Accept": "application/json"},
+                             timeout=_timeout())
+    except requests.Timeout:
+        raise TransientError(f"Google {what} endpoint timed out", reason="timeout") from None
     except requests.RequestException as exc:
-        raise TransientError(f"token endpoint unreachable: {type(exc).__name__}") from None
+        raise TransientError(f"Google {what} endpoint unreachable: {type(exc).__name__}",
+                             reason="connection") from None
+
+
+def _oauth_error(response: requests.Response, *, what: str) -> ProviderError:
     try:
         body = response.json()
     except ValueError:
         body = {}
-    if response.status_code >= 500:
-        raise TransientError(f"token endpoint answered {response.status_code}",
-                             status=response.status_code)
-    if response.status_code == 429:
-        raise RateLimited("token endpoint throttled", status=429, reason="rate_limited")
-    if response.status_code != 200 or "access_token" not in body:
-        error = body.get("error", "") or f"http_{response.status_code}"
-        text = f"{error}: {body.get('error_description', '')}".strip(": ")
-        if error in ("invalid_grant", "unauthorized_client", "invalid_client"):
-            raise AuthError(text, status=response.status_code, reason=error)
-        raise PermanentError(text, status=response.status_code, reason=error)
-    return body
+    body = body if isinstance(body, dict) else {}
+    error = body.get("error")
+    if isinstance(error, dict):  # some Google endpoints use the API envelope
+        error = error.get("status") or error.get("message")
+    error = str(error or "")
+    text = f"Google {what} endpoint {response.status_code} {error}: " \
+           f"{body.get('error_description') or ''}".strip()
+    status = response.status_code
+    if error in ("invalid_grant", "invalid_client", "unauthorized_client"):
+        # The grant (or our client) is gone: nothing works until someone acts.
+        return AuthError(text, status=status, reason=error)
+    if status == 429:
+        return RateLimited(text, status=status, reason=error or "rateLimitExceeded",
+                           retry_after=_retry_after(response.headers.get("Retry-After")))
+    if status >= 500 or status == 408:
+        return TransientError(text, status=status, reason=error)
+    return PermanentError(text, status=status, reason=error)
 
 
-def _token_set(body: dict) -> TokenSet:
-    return TokenSet(
-        access_token=body["access_token"],
-        expires_at=datetime.now(UTC) + timedelta(seconds=int(body.get("expires_in", 3600))),
-        refresh_token=body.get("refresh_token", ""),
-        scopes=tuple((body.get("scope") or "").split()),
-    )
+def _header(message: dict, name: str) -> str:
+    for item in (message.get("payload") or {}).get("headers") or []:
+        if str(item.get("name", "")).lower() == name.lower():
+            return str(item.get("value") or "")
+    return ""
+
+
+def _own_message_id(raw_mime: bytes) -> str:
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(raw_mime)
+    except Exception:  # noqa: BLE001 - a fallback only
+        return ""
+    return normalize_message_id(str(headers.get("Message-ID") or ""))
+
+
+# --------------------------------------------------------------------- push verification
+
+
+@dataclass(frozen=True)
+class _CachedResponse:
+    """A google.auth transport Response kept in memory."""
+
+    status: int
+    headers: dict
+    data: bytes
+
+
+class _CachingRequest:
+    """google.auth transport ``Request`` whose GET answers are cached for a while (the
+    certs document): ``verify_token`` fetches the certs on every call otherwise."""
+
+    default_ttl = 300.0
+    max_ttl = 6 * 3600.0
+    min_refetch = 30.0  # an unknown kid refetches at most this often
+
+    def __init__(self):
+        self._session = requests.Session()
+        self._inner = GoogleAuthRequest(self._session)
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, float, _CachedResponse]] = {}
+        self.fetches = 0
+
+    def __call__(self, url, method="GET", body=None, headers=None, timeout=None, **kwargs):
+        timeout = timeout or _timeout()
+        if method != "GET":
+            return self._inner(url, method=method, body=body, headers=headers,
+                               timeout=timeout, **kwargs)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(url)
+        if hit and hit[1] > now:
+            return hit[2]
+        response = self._inner(url, method="GET", headers=headers, timeout=timeout, **kwargs)
+        self.fetches += 1
+        if response.status != 200:
+            return response
+        cached = _CachedResponse(response.status, dict(response.headers), response.data)
+        with self._lock:
+            self._cache[url] = (now, now + self._ttl(cached.headers), cached)
+        return cached
+
+    def _ttl(self, headers: dict) -> float:
+        control = next((v for k, v in headers.items() if k.lower() == "cache-control"), "")
+        match = re.search(r"max-age=(\d+)", control or "")
+        if not match:
+            return self.default_ttl
+        return min(float(match.group(1)), self.max_ttl)
+
+    def forget_unless_kid(self, url: str, kid: str) -> None:
+        """Drop the cached certs when they lack ``kid`` (Google rotated its keys), unless
+        they were fetched moments ago."""
+        with self._lock:
+            hit = self._cache.get(url)
+            if not hit or not kid:
+                return
+            try:
+                doc = json.loads(hit[2].data)
+            except ValueError:
+                doc = {}
+            if isinstance(doc, dict) and "keys" in doc:
+                kids = {k.get("kid") for k in doc["keys"] if isinstance(k, dict)}
+            else:
+                kids = set(doc) if isinstance(doc, dict) else set()
+            if kid not in kids and time.monotonic() - hit[0] >= self.min_refetch:
+                del self._cache[url]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self.fetches = 0
+
+
+_CERTS_REQUEST = _CachingRequest()
+
+
+def _jwt_header(token: str) -> dict:
+    try:
+        head = token.split(".")[0]
+        header = json.loads(_b64_decode_tolerant(head))
+    except (ValueError, IndexError, binascii.Error):
+        raise AuthError("The push token is not a JWT", reason="malformed_token") from None
+    if not isinstance(header, dict) or token.count(".") != 2:
+        raise AuthError("The push token is not a JWT", reason="malformed_token")
+    return header
+
+
+def _jwt_failure_reason(exc: Exception) -> str:
+    if isinstance(exc, pyjwt.ExpiredSignatureError):
+        return "expired_token"
+    if isinstance(exc, pyjwt.InvalidAudienceError):
+        return "wrong_audience"
+    text = str(exc).lower()
+    if "expired" in text:
+        return "expired_token"
+    if "audience" in text:
+        return "wrong_audience"
+    if "signature" in text:
+        return "bad_signature"
+    if "key id" in text or "signing key" in text:
+        return "unknown_key"
+    return "invalid_token"
+
+
+def verify_push(authorization_header: str) -> dict:
+    """Verify the OIDC JWT of a Pub/Sub push (``Authorization: Bearer ...``) and return its
+    claims. Raises AuthError on any verification failure, TransientError when Google's
+    certs cannot be fetched."""
+    header = (authorization_header or "").strip()
+    if not header[:7].lower() == "bearer " or not header[7:].strip():
+        raise AuthError("No bearer token on the push", reason="missing_token")
+    token = header[7:].strip()
+    audience = settings.PUBSUB_AUDIENCE
+    account = settings.PUBSUB_SERVICE_ACCOUNT
+    if not audience or not account:
+        raise AuthError("PUBSUB_AUDIENCE / PUBSUB_SERVICE_ACCOUNT are not configured",
+                        reason="not_configured")
+    kid = str(_jwt_header(token).get("kid") or "")
+    certs_url = settings.GOOGLE_CERTS_URL
+    _CERTS_REQUEST.forget_unless_kid(certs_url, kid)
+    try:
+        claims = google_id_token.verify_token(token, _CERTS_REQUEST, audience=audience,
+                                              certs_url=certs_url, clock_skew_in_seconds=10)
+    except google.auth.exceptions.TransportError as exc:
+        raise TransientError(f"Google certs unavailable: {exc}", reason="certs_unavailable",
+                             ) from None
+    except (requests.RequestException, OSError) as exc:
+        raise TransientError(f"Google certs unreachable: {type(exc).__name__}",
+                             reason="certs_unavailable") from None
+    except (ValueError, google.auth.exceptions.GoogleAuthError, pyjwt.PyJWTError,
+            TypeError, KeyError) as exc:
+        raise AuthError(f"Push token rejected: {exc}", reason=_jwt_failure_reason(exc)) \
+            from None
+    if not isinstance(claims, dict):
+        raise AuthError("Push token rejected", reason="invalid_token")
+    if claims.get("iss") not in PUSH_ISSUERS:
+        raise AuthError("Push token has the wrong issuer", reason="wrong_issuer")
+    if claims.get("email") != account:
+        raise AuthError("Push token names another service account", reason="wrong_email")
+    if claims.get("email_verified") not in (True, "true"):
+        raise AuthError("Push token email is not verified", reason="email_not_verified")
+    return dict(claims)
+
+
+# ------------------------------------------------------------------------------- provider
 
 
 @register("gmail")
 class GmailProvider:
     name = "gmail"
 
-    # ------------------------------------------------------------------ client
-    def _service(self, credentials: dict):
-        creds = Credentials(token=(credentials or {}).get("access_token"))
-        http = google_auth_httplib2.AuthorizedHttp(
-            creds, http=httplib2.Http(timeout=settings.PROVIDER_HTTP_TIMEOUT_SECONDS))
-        return build("gmail", "v1", http=http, static_discovery=True, cache_discovery=False,
-                     client_options={"api_endpoint": settings.GMAIL_API_ENDPOINT})
+    def __init__(self, page_size: int = PAGE_SIZE):
+        self.page_size = page_size
 
-    def _users(self, connection):
-        return self._service(connection.credentials).users()
-
-    # ------------------------------------------------------------------ OAuth
+    # -- OAuth ----------------------------------------------------------------------------
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
                           login_hint: str = "") -> str:
         params = {
-            "client_id": settings.GOOGLE_CLIENT_ID, "redirect_uri": redirect_uri,
-            "response_type": "code", "scope": " ".join(settings.GMAIL_SCOPES),
-            "state": state, "code_challenge": code_challenge,
-            "code_challenge_method": "S256", "access_type": "offline", "prompt": "consent",
+            "client_id": settings.GOOGLE_CLIENT_ID,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": " ".join(settings.GMAIL_SCOPES),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+            "access_type": "offline",
+            "prompt": "consent",
             "include_granted_scopes": "true",
         }
         if login_hint:
             params["login_hint"] = login_hint
-        return f"{settings.GOOGLE_AUTH_URI}?{urlencode(params)}"
+        base = settings.GOOGLE_AUTH_URI
+        return base + ("&" if "?" in base else "?") + urlencode(params)
 
     def exchange_code(self, *, code: str, code_verifier: str, redirect_uri: str) -> TokenSet:
-        return _token_set(_token_request({
-            "grant_type": "authorization_code", "code": code, "code_verifier": code_verifier,
-            "redirect_uri": redirect_uri, "client_id": settings.GOOGLE_CLIENT_ID,
-            "client_secret": settings.GOOGLE_CLIENT_SECRET,
-        }))
-
-    def refresh(self, credentials: dict) -> TokenSet:
-        return _token_set(_token_request({
-            "grant_type": "refresh_token", "refresh_token": credentials.get("refresh_token", ""),
+        response = _oauth_post(settings.GOOGLE_TOKEN_URI, {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": code_verifier,
+            "redirect_uri": redirect_uri,
             "client_id": settings.GOOGLE_CLIENT_ID,
             "client_secret": settings.GOOGLE_CLIENT_SECRET,
-        }))
+        }, what="token")
+        return _token_set(self._oauth_json(response, what="token"))
+
+    def refresh(self, credentials: dict) -> TokenSet:
+        refresh_token = (credentials or {}).get("refresh_token") or ""
+        if not refresh_token:
+            raise AuthError("The connection has no refresh token", reason="invalid_grant")
+        response = _oauth_post(settings.GOOGLE_TOKEN_URI, {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": settings.GOOGLE_CLIENT_ID,
+            "client_secret": settings.GOOGLE_CLIENT_SECRET,
+        }, what="token")
+        return _token_set(self._oauth_json(response, what="token"))
 
     def revoke(self, credentials: dict) -> None:
-        token = credentials.get("refresh_token") or credentials.get("access_token")
+        credentials = credentials or {}
+        token = credentials.get("refresh_token") or credentials.get("access_token") or ""
         if not token:
             return
+        response = _oauth_post(settings.GOOGLE_REVOKE_URI, {"token": token}, what="revoke")
+        if response.status_code == 200:
+            return
+        error = _oauth_error(response, what="revoke")
+        if response.status_code == 400 and error.reason in ("invalid_token", "invalid_grant"):
+            return  # already revoked or unknown: the grant is gone either way
+        raise error
+
+    @staticmethod
+    def _oauth_json(response: requests.Response, *, what: str) -> dict:
+        if response.status_code != 200:
+            raise _oauth_error(response, what=what)
         try:
-            response = _session.post(settings.GOOGLE_REVOKE_URI, data={"token": token},
-                                     timeout=settings.PROVIDER_HTTP_TIMEOUT_SECONDS)
-        except requests.RequestException as exc:
-            raise TransientError(f"revoke endpoint unreachable: {type(exc).__name__}") from None
-        if response.status_code >= 500:
-            raise TransientError(f"revoke answered {response.status_code}",
-                                 status=response.status_code)
-        # 400 invalid_token: already revoked or expired, which is what we wanted.
+            body = response.json()
+        except ValueError:
+            raise TransientError(f"Google {what} endpoint answered no JSON",
+                                 reason="malformed") from None
+        if not isinstance(body, dict):
+            raise PermanentError(f"Google {what} endpoint answered no object",
+                                 reason="malformed")
+        return body
 
+    # -- identity and push ----------------------------------------------------------------
     def mailbox_address(self, credentials: dict) -> str:
-        profile = _call(self._service(credentials).users().getProfile(userId="me"))
-        return profile["emailAddress"].strip().lower()
+        profile = _execute(_service(credentials).users().getProfile(userId="me"))
+        return str(profile.get("emailAddress") or "").strip().lower()
 
-    # ------------------------------------------------------------------ push
+    def current_cursor(self, connection) -> str:
+        profile = _execute(_service(connection.credentials).users().getProfile(userId="me"))
+        return str(profile.get("historyId") or "")
+
     def start_watch(self, connection) -> WatchState:
         body = {"topicName": settings.GMAIL_PUBSUB_TOPIC,
-                "labelIds": [settings.GMAIL_WATCH_LABEL], "labelFilterBehavior": "INCLUDE"}
-        reply = _call(self._users(connection).watch(userId="me", body=body))
-        expires = datetime.fromtimestamp(int(reply.get("expiration", 0)) / 1000, tz=UTC)
+                "labelIds": [settings.GMAIL_WATCH_LABEL],
+                "labelFilterBehavior": "INCLUDE"}
+        answer = _execute(_service(connection.credentials).users().watch(userId="me",
+                                                                          body=body))
+        try:
+            expires = datetime.fromtimestamp(int(answer["expiration"]) / 1000, tz=UTC)
+        except (KeyError, TypeError, ValueError):
+            raise PermanentError("users.watch answered no expiration",
+                                 reason="malformed") from None
         return WatchState(subscription_id="", expires_at=expires,
-                          cursor=str(reply.get("historyId", "")))
+                          cursor=str(answer.get("historyId") or ""))
 
     def stop_watch(self, connection) -> None:
-        _call(self._users(connection).stop(userId="me"))
+        _execute(_service(connection.credentials).users().stop(userId="me"))
 
     def parse_notification(self, body: bytes, headers: dict[str, str]) -> list[Notification]:
         try:
             envelope = json.loads(body)
-            data = json.loads(_b64url_decode(envelope["message"]["data"]
-                                             .replace("+", "-").replace("/", "_")))
-            mailbox = str(data["emailAddress"]).strip().lower()
-            cursor = str(data.get("historyId", ""))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PermanentError("malformed Pub/Sub push body", reason="malformed") from exc
-        if "@" not in mailbox:
-            raise PermanentError("push names no mailbox", reason="malformed")
-        return [Notification(mailbox=mailbox, cursor_hint=cursor)]
+            data = envelope["message"]["data"]
+            payload = json.loads(_b64_decode_tolerant(data))
+            address = payload["emailAddress"]
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            raise PermanentError("Malformed Pub/Sub push body", reason="malformed") from None
+        if not isinstance(address, str) or "@" not in address:
+            raise PermanentError("Malformed Pub/Sub push body", reason="malformed")
+        history = payload.get("historyId", "")
+        if isinstance(history, bool) or not isinstance(history, (int, str)) or (
+                history != "" and not str(history).isdigit()):
+            raise PermanentError("Malformed Pub/Sub push body", reason="malformed")
+        return [Notification(mailbox=address.strip().lower(), cursor_hint=str(history))]
 
     def verify_push(self, authorization_header: str) -> dict:
-        """The claims of the push's OIDC token; AuthError unless Google (our sandbox in
-        dev) signed it for our audience and push service account."""
-        scheme, _, token = (authorization_header or "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("no bearer token", reason="missing_token")
-        try:
-            claims = id_token.verify_token(token.strip(), _google_request,
-                                           audience=settings.PUBSUB_AUDIENCE,
-                                           certs_url=settings.GOOGLE_CERTS_URL)
-        except Exception as exc:  # noqa: BLE001 - every verification failure is a refusal
-            raise AuthError(f"token refused: {type(exc).__name__}",
-                            reason="invalid_token") from None
-        if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise AuthError("token from another issuer", reason="wrong_issuer")
-        if (claims.get("email") != settings.PUBSUB_SERVICE_ACCOUNT
-                or not claims.get("email_verified")):
-            raise AuthError("token for another service account", reason="wrong_account")
-        if claims.get("exp", 0) < time.time():
-            raise AuthError("token expired", reason="expired")
-        return claims
+        """See the module-level ``verify_push``."""
+        return verify_push(authorization_header)
 
-    # ------------------------------------------------------------------ sync
-    def current_cursor(self, connection) -> str:
-        return str(_call(self._users(connection).getProfile(userId="me"))["historyId"])
-
+    # -- sync -----------------------------------------------------------------------------
     def changes_since(self, connection, cursor: str, page: str = "") -> SyncPage:
-        reply = _call(self._users(connection).history().list(
-            userId="me", startHistoryId=cursor, historyTypes=["messageAdded"],
-            labelId=settings.GMAIL_WATCH_LABEL, pageToken=page or None, maxResults=500,
-        ), history=True)
-        seen: dict[str, MessageRef] = {}
-        for record in reply.get("history", []):
-            for added in record.get("messagesAdded", []):
-                message = added.get("message", {})
+        cursor = str(cursor or "")
+        if not cursor.isdigit():
+            raise CursorExpired("No usable history cursor", reason="invalid_cursor")
+        label = settings.GMAIL_WATCH_LABEL
+        answer = _execute(_service(connection.credentials).users().history().list(
+            userId="me", startHistoryId=cursor, historyTypes=["messageAdded"], labelId=label,
+            pageToken=page or None, maxResults=self.page_size), cursor_call=True)
+        seen: set[str] = set()
+        messages: list[MessageRef] = []
+        for record in answer.get("history") or []:
+            for added in record.get("messagesAdded") or []:
+                message = added.get("message") or {}
+                msg_id = message.get("id")
                 labels = message.get("labelIds")
-                if labels is not None and settings.GMAIL_WATCH_LABEL not in labels:
-                    continue
-                if message.get("id"):
-                    seen.setdefault(message["id"], MessageRef(message["id"],
-                                                              message.get("threadId", "")))
-        next_page = reply.get("nextPageToken", "")
-        return SyncPage(messages=list(seen.values()), next_page=next_page,
-                        cursor="" if next_page else str(reply.get("historyId", cursor)))
+                if not msg_id or msg_id in seen or (labels is not None and label not in labels):
+                    continue  # SENT/DRAFT and other labels are not customer mail
+                seen.add(msg_id)
+                messages.append(MessageRef(msg_id, message.get("threadId") or ""))
+        next_page = answer.get("nextPageToken") or ""
+        return SyncPage(messages=messages, next_page=next_page,
+                        cursor="" if next_page else str(answer.get("historyId") or ""))
 
     def list_since(self, connection, since: datetime, page: str = "") -> SyncPage:
-        reply = _call(self._users(connection).messages().list(
+        answer = _execute(_service(connection.credentials).users().messages().list(
             # "after:" is exclusive and counts whole seconds: start one second earlier so
             # that the starting second itself is included.
             userId="me", q=f"after:{int(since.timestamp()) - 1}",
-            labelIds=[settings.GMAIL_WATCH_LABEL], pageToken=page or None, maxResults=500))
-        return SyncPage(messages=[MessageRef(m["id"], m.get("threadId", ""))
-                                  for m in reply.get("messages", [])],
-                        next_page=reply.get("nextPageToken", ""))
+            labelIds=[settings.GMAIL_WATCH_LABEL], pageToken=page or None,
+            maxResults=self.page_size))
+        messages = [MessageRef(m["id"], m.get("threadId") or "")
+                    for m in answer.get("messages") or [] if m.get("id")]
+        return SyncPage(messages=messages, next_page=answer.get("nextPageToken") or "")
 
     def fetch_raw(self, connection, provider_message_id: str) -> bytes:
-        reply = _call(self._users(connection).messages().get(
+        answer = _execute(_service(connection.credentials).users().messages().get(
             userId="me", id=provider_message_id, format="raw"))
-        return _b64url_decode(reply["raw"])
+        try:
+            return _b64_decode_tolerant(answer["raw"])
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise PermanentError("messages.get answered no raw message",
+                                 reason="malformed") from None
 
-    # ------------------------------------------------------------------ send
+    # -- send -----------------------------------------------------------------------------
     def send(self, connection, raw_mime: bytes, thread_id: str = "") -> SentMessage:
-        body = {"raw": base64.urlsafe_b64encode(raw_mime).decode()}
+        service = _service(connection.credentials)
+        body = {"raw": base64.urlsafe_b64encode(raw_mime).decode("ascii")}
         if thread_id:
             body["threadId"] = thread_id
-        reply = _call(self._users(connection).messages().send(userId="me", body=body))
-        return self._sent(connection, reply["id"], reply.get("threadId", ""))
+        answer = _execute(service.users().messages().send(userId="me", body=body))
+        sent_id = str(answer.get("id") or "")
+        sent_thread = str(answer.get("threadId") or "")
+        try:
+            header = self._read_message_id(service, sent_id)
+        except ProviderError as exc:
+            # Sent already: never fail the send over the read-back (a retry would send
+            # twice); fall back to the Message-ID we put in the MIME.
+            logger.warning("gmail: could not read back the Message-ID of a sent message "
+                           "(%s %s)", type(exc).__name__, exc.reason)
+            header = _own_message_id(raw_mime)
+        return SentMessage(sent_id, sent_thread, header)
 
     def find_sent(self, connection, message_id_header: str) -> SentMessage | None:
         wanted = normalize_message_id(message_id_header)
-        reply = _call(self._users(connection).messages().list(
-            userId="me", q=f"rfc822msgid:{wanted}", labelIds=["SENT"], maxResults=5))
-        hits = reply.get("messages", [])
+        if not wanted:
+            return None
+        service = _service(connection.credentials)
+        answer = _execute(service.users().messages().list(
+            userId="me", q=f"rfc822msgid:{wanted}", labelIds=["SENT"], maxResults=10))
+        hits = [m for m in answer.get("messages") or [] if m.get("id")]
         if not hits:
             return None
-        return self._sent(connection, hits[0]["id"], hits[0].get("threadId", ""))
+        first = hits[0]
+        header = self._read_message_id(service, first["id"]) or wanted
+        return SentMessage(first["id"], first.get("threadId") or "", header)
 
-    def _sent(self, connection, message_id: str, thread_id: str) -> SentMessage:
-        meta = _call(self._users(connection).messages().get(
+    @staticmethod
+    def _read_message_id(service, message_id: str) -> str:
+        message = _execute(service.users().messages().get(
             userId="me", id=message_id, format="metadata", metadataHeaders=["Message-ID"]))
-        header = next((h.get("value", "") for h in meta.get("payload", {}).get("headers", [])
-                       if h.get("name", "").lower() == "message-id"), "")
-        return SentMessage(provider_message_id=message_id,
-                           provider_thread_id=thread_id or meta.get("threadId", ""),
-                           message_id_header=normalize_message_id(header))
+        return normalize_message_id(_header(message, "Message-ID"))
