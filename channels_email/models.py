@@ -99,6 +99,10 @@ class EmailConnection(TenantOwnedModel):
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     rate_limited_until = models.DateTimeField(null=True, blank=True)
+    # Push health: when a push last led to a sync, and when the reconciliation sweep last
+    # found mail that no push had announced (pushes gone quiet while mail still arrives).
+    last_push_at = models.DateTimeField(null=True, blank=True)
+    missed_push_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -119,6 +123,17 @@ class EmailConnection(TenantOwnedModel):
         self.address = (self.address or "").strip().lower()
         self.alias_addresses = [a.strip().lower() for a in self.alias_addresses if a.strip()]
         super().save(*args, **kwargs)
+
+    @property
+    def watch_expired(self) -> bool:
+        expires = self.subscription_expires_at
+        return (self.provider != Provider.MANUAL and self.status != ConnectionStatus.DISCONNECTED
+                and expires is not None and expires < timezone.now())
+
+    @property
+    def pushes_missing(self) -> bool:
+        return self.missed_push_at is not None and (
+            self.last_push_at is None or self.missed_push_at > self.last_push_at)
 
     @property
     def own_addresses(self) -> set[str]:

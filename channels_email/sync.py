@@ -75,7 +75,7 @@ def push_unmark(connection_id: int) -> None:
     _redis().delete(_key("sync-pending", connection_id))
 
 
-def connection_sync(connection_id: int) -> SyncResult:
+def connection_sync(connection_id: int, trigger: str = "push") -> SyncResult:
     with unscoped():  # the id names the connection; everything after runs in its tenant
         conn = (EmailConnection.objects.select_related("tenant")
                 .filter(pk=connection_id).first())
@@ -89,7 +89,7 @@ def connection_sync(connection_id: int) -> SyncResult:
     try:
         push_unmark(connection_id)  # from here on, a new push queues one more sync
         with tenant_scope(conn.tenant):
-            return _sync(conn)
+            return _sync(conn, trigger)
     finally:
         try:
             lock.release()
@@ -97,7 +97,7 @@ def connection_sync(connection_id: int) -> SyncResult:
             logger.warning("sync.lock_expired connection=%s", connection_id)
 
 
-def _sync(conn: EmailConnection) -> SyncResult:
+def _sync(conn: EmailConnection, trigger: str) -> SyncResult:
     if not health.may_call(conn):
         return SyncResult(state="skipped", reason=f"connection is {conn.status}")
     provider = providers.get(conn.provider)
@@ -119,7 +119,7 @@ def _sync(conn: EmailConnection) -> SyncResult:
     except providers.ProviderError as exc:
         health.record_error(conn, exc)
         raise
-    new_rows = _store(conn, refs, cursor)
+    new_rows = _store(conn, refs, cursor, trigger)
     health.record_success(conn, synced=True)
     logger.info("sync.done connection=%s new=%s full=%s", conn.pk, len(new_rows), full_sync)
     return SyncResult(state="synced", new_rows=new_rows, cursor=cursor, full_sync=full_sync)
@@ -155,7 +155,8 @@ def _full_sync(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
     return refs, cursor
 
 
-def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str) -> list[int]:
+def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str,
+           trigger: str = "push") -> list[int]:
     """Insert the rows and advance the cursor in one transaction; enqueue ingest after."""
     unique = list({ref.provider_message_id: ref for ref in refs}.values())
     with transaction.atomic():
@@ -166,12 +167,17 @@ def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str) -> list[i
                              provider_thread_id=ref.provider_thread_id[:255])
                 for ref in unique
             ], ignore_conflicts=True)
-        EmailConnection.objects.filter(pk=conn.pk).update(cursor=cursor,
-                                                          updated_at=timezone.now())
         ids = list(InboundEmail.objects.filter(
             connection=conn, state=InboundState.RECEIVED,
             provider_message_id__in=[r.provider_message_id[:255] for r in unique],
         ).values_list("pk", flat=True)) if unique else []
+        now = timezone.now()
+        fields = {"cursor": cursor, "updated_at": now}
+        if trigger == "push":
+            fields["last_push_at"] = now
+        elif ids:
+            fields["missed_push_at"] = now  # the sweep found mail no push announced
+        EmailConnection.objects.filter(pk=conn.pk).update(**fields)
         transaction.on_commit(lambda: _enqueue(ids))
     return ids
 

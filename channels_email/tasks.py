@@ -51,13 +51,13 @@ def redrive_stuck_inbound(*, older_than_minutes: int = 5, limit: int = 500) -> i
 
 
 @shared_task(bind=True, name="ingest.sync_connection", max_retries=None)
-def sync_connection(self, *, connection_id: int) -> str:
+def sync_connection(self, *, connection_id: int, trigger: str = "push") -> str:
     """Walk a mailbox's new messages into InboundEmail rows (see ``sync.py``)."""
     from channels_email import health, providers
     from channels_email.sync import SyncBusy, connection_sync
 
     try:
-        result = connection_sync(connection_id)
+        result = connection_sync(connection_id, trigger)
     except SyncBusy as busy:
         # One more sync is wanted (a push came in during the running one).
         raise self.retry(countdown=5) from busy
@@ -87,7 +87,7 @@ def reconcile_connections() -> int:
     queued = 0
     for pk in ids:
         if push_mark(pk):
-            sync_connection.delay(connection_id=pk)
+            sync_connection.delay(connection_id=pk, trigger="reconcile")
             queued += 1
     return queued
 

@@ -270,6 +270,9 @@ def test_disconnect_stops_revokes_and_ignores_later_pushes(gmail, admin_client, 
         conn = EmailConnection.objects.get()
     answer = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/disconnect/")
     assert answer.status_code == 302
+    seen = {(r["method"], r["path"]) for r in
+            requests.get(sandbox + "/_sandbox/requests", timeout=5).json()["requests"]}
+    assert ("POST", "/gmail/v1/users/me/stop") in seen and ("POST", "/revoke") in seen
     with tenant_scope(tenant):
         conn.refresh_from_db()
         assert conn.status == ConnectionStatus.DISCONNECTED and conn.credentials is None
@@ -315,3 +318,28 @@ def test_credentials_are_never_stored_or_shown_in_plaintext(gmail, admin_client,
     for secret in secrets:
         assert secret not in stored and secret not in page
         assert secret not in caplog.text
+
+
+def test_quiet_pushes_and_expired_watches_show_on_the_health_page(gmail, admin_client, tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    deliver(sandbox, "support@acme.test", "Announced")
+    push_unmark(conn.pk)
+    connection_sync(conn.pk, "push")
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "Pushes missing" not in page and "Watch expired" not in page
+
+    deliver(sandbox, "support@acme.test", "Never announced")  # its push got lost
+    push_unmark(conn.pk)
+    assert len(connection_sync(conn.pk, "reconcile").new_rows) == 1
+    with tenant_scope(tenant):
+        EmailConnection.objects.update(subscription_expires_at=timezone.now()
+                                       - timedelta(hours=1))
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "Pushes missing" in page and "Watch expired" in page

@@ -90,3 +90,31 @@ def test_errors_are_stored_without_credentials(conn):
     for secret in ("ya29", "1//0gabc", "4/0AX4XfWh"):
         assert secret not in conn.last_error
     assert "refused" in conn.last_error
+
+
+def test_rotate_credentials_re_encrypts_under_the_new_first_key(conn, settings):
+    from cryptography.fernet import Fernet, InvalidToken
+    from django.core.management import call_command
+    from django.db import connection as db
+
+    from helpdesk import crypto
+
+    old = settings.FERNET_KEYS[0]
+    conn.credentials = {"access_token": "ya29.secret", "refresh_token": "1//secret"}
+    conn.save()
+    new = Fernet.generate_key().decode()
+    settings.FERNET_KEYS = [new, old]
+    crypto._fernet.cache_clear()
+    call_command("rotate_credentials")
+    with db.cursor() as cursor:
+        cursor.execute("SELECT credentials FROM channels_email_emailconnection WHERE id = %s",
+                       [conn.pk])
+        token = cursor.fetchone()[0]
+    assert Fernet(new.encode()).decrypt(token.encode())  # readable with the new key alone
+    with pytest.raises(InvalidToken):
+        Fernet(old.encode()).decrypt(token.encode())
+    settings.FERNET_KEYS = [new]
+    crypto._fernet.cache_clear()
+    conn.refresh_from_db()
+    assert conn.credentials["refresh_token"] == "1//secret"
+    crypto._fernet.cache_clear()
