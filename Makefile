@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 EMBEDDED := $(PY) -m helpdesk.embedded run --
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint compose-check services-stop clean
+.PHONY: install demo test lint compose-check browser services-stop clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required (found %d.%d)" % sys.version_info[:2])'
@@ -23,11 +23,21 @@ install: $(STAMP)
 demo: install
 	$(EMBEDDED) $(PY) manage.py rundemo
 
-test: install lint compose-check
+test: install lint compose-check browser
 	$(EMBEDDED) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
+
+# Browser tests drive Debian's Chromium through Playwright (no browser download).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian package) for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1 && [ -n "$$CI" ]; then \
+		echo "chromium is missing; CI must run the browser tests" >&2; exit 1; \
+	fi
 
 # docker-compose.yml is validated without an engine by Debian's docker-compose.
 compose-check:
