@@ -180,6 +180,51 @@ def test_forged_or_foreign_push_tokens_are_refused(gmail, admin_client, tenant):
                                   content_type="application/json",
                                   HTTP_AUTHORIZATION=headers["Authorization"])
     assert malformed.status_code == 400
+    with unscoped():
+        assert InboundEmail.objects.count() == 0
+        assert EmailConnection.objects.get().last_push_at is None
+
+
+def test_webhook_writes_no_row_and_ignores_unknown_mailboxes(gmail, admin_client, tenant,
+                                                             caplog):
+    import base64
+    import json
+
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    sandbox, catcher = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    headers, body = catcher.next()
+    with CaptureQueriesContext(db) as queries:
+        answer = admin_client.post("/webhooks/google/pubsub/", data=body,
+                                   content_type="application/json",
+                                   HTTP_AUTHORIZATION=headers["Authorization"])
+    assert answer.status_code == 204
+    assert all(q["sql"].lstrip().upper().startswith("SELECT") for q in queries.captured_queries)
+    envelope = json.loads(body)
+    envelope["message"]["data"] = base64.b64encode(json.dumps(
+        {"emailAddress": "nobody@elsewhere.test", "historyId": "1"}).encode()).decode()
+    unknown = admin_client.post("/webhooks/google/pubsub/", data=json.dumps(envelope),
+                                content_type="application/json",
+                                HTTP_AUTHORIZATION=headers["Authorization"])
+    assert unknown.status_code == 204 and "unknown_mailbox" in caplog.text
+
+
+def test_reconciliation_queues_one_sync_per_connected_mailbox(gmail, admin_client, tenant):
+    from channels_email.sync import push_unmark
+    from channels_email.tasks import reconcile_connections
+
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    connect_mailbox(admin_client, tenant, "sales@acme.test")
+    with tenant_scope(tenant):
+        ids = list(EmailConnection.objects.values_list("pk", flat=True))
+    for pk in ids:
+        push_unmark(pk)
+    assert reconcile_connections.run() == 2
+    assert reconcile_connections.run() == 0  # coalesced until those syncs start
+    for pk in ids:
+        push_unmark(pk)
 
 
 def test_expired_cursor_recovers_every_message(gmail, admin_client, tenant):
@@ -243,16 +288,22 @@ def test_rate_limit_then_active_and_invalid_grant_then_reconnect(gmail, admin_cl
         conn.refresh_from_db()
         assert conn.status == ConnectionStatus.ACTIVE
         assert Ticket.objects.filter(title="While disconnected").exists()
+        assert AuditEvent.objects.filter(action="email_connection.reconnected").exists()
 
 
 def test_token_is_refreshed_before_expiry_and_rotation_kept(gmail, admin_client, tenant):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     from channels_email.tasks import refresh_tokens
 
     connect_mailbox(admin_client, tenant, "support@acme.test")
     with tenant_scope(tenant):
         conn = EmailConnection.objects.get()
         old = dict(conn.credentials)
-        conn.credentials = dict(old, expires_at="2000-01-01T00:00:00+00:00")
+        soon = (timezone.now() + timedelta(minutes=10)).isoformat()  # not expired yet
+        conn.credentials = dict(old, expires_at=soon)
         conn.save(update_fields=["credentials"])
     assert refresh_tokens.run() == 1
     with tenant_scope(tenant):
@@ -276,6 +327,7 @@ def test_disconnect_stops_revokes_and_ignores_later_pushes(gmail, admin_client, 
     with tenant_scope(tenant):
         conn.refresh_from_db()
         assert conn.status == ConnectionStatus.DISCONNECTED and conn.credentials is None
+        assert AuditEvent.objects.filter(action="email_connection.disconnected").exists()
     assert admin_client.post("/webhooks/google/pubsub/", data=body,
                              content_type="application/json",
                              HTTP_AUTHORIZATION=headers["Authorization"]).status_code == 204
@@ -343,3 +395,20 @@ def test_quiet_pushes_and_expired_watches_show_on_the_health_page(gmail, admin_c
                                        - timedelta(hours=1))
     page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
     assert "Pushes missing" in page and "Watch expired" in page
+
+
+def test_a_state_from_another_session_is_refused(gmail, client, tenant, admin_user):
+    from django.test import Client
+
+    from tests.factories import MembershipFactory, UserFactory
+
+    client.force_login(admin_user)
+    start = client.post(f"/{tenant.slug}/settings/email/connect/gmail/")
+    location = urllib.parse.urlsplit(consent(start["Location"], "support@acme.test"))
+    other_admin = UserFactory()
+    MembershipFactory(tenant=tenant, user=other_admin, role="admin")
+    intruder = Client()
+    intruder.force_login(other_admin)
+    assert intruder.get(location.path + "?" + location.query).status_code == 400
+    with unscoped():
+        assert EmailConnection.objects.count() == 0
