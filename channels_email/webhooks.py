@@ -13,6 +13,7 @@ Contract of ``google_pubsub`` (``POST /webhooks/google/pubsub/``):
 from __future__ import annotations
 
 import logging
+import time
 
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
@@ -27,12 +28,23 @@ logger = logging.getLogger(__name__)
 CONNECTION_CACHE_SECONDS = 60
 
 
+_LOCAL: dict[str, tuple[float, int]] = {}
+LOCAL_CACHE_SECONDS = 10
+
+
 def connection_id_for(provider: str, mailbox: str) -> int | None:
-    """The connected (not disconnected) connection of ``mailbox``, cached briefly;
-    ``forget_mailbox`` drops the entry on connect and disconnect."""
+    """The connected (not disconnected) connection of ``mailbox``, cached briefly in this
+    process and in Redis; ``forget_mailbox`` drops the entries on connect and disconnect.
+    A stale answer for a just-disconnected mailbox only queues a sync that skips it."""
     key = f"mailbox-connection:{provider}:{mailbox}"
+    local = _LOCAL.get(key)
+    if local is not None and local[0] > time.monotonic():
+        return local[1] or None
     cached = cache.get(key)
     if cached is not None:
+        if len(_LOCAL) > 50_000:
+            _LOCAL.clear()
+        _LOCAL[key] = (time.monotonic() + LOCAL_CACHE_SECONDS, cached)
         return cached or None
     # Unscoped: a push names only the mailbox; the constraint makes it one tenant's.
     with unscoped():
@@ -44,7 +56,9 @@ def connection_id_for(provider: str, mailbox: str) -> int | None:
 
 
 def forget_mailbox(provider: str, mailbox: str) -> None:
-    cache.delete(f"mailbox-connection:{provider}:{mailbox}")
+    key = f"mailbox-connection:{provider}:{mailbox}"
+    _LOCAL.pop(key, None)
+    cache.delete(key)
 
 
 @csrf_exempt

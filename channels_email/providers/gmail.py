@@ -353,6 +353,36 @@ def _jwt_failure_reason(exc: Exception) -> str:
     return "invalid_token"
 
 
+class _VerifiedTokens:
+    """Tokens this process verified already, until they expire. Pub/Sub signs one token
+    per subscription and reuses it for many pushes, so most pushes skip the signature
+    check. Keyed by the exact token and the settings it was checked against."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.entries: dict[tuple, dict] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> dict | None:
+        claims = self.entries.get(key)
+        if claims is not None and float(claims.get("exp", 0)) > time.time() + 5:
+            return claims
+        return None
+
+    def put(self, key: tuple, claims: dict) -> None:
+        with self.lock:
+            if len(self.entries) >= self.size:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = claims
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+_VERIFIED = _VerifiedTokens()
+
+
 def verify_push(authorization_header: str) -> dict:
     """Verify the OIDC JWT of a Pub/Sub push (``Authorization: Bearer ...``) and return its
     claims. Raises AuthError on any verification failure, TransientError when Google's
@@ -366,6 +396,16 @@ def verify_push(authorization_header: str) -> dict:
     if not audience or not account:
         raise AuthError("PUBSUB_AUDIENCE / PUBSUB_SERVICE_ACCOUNT are not configured",
                         reason="not_configured")
+    key = (token, audience, account, settings.GOOGLE_CERTS_URL)
+    known = _VERIFIED.get(key)
+    if known is not None:
+        return dict(known)
+    claims = _verify_push_token(token, audience, account)
+    _VERIFIED.put(key, claims)
+    return dict(claims)
+
+
+def _verify_push_token(token: str, audience: str, account: str) -> dict:
     kid = str(_jwt_header(token).get("kid") or "")
     certs_url = settings.GOOGLE_CERTS_URL
     _CERTS_REQUEST.forget_unless_kid(certs_url, kid)

@@ -1,0 +1,412 @@
+"""Webhook benchmark: the Pub/Sub push endpoint under gunicorn against a bare Django view.
+
+Run it with the project's services (embedded ones when DATABASE_URL / REDIS_URL are unset):
+
+    .venv/bin/python -m helpdesk.embedded run -- .venv/bin/python bench/webhook.py
+
+What it does, all on loopback, real PostgreSQL and Redis:
+1. migrates a scratch database (<name>_bench_webhook) and creates one tenant with 1,000
+   connected Gmail mailboxes (mbox{i}@bench.example); uses Redis database 11 of the same
+   server (flushed before and after) so queued tasks and marks never mix with other runs;
+2. starts the Google sandbox (state under ./var/bench/webhook/) for its signing key and
+   certs URL, and pre-signs one valid push (OIDC JWT as the sandbox signs them, body as
+   Pub/Sub wraps it) per mailbox;
+3. starts two gunicorns (2 workers x 4 threads each, DEBUG off, no access log): the
+   project (helpdesk.wsgi) and a bare view with the same settings and middleware on the
+   same path that publishes one Celery task and answers 204 (bench/bare_wsgi.py);
+   no worker consumes during this part, the tasks pile up in Redis and are dropped;
+4. closed loop (bench/loadgen.py, a separate asyncio process, 16 keep-alive connections,
+   5 s), pushes round-robin over the 1,000 mailboxes, webhook then bare view, 3 runs each,
+   median; before each webhook run one unmeasured round warms the mailbox cache and the
+   certs cache. Each time the generator has sent one round of 1,000 pushes it deletes the
+   1,000 "sync pending" marks, so a push keeps doing the full path (verify, look up, mark,
+   enqueue) instead of being coalesced; the share of pushes that enqueued is printed;
+5. open loop on the webhook at half its median maximum rate for 5 s (latency from each
+   request's scheduled send time: no coordinated omission), p50/p99;
+6. push-to-ticket with one Celery worker (-Q ingest, solo pool): a mailbox connected
+   through the sandbox's OAuth and watch, the sandbox's Pub/Sub pushing to the webhook;
+   20 emails delivered one by one (POST /_sandbox/deliver), each timed from the delivery
+   call until its ticket exists (database polled every 10 ms).
+The load generator is Python and shares the machine's cores with gunicorn, PostgreSQL and
+Redis: both rates are lower than a C generator would see, the same way for both targets.
+The last line printed is one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.ingest import log, process_cpu_s, scratch_database  # noqa: E402
+
+VAR = REPO / "var" / "bench" / "webhook"
+MAILBOXES = 1000
+CONNECTIONS = 16
+OPEN_CONNECTIONS = 32
+DURATION = 5.0
+RUNS = 3
+PUSH_EMAILS = 20
+REDIS_DB = 11
+PREFIX = "bench-webhook"
+TOPIC = "projects/helpdesk-bench/topics/gmail"
+ACCOUNT = "pubsub-push@helpdesk-bench.iam.gserviceaccount.com"
+PATH = "/webhooks/google/pubsub/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_sandbox() -> tuple[subprocess.Popen, str, Path]:
+    root = VAR / "var"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    env = dict(os.environ, HELPDESK_VAR_DIR=str(root))
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"], cwd=REPO, env=env,
+                            stdout=(VAR / "sandbox.log").open("w"), stderr=subprocess.STDOUT)
+    info = root / "sandbox" / "server.json"
+    deadline = time.monotonic() + 30
+    while not info.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            sys.exit("the sandbox did not start, see " + str(VAR / "sandbox.log"))
+        time.sleep(0.05)
+    return proc, json.loads(info.read_text())["url"].rstrip("/"), root / "sandbox"
+
+
+def start_gunicorn(app: str, port: int, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}",
+         "--workers", "2", "--threads", "4", "--graceful-timeout", "5",
+         "--log-level", "warning"],
+        cwd=REPO, stdout=(VAR / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(port: int, proc: subprocess.Popen, body: str, token: str) -> int:
+    """POST one push until the server answers; return the status."""
+    import requests
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return requests.post(f"http://127.0.0.1:{port}{PATH}", data=body, timeout=10,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"}).status_code
+        except requests.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"gunicorn on {port} did not start (see {VAR})") from None
+            time.sleep(0.2)
+
+
+def server_cpu_s(proc: subprocess.Popen) -> float:
+    """CPU seconds of a gunicorn master's workers (the processes serving the requests)."""
+    try:
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    return sum(process_cpu_s(int(pid)) for pid in kids)
+
+
+def loadgen(cfg: dict) -> dict:
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "loadgen.py")],
+                         input=json.dumps(cfg), capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise SystemExit("load generator failed:\n" + out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def queued(r, queue: str) -> int:
+    return sum(r.llen(k) for k in r.scan_iter(match=f"{queue}*") if r.type(k) == b"list")
+
+
+def setup_mailboxes():
+    from channels_email.models import ConnectionStatus, EmailConnection
+    from helpdesk.services import tenant_create
+    from helpdesk.tenancy import tenant_scope
+
+    tenant = tenant_create(slug="bench", name="Bench")
+    with tenant_scope(tenant):
+        EmailConnection.objects.bulk_create([
+            EmailConnection(tenant=tenant, provider="gmail", address=f"mbox{i}@bench.example",
+                            status=ConnectionStatus.ACTIVE, cursor="1")
+            for i in range(MAILBOXES)])
+        ids = dict(EmailConnection.objects.values_list("address", "pk"))
+    return tenant, ids
+
+
+def signed_pushes(key_dir: Path, audience: str, addresses: list[str]) -> list[list[str]]:
+    from sandbox.keys import SigningKey
+    from sandbox.push import build_body, oidc_token
+
+    key = SigningKey(key_dir)
+    pairs = []
+    for n, address in enumerate(addresses):
+        body = build_body({"emailAddress": address, "historyId": 1000 + n},
+                          "projects/helpdesk-bench/subscriptions/gmail-push", str(10**15 + n))
+        pairs.append([json.dumps(body), oidc_token(key, audience, ACCOUNT)])
+    return pairs
+
+
+def connect_sandbox_mailbox(sandbox: str, tenant, address: str, callback: str):
+    """OAuth through the sandbox's consent page as a browser would, then store the
+    connection and start its watch (the sandbox then pushes on new mail)."""
+    import requests
+    from django.conf import settings
+    from django.utils import timezone
+
+    from channels_email import providers
+    from channels_email.connect import _start_watch
+    from channels_email.models import ConnectionStatus, EmailConnection
+    from helpdesk.tenancy import tenant_scope
+
+    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": address},
+                  timeout=10).raise_for_status()
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(
+        hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    fields = [("client_id", settings.GOOGLE_CLIENT_ID), ("redirect_uri", callback),
+              ("response_type", "code"), ("scope", " ".join(settings.GMAIL_SCOPES)),
+              ("state", "bench"), ("access_type", "offline"), ("prompt", "consent"),
+              ("code_challenge", challenge), ("code_challenge_method", "S256"),
+              ("step", "consent"), ("email", address), ("decision", "allow"),
+              *(("grant_scope", s) for s in settings.GMAIL_SCOPES)]
+    answer = requests.post(settings.GOOGLE_AUTH_URI, data=fields, allow_redirects=False,
+                           timeout=10)
+    location = answer.headers.get("Location", "")
+    code = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query)).get("code")
+    if not code:
+        raise SystemExit(f"sandbox consent gave no code: {answer.status_code} {location}")
+    gmail = providers.get("gmail")
+    tokens = gmail.exchange_code(code=code, code_verifier=verifier, redirect_uri=callback)
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.create(
+            tenant=tenant, provider="gmail", address=address, status=ConnectionStatus.ACTIVE,
+            credentials=tokens.as_credentials(), sync_start_at=timezone.now())
+        _start_watch(conn, gmail)
+    return conn
+
+
+def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path) -> list[float]:
+    import requests
+
+    from channels_email.models import EmailConnection
+    from helpdesk.tenancy import unscoped
+    from tickets.models import Ticket
+
+    requests.post(sandbox + "/_sandbox/settings", json={"topics": {TOPIC: {
+        "push_endpoint": webhook_url, "audience": webhook_url,
+        "service_account": ACCOUNT}}}, timeout=10).raise_for_status()
+    address = "live@bench.example"
+    conn = connect_sandbox_mailbox(sandbox, tenant, address,
+                                   webhook_url.replace(PATH, "/oauth/gmail/callback/"))
+    deadline = time.monotonic() + 60
+    while True:  # the watch's own notification: push -> webhook -> first sync
+        with unscoped():
+            if EmailConnection.objects.filter(pk=conn.pk,
+                                              last_sync_at__isnull=False).exists():
+                break
+        if time.monotonic() > deadline:
+            raise SystemExit("the first sync never ran; see " + str(worker_log))
+        time.sleep(0.05)
+    latencies = []
+    for n in range(PUSH_EMAILS):
+        subject = f"Bench push {n} {uuid.uuid4().hex[:8]}"
+        started = time.perf_counter()
+        requests.post(sandbox + "/_sandbox/deliver", json={
+            "to": address, "from": f"Customer {n} <customer{n}@example.net>",
+            "subject": subject, "body": f"Question number {n}."}, timeout=10).raise_for_status()
+        deadline = time.monotonic() + 30
+        while True:
+            with unscoped():
+                if Ticket.objects.filter(title=subject).exists():
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no ticket for {subject!r} within 30 s; see {worker_log}")
+            time.sleep(0.01)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)  # nearest rank
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+def main() -> None:
+    base_url, redis_base = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if not base_url or not redis_base:
+        sys.exit("run me through `python -m helpdesk.embedded run --` or set DATABASE_URL "
+                 "and REDIS_URL")
+    VAR.mkdir(parents=True, exist_ok=True)
+    import redis
+
+    parts = urllib.parse.urlsplit(redis_base)
+    redis_url = urllib.parse.urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+    r = redis.Redis.from_url(redis_url)
+    r.flushdb()
+    web_port, bare_port = free_port(), free_port()
+    webhook_url = f"http://127.0.0.1:{web_port}{PATH}"
+    os.environ.update(
+        DATABASE_URL=scratch_database(base_url, "helpdesk_bench_webhook"),
+        REDIS_URL=redis_url, DJANGO_SETTINGS_MODULE="helpdesk.settings", DEBUG="false",
+        CACHE_KEY_PREFIX=PREFIX, MEDIA_ROOT=str(VAR / "media"), LOG_LEVEL="WARNING",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{web_port}", PUBSUB_AUDIENCE=webhook_url,
+        PUBSUB_SERVICE_ACCOUNT=ACCOUNT, GMAIL_PUBSUB_TOPIC=TOPIC)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        procs["sandbox"], sandbox_url, key_dir = start_sandbox()
+        os.environ["SANDBOX_URL"] = sandbox_url  # GOOGLE_CERTS_URL etc. derive from it
+        import django
+
+        django.setup()
+        from django.conf import settings
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        tenant, ids = setup_mailboxes()
+        addresses = [f"mbox{i}@bench.example" for i in range(MAILBOXES)]
+        log(f"signing {MAILBOXES} pushes with the sandbox key ({settings.GOOGLE_CERTS_URL})")
+        pairs = signed_pushes(key_dir, webhook_url, addresses)
+        requests_file = VAR / "pushes.json"
+        requests_file.write_text(json.dumps(pairs))
+        marks = [f"{PREFIX}:sync-pending:{ids[a]}" for a in addresses]
+
+        procs["web"] = start_gunicorn("helpdesk.wsgi:application", web_port, "web")
+        procs["bare"] = start_gunicorn("bench.bare_wsgi:application", bare_port, "bare")
+        for port, proc in ((web_port, procs["web"]), (bare_port, procs["bare"])):
+            status = wait_ready(port, proc, *pairs[0])
+            if status != 204:
+                raise SystemExit(f"port {port} answered {status} to a valid push (see {VAR})")
+        if queued(r, "ingest") != 1 or queued(r, "maintenance") != 1:
+            raise SystemExit("a valid push did not enqueue exactly one task")
+        r.delete(*marks)
+
+        base = {"path": PATH, "requests": str(requests_file), "duration": DURATION}
+        web_runs, bare_runs, enqueue_shares = [], [], []
+        for run in range(RUNS):
+            # Alternate which target goes first, so a drift in the machine's load (other
+            # processes) does not always favour the same one.
+            for target in (("web", "bare") if run % 2 == 0 else ("bare", "web")):
+                for q in ("ingest", "maintenance"):
+                    for k in r.scan_iter(match=f"{q}*"):
+                        r.delete(k)
+                cpu_before = server_cpu_s(procs[target])
+                if target == "web":
+                    result = loadgen({**base, "port": web_port, "mode": "closed",
+                                      "connections": CONNECTIONS, "warmup": MAILBOXES,
+                                      "clear_marks": {"redis_url": redis_url, "keys": marks}})
+                    answered = result["statuses"].get("204", 0) + MAILBOXES
+                    enqueue_shares.append(queued(r, "ingest") / answered)
+                    web_runs.append(result)
+                    extra = f", enqueued {enqueue_shares[-1]:.0%}"
+                else:
+                    result = loadgen({**base, "port": bare_port, "mode": "closed",
+                                      "connections": CONNECTIONS, "warmup": MAILBOXES})
+                    bare_runs.append(result)
+                    extra = ""
+                result["server_cpu_ms"] = ((server_cpu_s(procs[target]) - cpu_before) * 1000
+                                           / (result["completed"] + MAILBOXES))
+                log(f"run {run + 1} {target:4}: {result['rps']:.0f} req/s, p50 "
+                    f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                    f"statuses {result['statuses']}{extra}, gunicorn workers' CPU "
+                    f"{result['server_cpu_ms']:.2f} ms/request")
+        webhook_rps = statistics.median(x["rps"] for x in web_runs)
+        bare_rps = statistics.median(x["rps"] for x in bare_runs)
+        rate = webhook_rps / 2
+        log(f"open loop: {rate:.0f} req/s offered to the webhook for {DURATION:.0f} s")
+        opened = loadgen({**base, "port": web_port, "mode": "open", "rate": rate,
+                          "connections": OPEN_CONNECTIONS, "warmup": MAILBOXES,
+                          "clear_marks": {"redis_url": redis_url, "keys": marks}})
+        bad = {k: v for k, v in {**opened["statuses"], **{
+            k: v for x in web_runs + bare_runs for k, v in x["statuses"].items()}}.items()
+            if k != "204"}
+
+        r.flushdb()  # drop the piled-up tasks before a worker starts consuming
+        worker_log = VAR / "worker.log"
+        procs["worker"] = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo",
+             "-Q", "ingest", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+             "--without-heartbeat"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))
+        log(f"push-to-ticket: {PUSH_EMAILS} emails through sandbox -> webhook -> worker")
+        ptt = push_to_ticket(sandbox_url, tenant, webhook_url, worker_log)
+    finally:
+        for name in ("worker", "web", "bare", "sandbox"):
+            stop(procs.get(name))
+        r.flushdb()
+
+    ratio = webhook_rps / bare_rps
+    client_cpu = statistics.median(x["client_cpu_s"] / x["elapsed_s"] for x in web_runs)
+    print(f"mailboxes:              {MAILBOXES} (pushes round-robin; the 'sync pending' "
+          f"marks are deleted after each round of {MAILBOXES})")
+    print(f"pushes that enqueued:   {min(enqueue_shares):.0%}..{max(enqueue_shares):.0%} "
+          "of answered pushes (the rest coalesced within a round)")
+    print(f"webhook, closed loop:   {webhook_rps:.0f} req/s (runs "
+          f"{', '.join(format(x['rps'], '.0f') for x in web_runs)}), median p50 "
+          f"{statistics.median(x['p50_ms'] for x in web_runs):.1f} ms, p99 "
+          f"{statistics.median(x['p99_ms'] for x in web_runs):.1f} ms, "
+          f"{CONNECTIONS} connections")
+    print(f"bare view, closed loop: {bare_rps:.0f} req/s (runs "
+          f"{', '.join(format(x['rps'], '.0f') for x in bare_runs)}), median p50 "
+          f"{statistics.median(x['p50_ms'] for x in bare_runs):.1f} ms, p99 "
+          f"{statistics.median(x['p99_ms'] for x in bare_runs):.1f} ms")
+    paired = [w["rps"] / b["rps"] for w, b in zip(web_runs, bare_runs, strict=True)]
+    print(f"ratio:                  {ratio:.2f} of the medians (target >= 0.70: "
+          f"{'met' if ratio >= 0.7 else 'missed'}); run by run "
+          f"{', '.join(format(x, '.2f') for x in paired)}")
+    print(f"open loop at {rate:.0f}/s:    {opened['rps']:.0f} req/s answered, p50 "
+          f"{opened['p50_ms']:.1f} ms, p99 {opened['p99_ms']:.1f} ms, max "
+          f"{opened['max_ms']:.1f} ms (target p99 < 50 ms: "
+          f"{'met' if opened['p99_ms'] < 50 else 'missed'})")
+    web_cpu = statistics.median(x["server_cpu_ms"] for x in web_runs)
+    bare_cpu = statistics.median(x["server_cpu_ms"] for x in bare_runs)
+    print(f"gunicorn workers' CPU:  webhook {web_cpu:.2f} ms/request, bare view "
+          f"{bare_cpu:.2f} ms/request (median; PostgreSQL and Redis not included; less "
+          "sensitive to other load on the machine than req/s)")
+    print(f"non-204 answers:        {bad or 'none'}")
+    print(f"load generator:         one Python process using {client_cpu:.0%} of a core "
+          f"during the webhook runs, on this {os.cpu_count()}-core machine")
+    print(f"push-to-ticket:         p50 {pct(ptt, 0.5):.0f} ms, p95 {pct(ptt, 0.95):.0f} ms, "
+          f"max {max(ptt):.0f} ms over {len(ptt)} emails, from /_sandbox/deliver to the "
+          f"ticket row (target p95 < 1 s: {'met' if pct(ptt, 0.95) < 1000 else 'missed'})")
+    print(json.dumps({
+        "webhook_rps": round(webhook_rps, 1),
+        "bare_rps": round(bare_rps, 1),
+        "ratio": round(ratio, 3),
+        "p50_ms": round(opened["p50_ms"], 2),
+        "p99_ms": round(opened["p99_ms"], 2),
+        "push_to_ticket_p50_ms": round(pct(ptt, 0.5), 1),
+        "push_to_ticket_p95_ms": round(pct(ptt, 0.95), 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
