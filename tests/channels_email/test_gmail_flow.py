@@ -412,3 +412,17 @@ def test_a_state_from_another_session_is_refused(gmail, client, tenant, admin_us
     assert intruder.get(location.path + "?" + location.query).status_code == 400
     with unscoped():
         assert EmailConnection.objects.count() == 0
+
+
+def test_mail_already_in_the_inbox_is_not_imported(gmail, admin_client, tenant):
+    sandbox, _ = gmail
+    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": "support@acme.test"},
+                  timeout=5).raise_for_status()
+    deliver(sandbox, "support@acme.test", "Old mail from before")
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    deliver(sandbox, "support@acme.test", "New mail")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert list(Ticket.objects.values_list("title", flat=True)) == ["New mail"]
