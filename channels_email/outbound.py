@@ -1,15 +1,38 @@
 """Outbound email and delivery tracking (DESIGN.md section 5).
 
-For now this module holds the delivery-status hook that inbound bounces are handed to;
-sending replies arrives with the outbound issue.
+Contract:
+- ``reply_create`` writes the agent's reply as a Pending outbound Message (our own
+  Message-ID, registered in EmailThreadRef) in the caller's transaction and queues the send
+  on commit. ``deliver`` (the task's body) builds the MIME (In-Reply-To the latest inbound
+  mail, a bounded References chain, a ``Re:`` subject that does not stack, From the
+  connection's name and address, our loop header, text + HTML, attachments) and sends it in
+  the conversation's provider thread: Delivered with the provider id; transient errors
+  retry while Pending (up to 8 attempts or 24 hours), throttling waits for the connection,
+  permanent errors and lost sign-ins end Failed with a readable reason. A retry first asks
+  the provider for our Message-ID among the sent mail, so nothing is sent twice.
+- ``delivery_bounce_record`` is the hook inbound bounces are handed to.
 """
 
 from __future__ import annotations
 
-from channels_email.mime import BounceInfo
-from channels_email.models import EmailThreadRef
-from helpdesk.models import Tenant
-from tickets.models import DeliveryStatus, Message, MessageKind
+import html as html_lib
+import re
+from datetime import timedelta
+from email.message import EmailMessage
+from email.policy import SMTP as smtp_policy
+from email.utils import format_datetime, formataddr, make_msgid
+
+from django.db import transaction
+from django.utils import timezone
+
+from channels_email import health, providers
+from channels_email.mime import LOOP_HEADER, BounceInfo, normalize_message_id
+from channels_email.models import ConnectionStatus, EmailConnection, EmailThreadRef, InboundEmail
+from channels_email.tokens import ensure_fresh_token
+from helpdesk.models import Tenant, User
+from helpdesk.tenancy import tenant_scope, unscoped
+from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
+from tickets.services import attachments_add
 
 
 def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo) -> list[int]:
@@ -38,3 +61,200 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo) -> list[int]:
         delivery_status=DeliveryStatus.BOUNCED, delivery_error=f"Bounced: {details}"[:2000],
     )
     return message_ids
+
+
+# ------------------------------------------------------------------------ replies
+
+MAX_ATTEMPTS = 8
+MAX_AGE = timedelta(hours=24)
+REFERENCES_KEEP = 20
+
+
+class SendDeferred(Exception):  # noqa: N818 - a signal to the task
+    """Try again after ``wait`` seconds; the message stays Pending."""
+
+    def __init__(self, reason: str, wait: float):
+        super().__init__(reason)
+        self.wait = wait
+
+
+def reply_subject(subject: str) -> str:
+    """``Re: `` added once: "Re: x", "RE: x", "Re[2]: x" and "AW: x" are not stacked."""
+    subject = (subject or "").strip() or "(no subject)"
+    if re.match(r"^\s*(re|aw|sv|antw)(\[\d+\])?\s*:", subject, re.IGNORECASE):
+        return subject
+    return f"Re: {subject}"
+
+
+def _text_to_html(text: str) -> str:
+    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    return "".join("<p>" + html_lib.escape(p).replace("\n", "<br>") + "</p>"
+                   for p in paragraphs)
+
+
+def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] | None = None,
+                 cc: list[str] | None = None,
+                 attachments: list[tuple[str, bytes, str]] = ()) -> Message:
+    """An agent's reply: a Pending outbound Message with our own Message-ID (registered for
+    threading), written in the caller's transaction; the send is queued on commit."""
+    connection = ticket.email_connection
+    if connection is None:
+        raise ValueError("this ticket has no email connection to reply through")
+    latest = (ticket.messages.filter(kind=MessageKind.INBOUND)
+              .select_related("author_contact").order_by("-created_at", "-id").first())
+    own = connection.own_addresses
+    recipients = [a.lower() for a in (to or [ticket.contact.email]) if a]
+    copies = [a.lower() for a in (cc if cc is not None else ticket.cc_addresses)
+              if a and a.lower() not in own and a.lower() not in recipients]
+    domain = connection.address.rsplit("@", 1)[-1]
+    with transaction.atomic():
+        message = Message.objects.create(
+            tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
+            subject=reply_subject(latest.subject if latest else ticket.title)[:998],
+            body_text=body_text, body_html=_text_to_html(body_text), author_user=author,
+            delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,
+            cc_addresses=copies, email_connection=connection,
+            message_id_header=normalize_message_id(make_msgid(domain=domain)),
+        )
+        EmailThreadRef.objects.create(tenant_id=ticket.tenant_id, ticket=ticket,
+                                      message=message,
+                                      message_id_header=message.message_id_header)
+        if attachments:
+            attachments_add(message=message, files=[(n, c, t, "", False)
+                                                    for n, c, t in attachments])
+        Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now())
+        transaction.on_commit(lambda: _queue_send(message.pk))
+    return message
+
+
+def _queue_send(message_pk: int) -> None:
+    from channels_email.tasks import send_reply
+
+    send_reply.delay(message_id=message_pk)
+
+
+def _thread_context(message: Message) -> tuple[str, list[str], str]:
+    """(In-Reply-To, References, provider thread id) from the ticket's latest inbound mail."""
+    latest = (InboundEmail.objects.filter(ticket_id=message.ticket_id, message__isnull=False,
+                                          message__kind=MessageKind.INBOUND)
+              .order_by("-received_at", "-id").first())
+    if latest is None:
+        return "", [], ""
+    refs = list(EmailThreadRef.objects.filter(ticket_id=message.ticket_id)
+                .exclude(message_id=message.pk).order_by("created_at", "id")
+                .values_list("message_id_header", flat=True))
+    parent = latest.message_id_header
+    chain = [r for r in refs if r != parent]
+    chain = (chain[:1] + chain[1:][-(REFERENCES_KEEP - 2):]) if chain else []
+    return parent, [*chain, parent] if parent else chain, latest.provider_thread_id
+
+
+def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, str]:
+    """The reply as RFC 5322 bytes, and the provider thread id to send it in."""
+    parent, references, thread_id = _thread_context(message)
+    mime = EmailMessage()
+    name = connection.display_name or ""
+    mime["From"] = formataddr((name, connection.address)) if name else connection.address
+    mime["To"] = ", ".join(message.to_addresses)
+    if message.cc_addresses:
+        mime["Cc"] = ", ".join(message.cc_addresses)
+    mime["Subject"] = message.subject
+    mime["Date"] = format_datetime(message.created_at)
+    mime["Message-ID"] = f"<{message.message_id_header}>"
+    if parent:
+        mime["In-Reply-To"] = f"<{parent}>"
+        mime["References"] = " ".join(f"<{r}>" for r in references)
+    mime[LOOP_HEADER] = str(message.tenant_id)
+    mime.set_content(message.body_text)
+    mime.add_alternative(message.body_html or _text_to_html(message.body_text), subtype="html")
+    for attachment in message.attachments.all():
+        with attachment.file.open("rb") as handle:
+            data = handle.read()
+        maintype, _, subtype = (attachment.content_type or "application/octet-stream") \
+            .partition("/")
+        mime.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
+                            filename=attachment.filename)
+    return mime.as_bytes(policy=smtp_policy), thread_id
+
+
+def _delivered(message: Message, sent) -> None:
+    Message.objects.filter(pk=message.pk).update(
+        delivery_status=DeliveryStatus.DELIVERED, delivered_at=timezone.now(),
+        provider_message_id=sent.provider_message_id[:255], delivery_error="")
+    stored = normalize_message_id(sent.message_id_header or "")
+    if stored and stored != message.message_id_header:
+        # The provider rewrote our Message-ID: replies will name its id, so register both.
+        EmailThreadRef.objects.bulk_create([EmailThreadRef(
+            tenant_id=message.tenant_id, ticket_id=message.ticket_id, message=message,
+            message_id_header=stored[:998])], ignore_conflicts=True)
+
+
+def _failed(message: Message, reason: str) -> None:
+    Message.objects.filter(pk=message.pk, delivery_status=DeliveryStatus.PENDING).update(
+        delivery_status=DeliveryStatus.FAILED, delivery_error=reason[:2000])
+
+
+def deliver(message_pk: int) -> str:
+    """Send one Pending outbound message through its connection; returns the new status.
+
+    Before any second attempt the provider is asked whether it has our Message-ID among
+    the sent messages already (a crash after it accepted), so nothing is sent twice.
+    Raises SendDeferred when the message should be tried again later.
+    """
+    with unscoped():  # the id names the message; everything after runs in its tenant
+        message = (Message.objects.select_related("email_connection__tenant")
+                   .filter(pk=message_pk, kind=MessageKind.OUTBOUND).first())
+    if message is None or message.delivery_status != DeliveryStatus.PENDING:
+        return message.delivery_status if message else "missing"
+    connection = message.email_connection
+    with tenant_scope(connection.tenant):
+        if connection.status in (ConnectionStatus.DISCONNECTED, ConnectionStatus.TOKEN_EXPIRED):
+            _failed(message, f"The mailbox is {connection.get_status_display()}: reconnect "
+                             "needed, then retry.")
+            return DeliveryStatus.FAILED
+        if not health.may_call(connection):
+            raise SendDeferred(f"connection is {connection.status}",
+                               max(health.wait_seconds(connection), 5))
+        client = providers.get(connection.provider)
+        attempts = message.attempts + 1
+        Message.objects.filter(pk=message.pk).update(attempts=attempts)
+        try:
+            ensure_fresh_token(connection)
+            sent = client.find_sent(connection, message.message_id_header) \
+                if message.attempts else None
+            if sent is None:
+                raw, thread_id = build_mime(message, connection)
+                sent = client.send(connection, raw, thread_id)
+        except providers.AuthError as exc:
+            health.record_error(connection, exc)
+            _failed(message, "The mailbox needs to be reconnected (its sign-in expired or "
+                             "was revoked); then retry.")
+            return DeliveryStatus.FAILED
+        except providers.RateLimited as exc:
+            health.record_error(connection, exc)
+            raise SendDeferred("rate limited", max(health.wait_seconds(connection), 5)) from exc
+        except providers.PermanentError as exc:
+            _failed(message, f"The mail provider refused the message: {exc}")
+            return DeliveryStatus.FAILED
+        except providers.ProviderError as exc:
+            health.record_error(connection, exc)
+            too_old = timezone.now() - message.created_at > MAX_AGE
+            if attempts >= MAX_ATTEMPTS or too_old:
+                _failed(message, f"Gave up after {attempts} attempts: {exc}")
+                return DeliveryStatus.FAILED
+            raise SendDeferred(str(exc), health.backoff_seconds(attempts, base=2, cap=900)) \
+                from exc
+        _delivered(message, sent)
+        if connection.consecutive_errors:
+            health.record_success(connection)
+        return DeliveryStatus.DELIVERED
+
+
+def reply_retry(*, message: Message) -> bool:
+    """Re-queue a Failed outbound message (the Retry button). False if it is not Failed."""
+    updated = Message.objects.filter(pk=message.pk, kind=MessageKind.OUTBOUND,
+                                     delivery_status=DeliveryStatus.FAILED).update(
+        delivery_status=DeliveryStatus.PENDING, delivery_error="")
+    if updated:
+        transaction.on_commit(lambda: _queue_send(message.pk))
+    return bool(updated)

@@ -148,3 +148,16 @@ def renew_watches(*, within_hours: int = 36) -> int:
                 subscription_id=watch.subscription_id, subscription_expires_at=watch.expires_at)
             renewed += 1
     return renewed
+
+
+@shared_task(bind=True, name="outbound.send_reply", max_retries=None,
+             autoretry_for=(OperationalError, InterfaceError), retry_backoff=5)
+def send_reply(self, *, message_id: int) -> str:
+    """Deliver one outbound reply (see ``outbound.deliver``)."""
+    from channels_email.outbound import SendDeferred, deliver
+
+    try:
+        return deliver(message_id)
+    except SendDeferred as deferred:
+        countdown = min(deferred.wait, settings.CELERY_MAX_COUNTDOWN_SECONDS)
+        raise self.retry(countdown=countdown) from deferred

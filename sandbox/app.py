@@ -604,7 +604,8 @@ class SandboxApp:
         with self.store.transaction() as state:
             slow = faultlib.take(state, ("slow",), "gmail", mailbox)
             fault = faultlib.take(state, ("user_rate_limit", "rate_limit", "too_many_requests",
-                                          "server_error"), "gmail", mailbox)
+                                          "server_error", "invalid_argument"), "gmail",
+                                  mailbox)
         if slow:
             time.sleep(slow["delay"])
         if fault:
@@ -623,6 +624,8 @@ class SandboxApp:
         if kind == "rate_limit":
             return google_error(403, "Rate Limit Exceeded", "rateLimitExceeded",
                                 domain="usageLimits")
+        if kind == "invalid_argument":
+            return google_error(400, "Invalid To header", "invalidArgument")
         if kind == "too_many_requests":
             return google_error(429, "Too many concurrent requests for user.",
                                 "rateLimitExceeded", domain="usageLimits",

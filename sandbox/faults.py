@@ -10,6 +10,7 @@ Kinds:
   rate_limit         403 usageLimits/rateLimitExceeded (Gmail API)
   too_many_requests  429 RESOURCE_EXHAUSTED with Retry-After (Gmail API)
   server_error       500 backendError (or "status": 502/503/504) (Gmail API by default)
+  invalid_argument   400 invalidArgument "Invalid To header" (Gmail API): a permanent refusal
   slow               sleep "delay" seconds, then answer normally (Gmail API by default)
   invalid_grant      refresh_token grant answers 400 invalid_grant (token endpoint)
   expired_history    users.history.list answers 404 notFound (Gmail API)
@@ -24,6 +25,7 @@ KINDS = {
     "rate_limit": "gmail",
     "too_many_requests": "gmail",
     "server_error": "gmail",
+    "invalid_argument": "gmail",
     "slow": "gmail",
     "invalid_grant": "token",
     "expired_history": "history",

@@ -140,6 +140,15 @@ class Message(TenantOwnedModel):
     delivery_error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # Outbound email: our Message-ID (and the one the provider stored, when it differs),
+    # the provider's id once accepted, the recipients and the connection that sends it.
+    message_id_header = models.CharField(max_length=998, blank=True)
+    provider_message_id = models.CharField(max_length=255, blank=True)
+    to_addresses = ArrayField(models.EmailField(max_length=320), default=list, blank=True)
+    cc_addresses = ArrayField(models.EmailField(max_length=320), default=list, blank=True)
+    email_connection = models.ForeignKey("channels_email.EmailConnection",
+                                         on_delete=models.SET_NULL, null=True, blank=True,
+                                         related_name="+")
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -1,0 +1,169 @@
+"""Agent replies through the Gmail sandbox over HTTP: the MIME, the thread, delivery
+status, retries, permanent failures, and no second copy after a crash."""
+
+from __future__ import annotations
+
+import base64
+from email import message_from_bytes
+from email.policy import default
+
+import pytest
+import requests
+
+from channels_email import outbound
+from channels_email.models import EmailConnection
+from helpdesk.tenancy import tenant_scope
+from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
+    admin_client,
+    connect_mailbox,
+    deliver,
+    gmail,
+    run_tasks,
+)
+from tickets.models import DeliveryStatus, Message, Ticket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def conversation(gmail, admin_client, tenant, admin_user):  # noqa: F811
+    """A connected mailbox, a customer email that became a ticket (with a CC)."""
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+        conn.display_name = "Acme Support"
+        conn.save()
+    deliver(sandbox, "support@acme.test", "Printer on fire",
+            headers={"Cc": "Bob <bob@customer.example>"})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get()
+    return sandbox, conn, ticket
+
+
+def sent_mail(sandbox) -> list[dict]:
+    return requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
+
+
+def ticket_thread(tenant, ticket) -> str:
+    from channels_email.models import InboundEmail
+
+    with tenant_scope(tenant):
+        return InboundEmail.objects.filter(ticket=ticket).first().provider_thread_id
+
+
+def reply(tenant, ticket, user, text="We are on it.", **kwargs):
+    with tenant_scope(tenant):
+        return outbound.reply_create(ticket=ticket, author=user, body_text=text, **kwargs)
+
+
+def test_reply_reaches_the_mailbox_threaded_and_delivered(conversation, tenant, admin_user):
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user,
+                    attachments=[("steps.txt", b"1. unplug it", "text/plain")])
+    assert message.delivery_status == DeliveryStatus.PENDING
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+        inbound = ticket.messages.filter(kind="inbound").get()
+    assert message.provider_message_id and message.delivered_at
+    [sent] = sent_mail(sandbox)
+    mime = message_from_bytes(base64.b64decode(sent["raw"]), policy=default)
+    assert mime["From"] == "Acme Support <support@acme.test>"
+    assert mime["To"] == "maria@customer.example" and mime["Cc"] == "bob@customer.example"
+    assert mime["Subject"] == "Re: Printer on fire"
+    assert mime["Message-ID"] == f"<{message.message_id_header}>"
+    assert mime["In-Reply-To"].strip("<>") and mime["In-Reply-To"] in mime["References"]
+    assert mime["X-Helpdesk-Loop"]
+    assert [p.get_filename() for p in mime.iter_attachments()] == ["steps.txt"]
+    assert sent["threadId"] == ticket_thread(tenant, ticket) and inbound.subject
+
+    # The customer answers our reply in the sandbox: it lands on the same ticket.
+    deliver(sandbox, "support@acme.test", "Re: Printer on fire",
+            headers={"In-Reply-To": f"<{message.message_id_header}>"})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
+
+
+def test_two_server_errors_then_delivered_with_three_attempts(conversation, tenant,
+                                                               admin_user):
+    sandbox, _, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "server_error", "count": 2},
+                  timeout=5).raise_for_status()
+    for _ in range(2):
+        with pytest.raises(outbound.SendDeferred):
+            outbound.deliver(message.pk)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+    assert message.attempts == 3 and message.delivery_status == DeliveryStatus.DELIVERED
+
+
+def test_no_second_copy_after_a_crash_between_accept_and_save(conversation, tenant,
+                                                              admin_user):
+    from channels_email import providers
+
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        raw, thread_id = outbound.build_mime(Message.objects.get(pk=message.pk), conn)
+        providers.get("gmail").send(conn, raw, thread_id)  # accepted, then the worker died
+        Message.objects.filter(pk=message.pk).update(attempts=1)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    assert len(sent_mail(sandbox)) == 1
+
+
+def test_permanent_error_fails_with_a_reason_and_retry_delivers(conversation, tenant,
+                                                               admin_user):
+    sandbox, _, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "invalid_argument", "count": 1},
+                  timeout=5).raise_for_status()
+    status = outbound.deliver(message.pk)
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+    assert status == DeliveryStatus.FAILED and "refused" in message.delivery_error
+    with tenant_scope(tenant):
+        assert outbound.reply_retry(message=message)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+
+
+def test_reply_subject_does_not_stack():
+    assert outbound.reply_subject("Printer") == "Re: Printer"
+    for subject in ("Re: Printer", "RE: Printer", "Re[2]: Printer", "AW: Drucker"):
+        assert outbound.reply_subject(subject) == subject
+
+
+def test_a_bounce_for_our_reply_marks_it_bounced_and_makes_no_ticket(conversation, tenant,
+                                                                     admin_user):
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    dsn = (
+        "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\r\n"
+        "To: support@acme.test\r\nSubject: Delivery Status Notification (Failure)\r\n"
+        "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nAddress not found.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; googlemail.com\r\n\r\n"
+        "Final-Recipient: rfc822; maria@customer.example\r\nAction: failed\r\n"
+        "Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 The email account does not exist\r\n"
+        "\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: <{message.message_id_header}>\r\nSubject: Re: Printer on fire\r\n"
+        "\r\n--B--\r\n"
+    ).encode()
+    requests.post(sandbox + "/_sandbox/deliver", json={
+        "to": "support@acme.test", "raw": base64.b64encode(dsn).decode()},
+        timeout=5).raise_for_status()
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+        assert message.delivery_status == DeliveryStatus.BOUNCED
+        assert "5.1.1" in message.delivery_error and "maria@customer.example" in \
+            message.delivery_error
+        assert Ticket.objects.count() == 1 and ticket.messages.count() == 2
