@@ -161,3 +161,21 @@ def send_reply(self, *, message_id: int) -> str:
     except SendDeferred as deferred:
         countdown = min(deferred.wait, settings.CELERY_MAX_COUNTDOWN_SECONDS)
         raise self.retry(countdown=countdown) from deferred
+
+
+@shared_task(name="maintenance.redrive_pending_replies")
+def redrive_pending_replies(*, older_than_minutes: int = 10, limit: int = 500) -> int:
+    """Re-queue outbound messages still Pending after a while (their task was lost). A
+    re-sent task checks the provider for our Message-ID first, so nothing goes twice."""
+    from tickets.models import DeliveryStatus, Message, MessageKind
+
+    cutoff = timezone.now() - timedelta(minutes=older_than_minutes)
+    # Unscoped: a sweep over every tenant; each send enters its message's scope.
+    with unscoped():
+        ids = list(Message.objects.filter(kind=MessageKind.OUTBOUND,
+                                          delivery_status=DeliveryStatus.PENDING,
+                                          created_at__lt=cutoff)
+                   .order_by("created_at").values_list("pk", flat=True)[:limit])
+    for pk in ids:
+        send_reply.delay(message_id=pk)
+    return len(ids)

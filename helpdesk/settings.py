@@ -292,6 +292,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "maintenance.reconcile_connections",
         "schedule": timedelta(minutes=5),
     },
+    "redrive-pending-replies": {
+        "task": "maintenance.redrive_pending_replies",
+        "schedule": timedelta(minutes=10),
+    },
     "renew-watches": {
         "task": "maintenance.renew_watches",
         "schedule": timedelta(hours=6),

@@ -45,7 +45,7 @@ def worker(tmp_path, gmail):  # noqa: F811 - the fixture above
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo", "-Q",
-         "ingest", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+         "ingest,outbound", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
         env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     yield proc, log
     proc.terminate()
@@ -114,3 +114,35 @@ def test_duplicate_and_reordered_pushes_ingest_each_message_once(
     with tenant_scope(tenant):
         assert sorted(Ticket.objects.values_list("title", flat=True)) == [
             f"Question {n}" for n in range(5)]
+
+
+def test_an_agent_reply_is_sent_by_the_worker_and_becomes_delivered(
+        gmail, admin_client, tenant, admin_user, worker):  # noqa: F811
+    from django.db import transaction
+
+    from channels_email.outbound import reply_create
+    from tickets.models import DeliveryStatus, Message
+
+    sandbox, catcher = gmail
+    proc, log = worker
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    forward_pushes(admin_client, catcher, 1)
+    deliver(sandbox, "support@acme.test", "Printer on fire")
+    forward_pushes(admin_client, catcher, 1)
+
+    def ticket_exists():
+        with tenant_scope(tenant):
+            return Ticket.objects.exists()
+
+    wait_for(ticket_exists, proc, log)
+    with tenant_scope(tenant), transaction.atomic():
+        reply = reply_create(ticket=Ticket.objects.get(), author=admin_user,
+                             body_text="We are on it.")
+
+    def delivered():
+        with tenant_scope(tenant):
+            return Message.objects.get(pk=reply.pk).delivery_status == DeliveryStatus.DELIVERED
+
+    wait_for(delivered, proc, log)
+    sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
+    assert [m["subject"] for m in sent] == ["Re: Printer on fire"]
