@@ -329,6 +329,8 @@ TENANT_RESERVED_SLUGS = frozenset(
 )
 INVITATION_TTL = timedelta(days=7)
 TICKETS_PER_PAGE = 25
+REPLY_ATTACHMENT_MAX_BYTES = env.int("REPLY_ATTACHMENT_MAX_BYTES", default=20 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 # --- Mail providers ----------------------------------------------------------------------
 # Every provider URL is a setting. SANDBOX_URL (dev and test only) points them all at the

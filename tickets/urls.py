@@ -6,4 +6,9 @@ app_name = "tickets"
 urlpatterns = [
     path("", views.ticket_list_view, name="list"),
     path("<int:number>/", views.ticket_detail_view, name="detail"),
+    path("<int:number>/reply/", views.ticket_reply_view, name="reply"),
+    path("<int:number>/messages/<int:message_id>/delivery/", views.message_delivery_view,
+         name="delivery"),
+    path("<int:number>/messages/<int:message_id>/retry/", views.message_retry_view,
+         name="retry"),
 ]

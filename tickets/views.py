@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.core.validators import EmailValidator
+from django.db import transaction
 from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from helpdesk.selectors import tenant_members
 from routing.models import Team
-from tickets.models import Ticket, TicketStatus
+from tickets.models import DeliveryStatus, Message, MessageKind, Ticket, TicketStatus
 from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
 
 
@@ -52,9 +58,109 @@ def ticket_detail_view(request, number: int):
         ticket = ticket_get(tenant=request.tenant, number=number)
     except Ticket.DoesNotExist as exc:
         raise Http404("No such ticket") from exc
-    return render(request, "tickets/ticket_detail.html", {
+    return render(request, "tickets/ticket_detail.html", _detail_context(request, ticket))
+
+
+def _detail_context(request, ticket: Ticket, form=None) -> dict:
+    own = ticket.email_connection.own_addresses if ticket.email_connection else set()
+    return {
         "ticket": ticket,
         "timeline": ticket_timeline(ticket=ticket),
         "other_tickets": tickets_for_contact(tenant=request.tenant,
                                              contact_id=ticket.contact_id).exclude(pk=ticket.pk)[:10],
-    })
+        "reply_form": form or ReplyForm(initial={
+            "cc": ", ".join(a for a in ticket.cc_addresses if a not in own)}),
+        "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),
+    }
+
+
+# ------------------------------------------------------------------ replying
+
+
+class ReplyForm(forms.Form):
+    mode = forms.ChoiceField(choices=[("reply", "Reply to customer"),
+                                      ("note", "Internal note (never emailed)")],
+                             initial="reply", widget=forms.RadioSelect)
+    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), max_length=100_000)
+    cc = forms.CharField(required=False, max_length=2000, label="CC",
+                         help_text="Comma-separated addresses")
+
+    def clean_cc(self):
+        addresses = [a.strip().lower() for a in self.cleaned_data["cc"].split(",") if a.strip()]
+        validator = EmailValidator()
+        for address in addresses:
+            try:
+                validator(address)
+            except ValidationError as exc:
+                raise ValidationError(f"{address} is not an email address.") from exc
+        return addresses
+
+
+def _ticket_or_404(request, number: int) -> Ticket:
+    try:
+        return ticket_get(tenant=request.tenant, number=number)
+    except Ticket.DoesNotExist as exc:
+        raise Http404("No such ticket") from exc
+
+
+@require_POST
+def ticket_reply_view(request, number: int):
+    from channels_email.outbound import reply_create
+    from tickets.services import attachments_add, message_add
+
+    ticket = _ticket_or_404(request, number)
+    form = ReplyForm(request.POST)
+    files = request.FILES.getlist("attachments")
+    too_big = [f.name for f in files if f.size > settings.REPLY_ATTACHMENT_MAX_BYTES]
+    if too_big:
+        limit = settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024)
+        form.add_error(None, f"{', '.join(too_big)}: attachments are limited to {limit} MB "
+                             "each. Nothing was sent.")
+    if not form.is_valid():
+        return render(request, "tickets/ticket_detail.html",
+                      _detail_context(request, ticket, form), status=400)
+    attachments = [(f.name, f.read(), f.content_type or "application/octet-stream")
+                   for f in files]
+    with transaction.atomic():
+        if form.cleaned_data["mode"] == "note":
+            note = message_add(ticket=ticket, kind=MessageKind.NOTE,
+                               body_text=form.cleaned_data["body"], author_user=request.user)
+            if attachments:
+                attachments_add(message=note, files=[(n, c, t, "", False)
+                                                     for n, c, t in attachments])
+            messages.success(request, "Note added.")
+        elif ticket.email_connection is None:
+            form.add_error(None, "This ticket did not come by email, so there is no mailbox "
+                                 "to reply from.")
+            return render(request, "tickets/ticket_detail.html",
+                          _detail_context(request, ticket, form), status=400)
+        else:
+            reply_create(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
+                         cc=form.cleaned_data["cc"], attachments=attachments)
+            messages.success(request, "Reply queued; its delivery status shows below.")
+    return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
+
+
+def message_delivery_view(request, number: int, message_id: int):
+    """The delivery badge of one outbound message (polled by htmx while Pending)."""
+    ticket = _ticket_or_404(request, number)
+    message = get_object_or_404(Message, pk=message_id, ticket=ticket,
+                                kind=MessageKind.OUTBOUND)
+    return render(request, "tickets/_delivery.html", {"m": message, "ticket": ticket})
+
+
+@require_POST
+def message_retry_view(request, number: int, message_id: int):
+    from channels_email.outbound import reply_retry
+
+    ticket = _ticket_or_404(request, number)
+    message = get_object_or_404(Message, pk=message_id, ticket=ticket,
+                                kind=MessageKind.OUTBOUND)
+    if message.delivery_status == DeliveryStatus.BOUNCED:
+        Message.objects.filter(pk=message.pk).update(delivery_status=DeliveryStatus.FAILED)
+    with transaction.atomic():
+        reply_retry(message=message)
+    if request.htmx:
+        message.refresh_from_db()
+        return render(request, "tickets/_delivery.html", {"m": message, "ticket": ticket})
+    return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)

@@ -167,3 +167,61 @@ def test_a_bounce_for_our_reply_marks_it_bounced_and_makes_no_ticket(conversatio
         assert "5.1.1" in message.delivery_error and "maria@customer.example" in \
             message.delivery_error
         assert Ticket.objects.count() == 1 and ticket.messages.count() == 2
+
+
+def test_agent_replies_and_notes_from_the_ticket_view(conversation, client, tenant, agent):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    sandbox, conn, ticket = conversation
+    client.force_login(agent)
+    url = f"/{tenant.slug}/tickets/{ticket.number}/"
+    page = client.get(url).content.decode()
+    assert 'name="cc"' in page and "bob@customer.example" in page  # CC prefilled
+
+    answer = client.post(url + "reply/", {
+        "mode": "reply", "body": "Try turning it off.", "cc": "bob@customer.example",
+        "attachments": [SimpleUploadedFile("a.txt", b"steps", "text/plain")]})
+    assert answer.status_code == 302
+    with tenant_scope(tenant):
+        sent = ticket.messages.get(kind="outbound")
+        assert sent.cc_addresses == ["bob@customer.example"]
+        assert [a.filename for a in sent.attachments.all()] == ["a.txt"]
+    badge = client.get(f"{url}messages/{sent.pk}/delivery/").content.decode()
+    assert 'data-delivery="pending"' in badge and "hx-trigger" in badge
+    outbound.deliver(sent.pk)
+    badge = client.get(f"{url}messages/{sent.pk}/delivery/").content.decode()
+    assert 'data-delivery="delivered"' in badge and "hx-trigger" not in badge
+
+    client.post(url + "reply/", {"mode": "note", "body": "Customer is angry.", "cc": ""})
+    with tenant_scope(tenant):
+        assert ticket.messages.filter(kind="note").count() == 1
+        assert ticket.messages.filter(kind="outbound").count() == 1
+
+
+def test_too_large_attachment_is_refused_with_a_clear_error(conversation, client, tenant,
+                                                            agent, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    _, _, ticket = conversation
+    settings.REPLY_ATTACHMENT_MAX_BYTES = 1024 * 1024
+    client.force_login(agent)
+    answer = client.post(f"/{tenant.slug}/tickets/{ticket.number}/reply/", {
+        "mode": "reply", "body": "Here is the log.",
+        "attachments": [SimpleUploadedFile("big.log", b"x" * (1024 * 1024 + 1))]})
+    assert answer.status_code == 400
+    assert "big.log: attachments are limited to 1 MB" in answer.content.decode()
+    with tenant_scope(tenant):
+        assert not ticket.messages.filter(kind="outbound").exists()
+
+
+def test_retry_button_requeues_a_failed_reply(conversation, client, tenant, agent):
+    sandbox, _, ticket = conversation
+    message = reply(tenant, ticket, agent)
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "invalid_argument", "count": 1},
+                  timeout=5).raise_for_status()
+    assert outbound.deliver(message.pk) == DeliveryStatus.FAILED
+    client.force_login(agent)
+    url = f"/{tenant.slug}/tickets/{ticket.number}/messages/{message.pk}/retry/"
+    answer = client.post(url, HTTP_HX_REQUEST="true")
+    assert answer.status_code == 200 and 'data-delivery="pending"' in answer.content.decode()
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED

@@ -16,6 +16,7 @@ from tests.factories import (
     InboundEmailFactory,
     InvitationFactory,
     MembershipFactory,
+    MessageFactory,
     TicketFactory,
     UserFactory,
 )
@@ -63,6 +64,8 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
         "invitation_id": InvitationFactory(tenant=victim).pk,
         "inbound_email_id": InboundEmailFactory(tenant=victim).pk,
         "connection_id": EmailConnectionFactory(tenant=victim).pk,
+        "message_id": MessageFactory(tenant=victim, ticket=tickets[-1], kind="outbound",
+                                     delivery_status="failed").pk,
         # Not an object, but a URL word: an unknown provider must be a 404 too.
         "provider": "no-such-provider",
     }
