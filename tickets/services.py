@@ -191,3 +191,32 @@ def attachment_add(
                                  inline=inline)
     attachment.save()
     return attachment
+
+
+def ticket_merge(*, source: Ticket, target: Ticket, actor: User | None = None) -> Ticket:
+    """Merge ``source`` into ``target``: every message (with its attachments), thread
+    reference and inbound email of the source moves to the target; the source is closed
+    with a link to it, so later replies to its thread land in the target. Raises
+    ValueError for a ticket of another tenant, the same ticket, or an already merged one."""
+    from channels_email.models import EmailThreadRef, InboundEmail
+    from helpdesk.services import audit_record
+
+    if source.tenant_id != target.tenant_id:
+        raise ValueError("tickets of different workspaces cannot be merged")
+    if source.pk == target.pk or target.merged_into_id or source.merged_into_id:
+        raise ValueError("choose two different tickets that are not merged already")
+    with transaction.atomic():
+        moved = Message.objects.filter(ticket=source).update(ticket=target)
+        EmailThreadRef.objects.filter(ticket=source).update(ticket=target)
+        InboundEmail.objects.filter(ticket=source).update(ticket=target)
+        Ticket.objects.filter(merged_into=source).update(merged_into=target)
+        new_cc = [a for a in source.cc_addresses if a not in target.cc_addresses]
+        Ticket.objects.filter(pk=target.pk).update(
+            cc_addresses=[*target.cc_addresses, *new_cc], updated_at=timezone.now())
+        Ticket.objects.filter(pk=source.pk).update(
+            status=TicketStatus.CLOSED, merged_into=target, updated_at=timezone.now())
+        audit_record(tenant=target.tenant, actor=actor, action="ticket.merged", target=target,
+                     details={"source": source.number, "messages": moved})
+    source.refresh_from_db()
+    target.refresh_from_db()
+    return target

@@ -225,3 +225,32 @@ def test_retry_button_requeues_a_failed_reply(conversation, client, tenant, agen
     answer = client.post(url, HTTP_HX_REQUEST="true")
     assert answer.status_code == 200 and 'data-delivery="pending"' in answer.content.decode()
     assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+
+
+def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # noqa: F811
+        gmail, admin_client, tenant):  # noqa: F811
+    from channels_email.models import InboundEmail
+    from tickets.services import ticket_merge
+
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    deliver(sandbox, "support@acme.test", "First problem")
+    deliver(sandbox, "support@acme.test", "Second problem",
+            attachments=[{"filename": "x.png", "content_type": "image/png",
+                          "data_base64": "iVBORw0KGgo="}])
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        first, second = Ticket.objects.order_by("number")
+        second_mid = InboundEmail.objects.get(ticket=second).message_id_header
+        ticket_merge(source=second, target=first)
+        assert first.messages.count() == 2 and second.messages.count() == 0
+        assert second.status == "closed" and second.merged_into == first
+        assert [a.filename for m in first.messages.all() for a in m.attachments.all()] \
+            == ["x.png"]
+    deliver(sandbox, "support@acme.test", "Re: Second problem",
+            headers={"In-Reply-To": f"<{second_mid}>"})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert first.messages.count() == 3 and Ticket.objects.count() == 2
