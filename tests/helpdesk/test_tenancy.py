@@ -182,3 +182,14 @@ def test_every_tenant_owned_model_has_an_index_led_by_tenant():
         leading += [i for i in model._meta.indexes if i.fields and i.fields[0] == "tenant"
                     and i.condition is None]
         assert leading, f"{model.__name__} needs an index or unique constraint led by tenant"
+
+
+@pytest.mark.django_db
+def test_every_page_carries_a_strict_content_security_policy(client, agent, tenant):
+    client.force_login(agent)
+    for url in ("/accounts/login/", f"/{tenant.slug}/tickets/"):
+        policy = client.get(url).headers["Content-Security-Policy"]
+        assert "script-src 'self'" in policy and "object-src 'none'" in policy
+        assert "unsafe-inline" not in policy
+    page = client.get(f"/{tenant.slug}/tickets/").content.decode()
+    assert " onchange=" not in page and " onclick=" not in page
