@@ -9,13 +9,20 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import EmailValidator
 from django.db import transaction
-from django.http import Http404
+from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from helpdesk.selectors import tenant_members
 from routing.models import Team
-from tickets.models import DeliveryStatus, Message, MessageKind, Ticket, TicketStatus
+from tickets.models import (
+    Attachment,
+    DeliveryStatus,
+    Message,
+    MessageKind,
+    Ticket,
+    TicketStatus,
+)
 from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
 
 
@@ -164,3 +171,20 @@ def message_retry_view(request, number: int, message_id: int):
         message.refresh_from_db()
         return render(request, "tickets/_delivery.html", {"m": message, "ticket": ticket})
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
+
+
+INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
+def attachment_download_view(request, number: int, attachment_id: int):
+    """A ticket's attachment, for members of its workspace only. Raster images may be shown
+    inline (``?inline=1``); everything else is a download, never rendered by the browser."""
+    ticket = _ticket_or_404(request, number)
+    attachment = get_object_or_404(Attachment, pk=attachment_id, message__ticket=ticket)
+    inline = request.GET.get("inline") == "1" and attachment.content_type in INLINE_IMAGE_TYPES
+    response = FileResponse(
+        attachment.file.open("rb"), as_attachment=not inline, filename=attachment.filename,
+        content_type=attachment.content_type if inline else "application/octet-stream")
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response

@@ -11,6 +11,7 @@ from helpdesk.models import Role, Tenant
 from helpdesk.services import tenant_create
 from helpdesk.tenancy import ScopeError, tenant_scope
 from tests.factories import (
+    AttachmentFactory,
     ContactFactory,
     EmailConnectionFactory,
     InboundEmailFactory,
@@ -64,6 +65,8 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
         "invitation_id": InvitationFactory(tenant=victim).pk,
         "inbound_email_id": InboundEmailFactory(tenant=victim).pk,
         "connection_id": EmailConnectionFactory(tenant=victim).pk,
+        "attachment_id": AttachmentFactory(message__ticket=tickets[-1],
+                                           message__tenant=victim).pk,
         "message_id": MessageFactory(tenant=victim, ticket=tickets[-1], kind="outbound",
                                      delivery_status="failed").pk,
         # Not an object, but a URL word: an unknown provider must be a 404 too.

@@ -118,3 +118,49 @@ def test_inbound_message_reopens_a_solved_ticket(tenant):
         assert ticket.status == TicketStatus.OPEN
         message_add(ticket=ticket, kind=MessageKind.OUTBOUND, body_text="On it")
         assert ticket.messages.get(kind=MessageKind.OUTBOUND).delivery_status == "pending"
+
+
+@pytest.mark.django_db
+def test_attachments_download_safely_and_only_raster_images_show_inline(agent_client, tenant):
+    from tests.factories import AttachmentFactory, MessageFactory, TicketFactory
+
+    ticket = TicketFactory(tenant=tenant)
+    message = MessageFactory(tenant=tenant, ticket=ticket)
+    html = AttachmentFactory(message=message, content=b"<script>alert(1)</script>",
+                             filename="evil.html", content_type="text/html")
+    png = AttachmentFactory(message=message, content=b"\x89PNG\r\n\x1a\n", filename="a.png",
+                            content_type="image/png")
+    base = f"/{tenant.slug}/tickets/{ticket.number}/attachments/"
+    answer = agent_client.get(f"{base}{html.pk}/?inline=1")
+    assert answer["Content-Disposition"].startswith("attachment")
+    assert answer["Content-Type"] == "application/octet-stream"
+    assert answer["X-Content-Type-Options"] == "nosniff"
+    assert b"".join(answer.streaming_content) == b"<script>alert(1)</script>"
+    image = agent_client.get(f"{base}{png.pk}/?inline=1")
+    assert image["Content-Type"] == "image/png"
+    assert image["Content-Disposition"].startswith("inline")
+    other = TicketFactory(tenant=tenant)
+    assert agent_client.get(f"/{tenant.slug}/tickets/{other.number}/attachments/"
+                            f"{png.pk}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_ticket_view_query_count_does_not_grow_with_messages(agent_client, tenant):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import AttachmentFactory, MessageFactory, TicketFactory
+
+    counts = []
+    for size in (10, 200):
+        ticket = TicketFactory(tenant=tenant)
+        for i in range(size):
+            message = MessageFactory(tenant=tenant, ticket=ticket,
+                                     kind="outbound" if i % 3 == 0 else "inbound",
+                                     delivery_status="delivered" if i % 3 == 0 else "")
+            if i % 5 == 0:
+                AttachmentFactory(message=message)
+        with CaptureQueriesContext(connection) as queries:
+            assert agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").status_code == 200
+        counts.append(len(queries))
+    assert counts[0] == counts[1], counts
