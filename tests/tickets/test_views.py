@@ -164,3 +164,25 @@ def test_ticket_view_query_count_does_not_grow_with_messages(agent_client, tenan
             assert agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").status_code == 200
         counts.append(len(queries))
     assert counts[0] == counts[1], counts
+
+
+@pytest.mark.django_db
+def test_ticket_view_shows_sanitised_html_with_inline_images_and_folds_quotes(agent_client,
+                                                                            tenant):
+    from tests.factories import AttachmentFactory, MessageFactory, TicketFactory
+
+    ticket = TicketFactory(tenant=tenant)
+    html_message = MessageFactory(
+        tenant=tenant, ticket=ticket,
+        body_html='<p>See <img src="cid:shot@x"><img src="x" onerror="alert(1)"></p>'
+                  '<script>alert(2)</script>')
+    shot = AttachmentFactory(message=html_message, content=b"\x89PNG\r\n\x1a\n",
+                             filename="shot.png", content_type="image/png",
+                             content_id="shot@x", inline=True)
+    MessageFactory(tenant=tenant, ticket=ticket, body_html="",
+                   body_text="Still broken.\n\nOn Mon, Nov 23, 2026 at 10:00 AM Support "
+                             "<support@x.example> wrote:\n> Try again\n> please\n")
+    page = agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
+    assert f"/attachments/{shot.pk}/?inline=1" in page
+    assert "onerror" not in page and "alert(2)" not in page
+    assert "Show quoted text" in page and "Still broken." in page

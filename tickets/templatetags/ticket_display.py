@@ -1,0 +1,52 @@
+"""How a message's body is shown in the ticket view.
+
+- HTML bodies are sanitised again on display (they were sanitised at ingest; a policy
+  change then applies to old mail too), and ``cid:`` images point at the message's own
+  inline attachments, raster types only, through the workspace-checked download view.
+- Text bodies show the new part of the message; quoted history and signature fold away
+  behind a toggle (``mime.reply_part``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from django import template
+from django.urls import reverse
+from django.utils.html import escape
+from django.utils.safestring import mark_safe
+
+from channels_email.mime import reply_part
+from channels_email.sanitize import sanitize_html
+
+register = template.Library()
+RASTER = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+CID_SRC = re.compile(r'src="cid:([^"]+)"', re.IGNORECASE)
+
+
+@register.simple_tag(takes_context=True)
+def message_body(context, message):
+    ticket = context["ticket"]
+    tenant = context["current_tenant"]
+    if message.body_html:
+        attachments = {a.content_id: a for a in message.attachments.all() if a.content_id}
+
+        def resolve(match: re.Match) -> str:
+            attachment = attachments.get(match.group(1))
+            if attachment is None or attachment.content_type not in RASTER:
+                return 'src=""'
+            url = reverse("tickets:attachment", kwargs={
+                "tenant_slug": tenant.slug, "number": ticket.number,
+                "attachment_id": attachment.pk})
+            return f'src="{escape(url)}?inline=1"'
+
+        html = CID_SRC.sub(resolve, sanitize_html(message.body_html))
+        return mark_safe(f'<div class="body html">{html}</div>')  # noqa: S308 - sanitised
+    text = message.body_text or ""
+    new = reply_part(text) if message.kind == "inbound" else text
+    if new and new.strip() != text.strip():
+        return mark_safe(
+            f'<div class="body">{escape(new)}</div>'
+            f'<details class="quoted"><summary>Show quoted text</summary>'
+            f'<div class="body">{escape(text)}</div></details>')
+    return mark_safe(f'<div class="body">{escape(text)}</div>')
