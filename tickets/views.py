@@ -13,6 +13,7 @@ from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from helpdesk.models import User
 from helpdesk.selectors import tenant_members
 from routing.models import Team
 from tickets.models import (
@@ -21,6 +22,7 @@ from tickets.models import (
     Message,
     MessageKind,
     Ticket,
+    TicketPriority,
     TicketStatus,
 )
 from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
@@ -78,6 +80,10 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         "reply_form": form or ReplyForm(initial={
             "cc": ", ".join(a for a in ticket.cc_addresses if a not in own)}),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),
+        "statuses": TicketStatus.choices,
+        "priorities": TicketPriority.choices,
+        "teams": Team.objects.filter(tenant=request.tenant),
+        "members": tenant_members(tenant=request.tenant),
     }
 
 
@@ -188,3 +194,40 @@ def attachment_download_view(request, number: int, attachment_id: int):
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+class TicketControlsForm(forms.Form):
+    status = forms.ChoiceField(choices=TicketStatus.choices)
+    priority = forms.ChoiceField(choices=TicketPriority.choices)
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False)
+    assignee = forms.ModelChoiceField(queryset=User.objects.none(), required=False)
+
+    def __init__(self, *args, tenant, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = Team.objects.filter(tenant=tenant)
+        self.fields["assignee"].queryset = User.objects.filter(
+            memberships__tenant=tenant, is_active=True)
+
+
+@require_POST
+def ticket_update_view(request, number: int):
+    """Status, priority, team and assignee from the ticket's sidebar; "assign to me" posts
+    ``assignee=me``. A team or assignee outside the workspace is a 400."""
+    ticket = _ticket_or_404(request, number)
+    data = request.POST.copy()
+    if data.get("assignee") == "me":
+        data["assignee"] = str(request.user.pk)
+    for name in ("status", "priority"):
+        data.setdefault(name, getattr(ticket, name))
+    form = TicketControlsForm(data, tenant=request.tenant)
+    if not form.is_valid():
+        return render(request, "tickets/ticket_detail.html",
+                      {**_detail_context(request, ticket), "controls_errors": form.errors},
+                      status=400)
+    changed = {name: form.cleaned_data[name] for name in ("status", "priority", "team",
+                                                          "assignee")}
+    for name, value in changed.items():
+        setattr(ticket, name, value)
+    ticket.save(update_fields=[*changed, "updated_at"])
+    messages.success(request, "Ticket updated.")
+    return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)

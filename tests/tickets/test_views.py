@@ -186,3 +186,28 @@ def test_ticket_view_shows_sanitised_html_with_inline_images_and_folds_quotes(ag
     assert f"/attachments/{shot.pk}/?inline=1" in page
     assert "onerror" not in page and "alert(2)" not in page
     assert "Show quoted text" in page and "Still broken." in page
+
+
+@pytest.mark.django_db
+def test_agents_change_status_priority_team_assignee_and_assign_to_me(agent_client, tenant,
+                                                                      agent):
+    from tests.factories import TeamFactory, TenantFactory, TicketFactory
+
+    ticket = TicketFactory(tenant=tenant)
+    team = TeamFactory(tenant=tenant)
+    url = f"/{tenant.slug}/tickets/{ticket.number}/update/"
+    answer = agent_client.post(url, {"status": "pending", "priority": "high",
+                                     "team": team.pk, "assignee": ""})
+    assert answer.status_code == 302
+    agent_client.post(url, {"status": "pending", "priority": "high", "team": team.pk,
+                            "assignee": "me"})
+    with tenant_scope(tenant):
+        ticket.refresh_from_db()
+    assert (ticket.status, ticket.priority, ticket.team, ticket.assignee) == (
+        "pending", "high", team, agent)
+    foreign = TeamFactory(tenant=TenantFactory())
+    refused = agent_client.post(url, {"status": "open", "priority": "low", "team": foreign.pk})
+    assert refused.status_code == 400
+    with tenant_scope(tenant):
+        ticket.refresh_from_db()
+    assert ticket.team == team and ticket.status == "pending"
