@@ -72,7 +72,7 @@ def oauth_start(*, request, tenant: Tenant, provider: str,
     pending = request.session.get(SESSION_KEY, {})
     pending[nonce] = {"verifier": verifier, "at": timezone.now().timestamp()}
     request.session[SESSION_KEY] = dict(list(pending.items())[-5:])  # a few tabs at most
-    state = signing.dumps({"t": tenant.pk, "u": request.user.pk, "p": provider, "n": nonce,
+    state = signing.dumps({"t": tenant.slug, "u": request.user.pk, "p": provider, "n": nonce,
                            "r": reconnect.pk if reconnect else None}, salt=STATE_SALT)
     return providers.get(provider).authorization_url(
         state=state, code_challenge=challenge, redirect_uri=callback_url(provider),
@@ -134,7 +134,7 @@ def _create(request, tenant, provider, address, credentials, client) -> ConnectR
                            "Disconnect it there first.") from exc
     forget_mailbox(provider, address)
     try:
-        _start_watch(conn, client)
+        watch_start(conn, client)
     except providers.ProviderError as exc:
         health.record_error(conn, exc)  # shown on the health page; the beat task retries
     audit_record(tenant=tenant, actor=request.user, action="email_connection.connected",
@@ -159,7 +159,7 @@ def _reconnect(request, tenant, connection_id, address, credentials, client) -> 
     health.reactivate(conn)
     forget_mailbox(conn.provider, address)
     try:
-        _start_watch(conn, client, keep_cursor=True)
+        watch_start(conn, client, keep_cursor=True)
     except providers.ProviderError as exc:
         health.record_error(conn, exc)
     audit_record(tenant=tenant, actor=request.user, action="email_connection.reconnected",
@@ -168,7 +168,10 @@ def _reconnect(request, tenant, connection_id, address, credentials, client) -> 
     return ConnectResult(conn, False)
 
 
-def _start_watch(conn: EmailConnection, client, keep_cursor: bool = False) -> None:
+def watch_start(conn: EmailConnection, client=None, keep_cursor: bool = False) -> None:
+    """Start (or renew) the provider's push for ``conn`` and record its expiry; a new
+    connection takes the watch's cursor, an existing one keeps its own."""
+    client = client or providers.get(conn.provider)
     watch = client.start_watch(conn)
     fields = {"subscription_id": watch.subscription_id,
               "subscription_expires_at": watch.expires_at}
@@ -179,12 +182,26 @@ def _start_watch(conn: EmailConnection, client, keep_cursor: bool = False) -> No
         setattr(conn, name, value)
 
 
-def _queue_sync(conn: EmailConnection) -> None:
-    from channels_email.sync import push_mark
-    from channels_email.tasks import sync_connection
+def watch_renew(conn: EmailConnection) -> bool:
+    """Renew the watch of ``conn`` (the beat task's unit); a failure is recorded on the
+    connection's health, where the Email channels page shows it. True when renewed."""
+    from channels_email.tokens import ensure_fresh_token
 
-    if push_mark(conn.pk):
-        transaction.on_commit(lambda: sync_connection.delay(connection_id=conn.pk))
+    if not health.may_call(conn):
+        return False
+    try:
+        ensure_fresh_token(conn)
+        watch_start(conn, keep_cursor=True)
+    except providers.ProviderError as exc:
+        health.record_error(conn, exc)
+        return False
+    return True
+
+
+def _queue_sync(conn: EmailConnection) -> None:
+    from channels_email.sync import sync_request
+
+    transaction.on_commit(lambda: sync_request(conn.pk))
 
 
 def connection_disconnect(*, connection: EmailConnection, actor: User | None) -> None:

@@ -75,6 +75,22 @@ def push_unmark(connection_id: int) -> None:
     _redis().delete(_key("sync-pending", connection_id))
 
 
+def sync_request(connection_id: int, trigger: str = "push") -> bool:
+    """Queue one sync of the connection unless one is pending already (coalescing);
+    True when a task was queued. If the task cannot be queued the mark is taken back and
+    the error raised, so the caller can answer "try again"."""
+    from channels_email.tasks import sync_connection
+
+    if not push_mark(connection_id):
+        return False
+    try:
+        sync_connection.delay(connection_id=connection_id, trigger=trigger)
+    except Exception:
+        push_unmark(connection_id)
+        raise
+    return True
+
+
 def connection_sync(connection_id: int, trigger: str = "push") -> SyncResult:
     with unscoped():  # the id names the connection; everything after runs in its tenant
         conn = (EmailConnection.objects.select_related("tenant")

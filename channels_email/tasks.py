@@ -77,19 +77,14 @@ def reconcile_connections() -> int:
     """The safety net behind pushes: queue a (coalesced) sync of every connected mailbox,
     so a lost push delays a ticket but never loses it."""
     from channels_email.models import ConnectionStatus, EmailConnection
-    from channels_email.sync import push_mark
+    from channels_email.sync import sync_request
 
     # Unscoped: a sweep over every tenant; each sync enters its connection's scope.
     with unscoped():
         ids = list(EmailConnection.objects.filter(
             status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
         ).exclude(provider="manual").values_list("pk", flat=True))
-    queued = 0
-    for pk in ids:
-        if push_mark(pk):
-            sync_connection.delay(connection_id=pk, trigger="reconcile")
-            queued += 1
-    return queued
+    return sum(sync_request(pk, "reconcile") for pk in ids)
 
 
 @shared_task(name="maintenance.refresh_tokens")
@@ -120,14 +115,11 @@ def renew_watches(*, within_hours: int = 36) -> int:
     """Renew every watch that expires within ``within_hours`` (Gmail watches last 7 days;
     Google asks for a daily renewal). A failure is recorded on the connection's health,
     so a watch that could not be renewed shows on the Email channels page."""
-    from datetime import timedelta as _td
-
-    from channels_email import health, providers
+    from channels_email.connect import watch_renew
     from channels_email.models import ConnectionStatus, EmailConnection
-    from channels_email.tokens import ensure_fresh_token
     from helpdesk.tenancy import tenant_scope
 
-    horizon = timezone.now() + _td(hours=within_hours)
+    horizon = timezone.now() + timedelta(hours=within_hours)
     # Unscoped: a sweep over every tenant; each renewal runs in its connection's scope.
     with unscoped():
         due = list(EmailConnection.objects.select_related("tenant").filter(
@@ -136,17 +128,7 @@ def renew_watches(*, within_hours: int = 36) -> int:
     renewed = 0
     for conn in due:
         with tenant_scope(conn.tenant):
-            if not health.may_call(conn):
-                continue
-            try:
-                ensure_fresh_token(conn)
-                watch = providers.get(conn.provider).start_watch(conn)
-            except providers.ProviderError as exc:
-                health.record_error(conn, exc)
-                continue
-            EmailConnection.objects.filter(pk=conn.pk).update(
-                subscription_id=watch.subscription_id, subscription_expires_at=watch.expires_at)
-            renewed += 1
+            renewed += watch_renew(conn)
     return renewed
 
 

@@ -80,8 +80,7 @@ def google_pubsub(request: HttpRequest) -> HttpResponse:
         notifications = gmail.parse_notification(request.body, dict(request.headers))
     except providers.PermanentError:
         return HttpResponse("malformed push body", status=400, content_type="text/plain")
-    from channels_email.sync import push_mark, push_unmark
-    from channels_email.tasks import sync_connection
+    from channels_email.sync import sync_request
 
     for note in notifications:
         connection_id = connection_id_for("gmail", note.mailbox)
@@ -89,13 +88,8 @@ def google_pubsub(request: HttpRequest) -> HttpResponse:
             logger.info("webhook.google.unknown_mailbox mailbox=%s", note.mailbox)
             continue
         try:
-            if push_mark(connection_id):
-                sync_connection.delay(connection_id=connection_id)
+            sync_request(connection_id)
         except Exception:  # noqa: BLE001 - broker or Redis down: let Pub/Sub retry
             logger.exception("webhook.google.enqueue_failed connection=%s", connection_id)
-            try:
-                push_unmark(connection_id)
-            except Exception:  # noqa: BLE001
-                pass
             return HttpResponse("try again", status=503, content_type="text/plain")
     return HttpResponse(status=204)
