@@ -15,7 +15,6 @@ Contract:
 
 from __future__ import annotations
 
-import html as html_lib
 import re
 from datetime import timedelta
 from email.message import EmailMessage
@@ -24,6 +23,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.html import linebreaks
 
 from channels_email import health, providers
 from channels_email.mime import LOOP_HEADER, BounceInfo, normalize_message_id
@@ -86,12 +86,6 @@ def reply_subject(subject: str) -> str:
     return f"Re: {subject}"
 
 
-def _text_to_html(text: str) -> str:
-    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
-    return "".join("<p>" + html_lib.escape(p).replace("\n", "<br>") + "</p>"
-                   for p in paragraphs)
-
-
 def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] | None = None,
                  cc: list[str] | None = None,
                  attachments: list[tuple[str, bytes, str]] = ()) -> Message:
@@ -111,7 +105,8 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
         message = Message.objects.create(
             tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
             subject=reply_subject(latest.subject if latest else ticket.title)[:998],
-            body_text=body_text, body_html=_text_to_html(body_text), author_user=author,
+            body_text=body_text, author_user=author,
+            body_html=linebreaks(body_text, autoescape=True),
             delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,
             cc_addresses=copies, email_connection=connection,
             message_id_header=normalize_message_id(make_msgid(domain=domain)),
@@ -166,7 +161,8 @@ def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, st
         mime["References"] = " ".join(f"<{r}>" for r in references)
     mime[LOOP_HEADER] = str(message.tenant_id)
     mime.set_content(message.body_text)
-    mime.add_alternative(message.body_html or _text_to_html(message.body_text), subtype="html")
+    html = message.body_html or linebreaks(message.body_text, autoescape=True)
+    mime.add_alternative(html, subtype="html")
     for attachment in message.attachments.all():
         with attachment.file.open("rb") as handle:
             data = handle.read()
@@ -251,10 +247,12 @@ def deliver(message_pk: int) -> str:
 
 
 def reply_retry(*, message: Message) -> bool:
-    """Re-queue a Failed outbound message (the Retry button). False if it is not Failed."""
-    updated = Message.objects.filter(pk=message.pk, kind=MessageKind.OUTBOUND,
-                                     delivery_status=DeliveryStatus.FAILED).update(
-        delivery_status=DeliveryStatus.PENDING, delivery_error="")
+    """Re-queue a Failed or Bounced outbound message (the Retry button); False when it is
+    neither."""
+    updated = Message.objects.filter(
+        pk=message.pk, kind=MessageKind.OUTBOUND,
+        delivery_status__in=[DeliveryStatus.FAILED, DeliveryStatus.BOUNCED],
+    ).update(delivery_status=DeliveryStatus.PENDING, delivery_error="")
     if updated:
         transaction.on_commit(lambda: _queue_send(message.pk))
     return bool(updated)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
@@ -21,7 +22,8 @@ from channels_email.selectors import (
     inbound_emails_needing_attention,
 )
 from channels_email.services import inbound_email_raw_read, inbound_email_reset_for_reprocess
-from helpdesk.tenancy import tenant_scope, unscoped
+from helpdesk.selectors import membership_for
+from helpdesk.tenancy import tenant_scope
 
 
 def _admin_row(request, inbound_email_id: int) -> InboundEmail:
@@ -131,20 +133,20 @@ def connection_detail(request, connection_id: int):
     return render(request, "channels_email/connection.html", {"connection": conn, "form": form})
 
 
+@login_required
 def oauth_callback(request, provider: str):
     """The provider sends the admin back here (one fixed URL, not tenant-scoped)."""
-    if not request.user.is_authenticated:
-        return redirect(f"{settings.LOGIN_URL}?next={request.get_full_path()}")
     try:
         state = connect.read_state(request=request, provider=provider,
                                    state=request.GET.get("state", ""))
     except connect.ConnectError as exc:
         return render(request, "channels_email/connect_error.html", {"error": str(exc)},
                       status=400)
-    tenant, membership = _tenant_membership(request.user, state["t"])
+    membership = membership_for(user=request.user, tenant_slug=state["t"])
     if membership is None or not membership.is_admin:
         return render(request, "channels_email/connect_error.html",
                       {"error": "You are not an admin of that workspace."}, status=403)
+    tenant = membership.tenant
     if request.GET.get("error"):
         messages.info(request, "Access was not granted, so nothing was connected.")
         return redirect("channels_email:channels", tenant_slug=tenant.slug)
@@ -163,13 +165,3 @@ def oauth_callback(request, provider: str):
     messages.success(request, f"{conn.address} is reconnected; mail that arrived meanwhile "
                               "is being fetched.")
     return redirect("channels_email:channels", tenant_slug=tenant.slug)
-
-
-def _tenant_membership(user, tenant_id):
-    from helpdesk.models import Membership
-
-    # Unscoped: the state names the tenant; membership decides whether it may be used.
-    with unscoped():
-        membership = (Membership.objects.select_related("tenant")
-                      .filter(user=user, tenant_id=tenant_id).first())
-    return (membership.tenant if membership else None), membership

@@ -220,3 +220,27 @@ def ticket_merge(*, source: Ticket, target: Ticket, actor: User | None = None) -
     source.refresh_from_db()
     target.refresh_from_db()
     return target
+
+
+def note_add(*, ticket: Ticket, author: User, body_text: str,
+             attachments: Iterable[tuple[str, bytes, str]] = ()) -> Message:
+    """An internal note (never emailed), with its files, in one transaction."""
+    with transaction.atomic():
+        note = message_add(ticket=ticket, kind=MessageKind.NOTE, body_text=body_text,
+                           author_user=author)
+        files = [(name, content, ctype, "", False) for name, content, ctype in attachments]
+        if files:
+            attachments_add(message=note, files=files)
+    return note
+
+
+def ticket_update(*, ticket: Ticket, status: str, priority: str, team: Team | None,
+                  assignee: User | None) -> Ticket:
+    """Set the agent-controlled fields of a ticket. Raises ValueError for a team of another
+    workspace (the caller offers only its own)."""
+    if team is not None and team.tenant_id != ticket.tenant_id:
+        raise ValueError(f"team {team.pk} is not in tenant {ticket.tenant_id}")
+    ticket.status, ticket.priority, ticket.team, ticket.assignee = (status, priority, team,
+                                                                    assignee)
+    ticket.save(update_fields=["status", "priority", "team", "assignee", "updated_at"])
+    return ticket

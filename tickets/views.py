@@ -18,7 +18,6 @@ from helpdesk.selectors import tenant_members
 from routing.models import Team
 from tickets.models import (
     Attachment,
-    DeliveryStatus,
     Message,
     MessageKind,
     Ticket,
@@ -26,6 +25,7 @@ from tickets.models import (
     TicketStatus,
 )
 from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
+from tickets.services import note_add, ticket_update
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -119,7 +119,6 @@ def _ticket_or_404(request, number: int) -> Ticket:
 @require_POST
 def ticket_reply_view(request, number: int):
     from channels_email.outbound import reply_create
-    from tickets.services import attachments_add, message_add
 
     ticket = _ticket_or_404(request, number)
     form = ReplyForm(request.POST)
@@ -136,11 +135,8 @@ def ticket_reply_view(request, number: int):
                    for f in files]
     with transaction.atomic():
         if form.cleaned_data["mode"] == "note":
-            note = message_add(ticket=ticket, kind=MessageKind.NOTE,
-                               body_text=form.cleaned_data["body"], author_user=request.user)
-            if attachments:
-                attachments_add(message=note, files=[(n, c, t, "", False)
-                                                     for n, c, t in attachments])
+            note_add(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
+                     attachments=attachments)
             messages.success(request, "Note added.")
         elif ticket.email_connection is None:
             form.add_error(None, "This ticket did not come by email, so there is no mailbox "
@@ -169,8 +165,6 @@ def message_retry_view(request, number: int, message_id: int):
     ticket = _ticket_or_404(request, number)
     message = get_object_or_404(Message, pk=message_id, ticket=ticket,
                                 kind=MessageKind.OUTBOUND)
-    if message.delivery_status == DeliveryStatus.BOUNCED:
-        Message.objects.filter(pk=message.pk).update(delivery_status=DeliveryStatus.FAILED)
     with transaction.atomic():
         reply_retry(message=message)
     if request.htmx:
@@ -224,10 +218,7 @@ def ticket_update_view(request, number: int):
         return render(request, "tickets/ticket_detail.html",
                       {**_detail_context(request, ticket), "controls_errors": form.errors},
                       status=400)
-    changed = {name: form.cleaned_data[name] for name in ("status", "priority", "team",
-                                                          "assignee")}
-    for name, value in changed.items():
-        setattr(ticket, name, value)
-    ticket.save(update_fields=[*changed, "updated_at"])
+    ticket_update(ticket=ticket, **{name: form.cleaned_data[name]
+                                    for name in ("status", "priority", "team", "assignee")})
     messages.success(request, "Ticket updated.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
