@@ -205,3 +205,24 @@ class PushCatcher:
 
     def close(self):
         self.server.shutdown()
+
+
+def use_sandbox_google(settings, sandbox: str, *, public_base_url: str, topic: str,
+                       push_endpoint: str, audience: str, service_account: str) -> None:
+    """Point the Google settings at the sandbox, register our OAuth client with its
+    callback under ``public_base_url``, and have ``topic`` push to ``push_endpoint``."""
+    settings.GOOGLE_CLIENT_ID, settings.GOOGLE_CLIENT_SECRET = CLIENT_ID, CLIENT_SECRET
+    settings.GOOGLE_AUTH_URI = sandbox + "/o/oauth2/v2/auth"
+    settings.GOOGLE_TOKEN_URI = sandbox + "/token"
+    settings.GOOGLE_REVOKE_URI = sandbox + "/revoke"
+    settings.GOOGLE_CERTS_URL = sandbox + "/oauth2/v1/certs"
+    settings.GMAIL_API_ENDPOINT = sandbox + "/"
+    settings.GMAIL_PUBSUB_TOPIC = topic
+    settings.PUBSUB_AUDIENCE, settings.PUBSUB_SERVICE_ACCOUNT = audience, service_account
+    settings.PUBLIC_BASE_URL = public_base_url
+    requests.post(sandbox + "/_sandbox/clients", json={
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "redirect_uris": [public_base_url + "/oauth/gmail/callback/"]}, timeout=5)
+    requests.post(sandbox + "/_sandbox/settings", json={"topics": {topic: {
+        "push_endpoint": push_endpoint, "audience": audience,
+        "service_account": service_account}}}, timeout=5).raise_for_status()

@@ -16,7 +16,7 @@ from channels_email.sync import connection_sync, push_unmark
 from channels_email.tasks import process_inbound_email
 from helpdesk.models import AuditEvent
 from helpdesk.tenancy import tenant_scope, unscoped
-from tests.sandbox_support import CLIENT_ID, CLIENT_SECRET, PushCatcher, consent
+from tests.sandbox_support import PushCatcher, consent, use_sandbox_google
 from tickets.models import Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -28,23 +28,11 @@ PUSH_ACCOUNT = "pubsub-push@helpdesk-test.iam.gserviceaccount.com"
 @pytest.fixture
 def gmail(settings, sandbox):
     """Settings pointing at the sandbox; the sandbox pushing to a catcher."""
-    settings.GOOGLE_CLIENT_ID, settings.GOOGLE_CLIENT_SECRET = CLIENT_ID, CLIENT_SECRET
-    settings.GOOGLE_AUTH_URI = sandbox + "/o/oauth2/v2/auth"
-    settings.GOOGLE_TOKEN_URI = sandbox + "/token"
-    settings.GOOGLE_REVOKE_URI = sandbox + "/revoke"
-    settings.GOOGLE_CERTS_URL = sandbox + "/oauth2/v1/certs"
-    settings.GMAIL_API_ENDPOINT = sandbox + "/"
-    settings.GMAIL_PUBSUB_TOPIC = TOPIC
-    settings.PUBSUB_AUDIENCE, settings.PUBSUB_SERVICE_ACCOUNT = AUDIENCE, PUSH_ACCOUNT
-    settings.PUBLIC_BASE_URL = "http://testserver"
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    requests.post(sandbox + "/_sandbox/clients", json={
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-        "redirect_uris": ["http://testserver/oauth/gmail/callback/"]}, timeout=5)
     catcher = PushCatcher()
-    requests.post(sandbox + "/_sandbox/settings", json={"topics": {TOPIC: {
-        "push_endpoint": catcher.url, "audience": AUDIENCE,
-        "service_account": PUSH_ACCOUNT}}}, timeout=5).raise_for_status()
+    use_sandbox_google(settings, sandbox, public_base_url="http://testserver", topic=TOPIC,
+                       push_endpoint=catcher.url, audience=AUDIENCE,
+                       service_account=PUSH_ACCOUNT)
     yield sandbox, catcher
     catcher.close()
 

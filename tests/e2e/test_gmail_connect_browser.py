@@ -15,7 +15,7 @@ from channels_email.models import EmailConnection
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_worker import worker  # noqa: F401 - fixture
 from tests.factories import PASSWORD, TeamFactory
-from tests.sandbox_support import CLIENT_ID, CLIENT_SECRET
+from tests.sandbox_support import use_sandbox_google
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -33,21 +33,8 @@ def gmail(settings, sandbox, live_server):
     """Settings and sandbox for a browser run against the live server (the fixture name
     matches test_gmail_worker's worker fixture, which reads the sandbox from it)."""
     webhook = live_server.url + "/webhooks/google/pubsub/"
-    settings.GOOGLE_CLIENT_ID, settings.GOOGLE_CLIENT_SECRET = CLIENT_ID, CLIENT_SECRET
-    settings.GOOGLE_AUTH_URI = sandbox + "/o/oauth2/v2/auth"
-    settings.GOOGLE_TOKEN_URI = sandbox + "/token"
-    settings.GOOGLE_REVOKE_URI = sandbox + "/revoke"
-    settings.GOOGLE_CERTS_URL = sandbox + "/oauth2/v1/certs"
-    settings.GMAIL_API_ENDPOINT = sandbox + "/"
-    settings.GMAIL_PUBSUB_TOPIC = TOPIC
-    settings.PUBSUB_AUDIENCE, settings.PUBSUB_SERVICE_ACCOUNT = webhook, PUSH_ACCOUNT
-    settings.PUBLIC_BASE_URL = live_server.url
-    requests.post(sandbox + "/_sandbox/clients", json={
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-        "redirect_uris": [live_server.url + "/oauth/gmail/callback/"]}, timeout=5)
-    requests.post(sandbox + "/_sandbox/settings", json={"topics": {TOPIC: {
-        "push_endpoint": webhook, "audience": webhook, "service_account": PUSH_ACCOUNT}}},
-        timeout=5).raise_for_status()
+    use_sandbox_google(settings, sandbox, public_base_url=live_server.url, topic=TOPIC,
+                       push_endpoint=webhook, audience=webhook, service_account=PUSH_ACCOUNT)
     return sandbox, None
 
 
