@@ -60,6 +60,8 @@ from tickets.services import (
 logger = logging.getLogger(__name__)
 
 FINAL_STATES = (InboundState.PROCESSED, InboundState.SKIPPED, InboundState.QUARANTINED)
+DISCONNECTED_REASON = ("connection_disconnected: the mailbox was disconnected before this "
+                       "mail was read")
 TICKET_TOKEN = re.compile(r"\[#(\d{1,12})\]")
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
@@ -192,7 +194,7 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
         _finish(row, InboundState.FAILED, reason)
         return None, IngestOutcome(state=InboundState.FAILED, reason=reason)
     if conn.status == "disconnected":
-        reason = "connection_disconnected: the mailbox was disconnected before this mail was read"
+        reason = DISCONNECTED_REASON
         _finish(row, InboundState.SKIPPED, reason)
         return None, IngestOutcome(state=InboundState.SKIPPED, reason=reason)
     if not health.may_call(conn):
@@ -278,7 +280,7 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
         return IngestOutcome(state=InboundState.QUARANTINED, reason=parsed.quarantine_reason,
                              parsed=parsed)
     if conn.status == "disconnected":
-        reason = "connection_disconnected: the mailbox was disconnected before this mail was read"
+        reason = DISCONNECTED_REASON
         _finish(row, InboundState.SKIPPED, reason, head)
         return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
 
