@@ -44,7 +44,11 @@ def serve(host: str, port: int) -> None:
     url = f"http://{host}:{real_port}"
     info = {"url": url, "host": host, "port": real_port, "pid": os.getpid(),
             "var_dir": str(store.root)}
-    (store.root / "server.json").write_text(json.dumps(info, indent=1))
+    # Written whole, then renamed into place: a reader waiting for the file never sees it
+    # half-written.
+    partial = store.root / "server.json.partial"
+    partial.write_text(json.dumps(info, indent=1))
+    os.replace(partial, store.root / "server.json")
     print(f"sandbox listening on {url} (state in {store.root})", flush=True)
 
     def shutdown(signum, frame):
