@@ -7,12 +7,21 @@ from django.urls import include, path
 from channels_email import views as channel_views
 from channels_email import webhooks
 from helpdesk import views
+from tickets import views as ticket_views
 
 tenant_patterns = [
     path("", views.tenant_home, name="home"),
     path("settings/members/", views.members, name="members"),
     path("settings/members/invitations/<int:invitation_id>/revoke/",
          views.invitation_revoke_view, name="invitation_revoke"),
+]
+
+# The agent's own notifications; the one to open is posted, never named in the URL.
+notification_patterns = [
+    path("", ticket_views.notification_list_view, name="list"),
+    path("badge/", ticket_views.notification_badge_view, name="badge"),
+    path("open/", ticket_views.notification_open_view, name="open"),
+    path("read/", ticket_views.notification_read_all_view, name="read_all"),
 ]
 
 urlpatterns = [
@@ -25,6 +34,8 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("<slug:tenant_slug>/", include((tenant_patterns, "tenant"))),
     path("<slug:tenant_slug>/tickets/", include("tickets.urls")),
+    path("<slug:tenant_slug>/notifications/",
+         include((notification_patterns, "notifications"))),
     path("<slug:tenant_slug>/contacts/", include("contacts.urls")),
     path("<slug:tenant_slug>/settings/email/", include("channels_email.urls")),
 ]

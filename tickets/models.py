@@ -149,6 +149,9 @@ class Message(TenantOwnedModel):
     email_connection = models.ForeignKey("channels_email.EmailConnection",
                                          on_delete=models.SET_NULL, null=True, blank=True,
                                          related_name="+")
+    # An email we sent without a person writing it (an acknowledgement): marked
+    # "Auto-Submitted: auto-replied" (RFC 3834) so that auto-responders stay quiet.
+    auto_submitted = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -193,3 +196,31 @@ class Attachment(TenantOwnedModel):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class NotificationKind(models.TextChoices):
+    TEAM_TICKET = "team_ticket", "New ticket in your team"
+    ASSIGNED = "assigned", "Assigned to you"
+    CUSTOMER_REPLY = "customer_reply", "Customer replied"
+
+
+class Notification(TenantOwnedModel):
+    """An in-app notice for one agent about one ticket; unread while ``read_at`` is empty."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="notifications")
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=20, choices=NotificationKind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["tenant", "user", "-created_at"], name="notification_user"),
+            models.Index(fields=["tenant", "user"], condition=models.Q(read_at__isnull=True),
+                         name="notification_unread"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on ticket {self.ticket_id} for user {self.user_id}"

@@ -13,6 +13,7 @@ from contacts.models import Contact
 from helpdesk import sql
 from helpdesk.models import Tenant, User
 from routing.models import Team
+from tickets import notifications
 from tickets.models import (
     Attachment,
     DeliveryStatus,
@@ -54,10 +55,15 @@ def ticket_create(
     tags: Iterable[str] = (),
     email_connection=None,
     routing: dict | None = None,
+    actor: User | None = None,
 ) -> Ticket:
     """Create a ticket with the tenant's next number (one INSERT: the number is taken by
     the database in the same statement and read back). Raises ValueError on a foreign
-    row. ``routing`` is the routing engine's recorded decision, when it ran first."""
+    row. ``routing`` is the routing engine's recorded decision, when it ran first.
+
+    With a team or an assignee, the same statement also notifies the team's members and
+    the assignee (``tickets.notifications``), never ``actor`` (the agent creating it;
+    None for the system, e.g. email ingest)."""
     for related in (contact, team):
         if related is not None and related.tenant_id != tenant.pk:
             raise ValueError(f"{type(related).__name__} {related.pk} is not in tenant {tenant.pk}")
@@ -77,8 +83,27 @@ def ticket_create(
         email_connection=email_connection,
         routing=routing or {},
     )
+    number = {"number": ("tickets_next_number(%s)", [tenant.pk])}
+    notify = notifications.new_ticket_insert_sql(
+        tenant_id=tenant.pk, team_id=ticket.team_id, assignee_id=ticket.assignee_id,
+        actor_id=actor.pk if actor else None, ticket_id_sql="(SELECT id FROM t)")
     # One statement, so atomic by itself: the number's upsert and the row go in together.
-    return sql.insert(ticket, {"number": ("tickets_next_number(%s)", [tenant.pk])})
+    if notify is None:
+        return sql.insert(ticket, number)
+    # The notifications' INSERT rides along as a data-modifying CTE: still one statement
+    # on the ingest path. It reads the new id from t's RETURNING (the foreign key is
+    # checked at commit, when the ticket row exists).
+    names, placeholders, params = sql.insert_parts(ticket, number)
+    notify_sql, notify_params = notify
+    query = (
+        f"WITH t AS (INSERT INTO {Ticket._meta.db_table} ({names}) "  # noqa: S608
+        f"VALUES ({placeholders}) RETURNING id, number), n AS ({notify_sql}) "
+        "SELECT id, number FROM t"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(query, [*params, *notify_params])
+        pk, ticket.number = cursor.fetchone()
+    return sql.saved(ticket, pk)
 
 
 def message_add(
@@ -131,18 +156,21 @@ def message_add(
 def ticket_touch_for_inbound(*, tenant_id: int, ticket_id: int,
                              add_cc: Iterable[str] = ()) -> Ticket:
     """A customer wrote on ``ticket_id``: bump ``updated_at``, reopen a solved or closed
-    ticket, join new CC addresses, and return the ticket, in one UPDATE ... RETURNING.
-    Follow with ``message_add(..., touch=False)``."""
+    ticket, join new CC addresses, notify its assignee (if any, and still a member of the
+    tenant), and return the ticket, in one statement (UPDATE ... RETURNING, with the
+    notification's INSERT in a CTE). Follow with ``message_add(..., touch=False)``."""
     table = Ticket._meta.db_table  # our model's table name, never input
+    notify_sql, notify_params = notifications.customer_reply_insert_sql(ticket_rows="t")
     query = (
-        f"UPDATE {table} SET updated_at = now(), "  # noqa: S608
+        f"WITH t AS (UPDATE {table} SET updated_at = now(), "  # noqa: S608
         "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
         "cc_addresses = cc_addresses || ARRAY(SELECT a FROM unnest(%s::varchar(320)[]) a "
         "  WHERE NOT a = ANY(cc_addresses)) "
-        f"WHERE id = %s AND tenant_id = %s RETURNING {sql.columns(Ticket)}"
+        f"WHERE id = %s AND tenant_id = %s RETURNING {sql.columns(Ticket)}), "
+        f"n AS ({notify_sql}) SELECT * FROM t"
     )
     params = [TicketStatus.SOLVED, TicketStatus.CLOSED, TicketStatus.OPEN,
-              list(dict.fromkeys(add_cc)), ticket_id, tenant_id]
+              list(dict.fromkeys(add_cc)), ticket_id, tenant_id, *notify_params]
     return sql.fetch_one(Ticket, query, params)[0]
 
 
@@ -235,12 +263,17 @@ def note_add(*, ticket: Ticket, author: User, body_text: str,
 
 
 def ticket_update(*, ticket: Ticket, status: str, priority: str, team: Team | None,
-                  assignee: User | None) -> Ticket:
+                  assignee: User | None, actor: User | None = None) -> Ticket:
     """Set the agent-controlled fields of a ticket. Raises ValueError for a team of another
-    workspace (the caller offers only its own)."""
+    workspace (the caller offers only its own). A new assignee other than ``actor`` (the
+    agent making the change) is notified: one more statement, only then."""
     if team is not None and team.tenant_id != ticket.tenant_id:
         raise ValueError(f"team {team.pk} is not in tenant {ticket.tenant_id}")
+    reassigned = assignee is not None and assignee.pk != ticket.assignee_id
     ticket.status, ticket.priority, ticket.team, ticket.assignee = (status, priority, team,
                                                                     assignee)
-    ticket.save(update_fields=["status", "priority", "team", "assignee", "updated_at"])
+    with transaction.atomic(savepoint=False):
+        ticket.save(update_fields=["status", "priority", "team", "assignee", "updated_at"])
+        if reassigned:
+            notifications.notification_for_assignment(ticket=ticket, actor=actor)
     return ticket

@@ -11,7 +11,7 @@ from django.core.validators import EmailValidator
 from django.db import transaction
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from helpdesk.models import User
 from helpdesk.selectors import tenant_members
@@ -25,6 +25,7 @@ from tickets.models import (
     TicketStatus,
 )
 from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
+from tickets.notifications import notifications_mark_read
 from tickets.services import note_add, ticket_update
 
 
@@ -67,6 +68,8 @@ def ticket_detail_view(request, number: int):
         ticket = ticket_get(tenant=request.tenant, number=number)
     except Ticket.DoesNotExist as exc:
         raise Http404("No such ticket") from exc
+    # Whatever told this agent about the ticket is read now that they are looking at it.
+    notifications_mark_read(tenant=request.tenant, user=request.user, ticket=ticket)
     return render(request, "tickets/ticket_detail.html", _detail_context(request, ticket))
 
 
@@ -218,7 +221,60 @@ def ticket_update_view(request, number: int):
         return render(request, "tickets/ticket_detail.html",
                       {**_detail_context(request, ticket), "controls_errors": form.errors},
                       status=400)
-    ticket_update(ticket=ticket, **{name: form.cleaned_data[name]
-                                    for name in ("status", "priority", "team", "assignee")})
+    ticket_update(ticket=ticket, actor=request.user,
+                  **{name: form.cleaned_data[name]
+                     for name in ("status", "priority", "team", "assignee")})
     messages.success(request, "Ticket updated.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
+
+
+# ------------------------------------------------------------------ notifications
+# The agent's own notifications (tickets.notifications). Someone else's notification, or
+# another workspace's, is the same 404 as an unknown one.
+
+NOTIFICATIONS_SHOWN = 50
+
+
+@require_GET
+def notification_list_view(request):
+    from tickets.notifications import notification_list
+
+    notifications = list(notification_list(tenant=request.tenant, user=request.user,
+                                           limit=NOTIFICATIONS_SHOWN))
+    return render(request, "tickets/notifications.html",
+                  {"notifications": notifications, "limit": NOTIFICATIONS_SHOWN})
+
+
+@require_GET
+def notification_badge_view(request):
+    """The header's unread badge alone, polled by htmx (its count comes from the tenancy
+    context processor: one query)."""
+    response = render(request, "tickets/notifications_badge.html")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+def notification_open_view(request):
+    """Mark the posted notification (and the agent's other unread ones on its ticket) read
+    and go to the ticket: opening is a POST, so a GET of any page changes nothing."""
+    from tickets.models import Notification
+    from tickets.notifications import notification_open
+
+    notification_id = _int_or_none(request.POST.get("id"))
+    if notification_id is None:
+        raise Http404("No such notification")
+    try:
+        number = notification_open(tenant=request.tenant, user=request.user,
+                                   notification_id=notification_id)
+    except Notification.DoesNotExist as exc:
+        raise Http404("No such notification") from exc
+    return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
+
+
+@require_POST
+def notification_read_all_view(request):
+    from tickets.notifications import notifications_mark_read
+
+    notifications_mark_read(tenant=request.tenant, user=request.user)
+    return redirect("notifications:list", tenant_slug=request.tenant.slug)
