@@ -42,7 +42,7 @@ from channels_email.models import (
     InboundState,
     RoutingMode,
 )
-from channels_email.outbound import delivery_bounce_record
+from channels_email.outbound import acknowledgement_create, delivery_bounce_record
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create
 from helpdesk import sql
@@ -252,6 +252,9 @@ def _summary(parsed: ParsedEmail) -> dict:
         "is_auto_reply": parsed.is_auto_reply,
         "defects": parsed.defects[:20],
     }
+    reply_to = [a.email for a in parsed.reply_to if a.email][:10]
+    if reply_to:
+        details["reply_to"] = reply_to  # replies go here (the composer's To)
     if parsed.bounce is not None:
         details["bounce"] = {
             "original_message_id": parsed.bounce.original_message_id,
@@ -289,11 +292,17 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
                              inbound_id=row.pk, received_at=row.received_at)
     if skip is not None:
         reason = f"{skip.code}: {skip.reason}"
+        linked: dict = {}
         with transaction.atomic():
             if skip.code == "bounce":
-                marked = delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce)
+                marked = delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce,
+                                                inbound_email=row)
                 head["details"]["bounce"]["outbound_messages"] = marked
-            if not _finish(row, InboundState.SKIPPED, reason, head):
+                if marked:
+                    # The report stays linked to (the first of) the messages it bounced.
+                    linked = dict(Message.objects.filter(pk=marked[0]).values(
+                        "ticket_id", message_pk=F("id")).get())
+            if not _finish(row, InboundState.SKIPPED, reason, head, **linked):
                 raise _LostRace
         return IngestOutcome(state=InboundState.SKIPPED, reason=reason, parsed=parsed)
 
@@ -493,6 +502,12 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
             (a.filename, a.content, a.content_type, a.content_id, a.inline)
             for a in parsed.attachments
         ])
+    if created and conn.send_acknowledgement:
+        _, why_not = acknowledgement_create(ticket=ticket, connection=conn, parsed=parsed,
+                                            tenant_addresses=own)
+        if why_not:
+            logger.info("ingest.acknowledgement_skipped inbound_email=%s reason=%s", row.pk,
+                        why_not)
     return IngestOutcome(state=InboundState.PROCESSED, ticket_id=ticket.pk,
                          ticket_number=ticket.number, created_ticket=created,
                          message_pk=message.pk, parsed=parsed)

@@ -47,6 +47,14 @@ class BodyPreference(models.TextChoices):
     TEXT = "text", "Plain text"
 
 
+DEFAULT_ACKNOWLEDGEMENT = (
+    "Hello {name},\n\n"
+    "Thank you for writing to us. Your request has been received and is being reviewed "
+    "by our support staff. Its reference is ticket #{number}: \"{subject}\".\n\n"
+    "To add anything, reply to this email.\n"
+)
+
+
 class EmailConnection(TenantOwnedModel):
     """One connected mailbox and its settings, health and sync state.
 
@@ -93,6 +101,18 @@ class EmailConnection(TenantOwnedModel):
         default=20, help_text="Mails from one sender per window before they count as a loop")
     sender_rate_window_minutes = models.PositiveIntegerField(default=10)
 
+    # Outbound: the mailbox replies to tickets from this one are sent through (empty:
+    # this one), whether this is the tenant's default mailbox for system emails and for
+    # tickets that did not come in by email, and the optional acknowledgement.
+    reply_connection = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="Send replies to tickets from this mailbox through another one")
+    is_default = models.BooleanField(
+        default=False, help_text="The workspace's mailbox for system emails")
+    send_acknowledgement = models.BooleanField(
+        default=False, help_text="Confirm each new ticket to the customer by email")
+    acknowledgement_text = models.TextField(blank=True, default=DEFAULT_ACKNOWLEDGEMENT)
+
     sync_start_at = models.DateTimeField(default=timezone.now)
     last_sync_at = models.DateTimeField(null=True, blank=True)
     consecutive_errors = models.PositiveIntegerField(default=0)
@@ -113,6 +133,8 @@ class EmailConnection(TenantOwnedModel):
                 condition=~models.Q(status="disconnected"),
                 name="connection_mailbox_in_one_tenant",
             ),
+            models.UniqueConstraint(fields=["tenant"], condition=models.Q(is_default=True),
+                                    name="connection_one_default_per_tenant"),
         ]
         indexes = [models.Index(fields=["tenant", "status"], name="connection_tenant_status")]
 
@@ -224,3 +246,29 @@ class EmailThreadRef(TenantOwnedModel):
 
     def __str__(self) -> str:
         return self.message_id_header
+
+
+class SuppressionReason(models.TextChoices):
+    HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    MANUAL = "manual", "Added by an admin"
+
+
+class SuppressedAddress(TenantOwnedModel):
+    """An address automatic emails (acknowledgements) are never sent to, and that the reply
+    composer warns about: added by a hard bounce or by an admin. ``email`` is lower case."""
+
+    email = models.EmailField(max_length=320)
+    reason = models.CharField(max_length=12, choices=SuppressionReason.choices)
+    details = models.TextField(blank=True, help_text="Status code and diagnostic")
+    inbound_email = models.ForeignKey(InboundEmail, on_delete=models.SET_NULL, null=True,
+                                      blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "email"],
+                                    name="suppressed_address_tenant_email_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email} ({self.reason})"

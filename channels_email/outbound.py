@@ -26,8 +26,23 @@ from django.utils import timezone
 from django.utils.html import linebreaks
 
 from channels_email import health, providers
-from channels_email.mime import LOOP_HEADER, BounceInfo, normalize_message_id
-from channels_email.models import ConnectionStatus, EmailConnection, EmailThreadRef, InboundEmail
+from channels_email.mime import (
+    LOOP_HEADER,
+    BounceInfo,
+    BounceRecipient,
+    ParsedEmail,
+    normalize_message_id,
+)
+from channels_email.models import (
+    DEFAULT_ACKNOWLEDGEMENT,
+    ConnectionStatus,
+    EmailConnection,
+    EmailThreadRef,
+    InboundEmail,
+    SuppressedAddress,
+    SuppressionReason,
+)
+from channels_email.selectors import reply_connection_for, reply_recipients, suppressed_among
 from channels_email.tokens import ensure_fresh_token
 from helpdesk.models import Tenant, User
 from helpdesk.tenancy import tenant_scope, unscoped
@@ -35,8 +50,10 @@ from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
 from tickets.services import attachments_add
 
 
-def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo) -> list[int]:
-    """Mark our outbound messages that ``bounce`` refers to as Bounced.
+def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
+                           inbound_email: InboundEmail | None = None) -> list[int]:
+    """Mark our outbound messages that ``bounce`` refers to as Bounced, and put the
+    recipients that bounced hard on the tenant's suppression list.
 
     Matches every Message-ID the report carries (the original message's, and those of
     its In-Reply-To / References) against the ids we registered for outbound messages.
@@ -60,7 +77,37 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo) -> list[int]:
     Message.objects.filter(pk__in=message_ids).update(
         delivery_status=DeliveryStatus.BOUNCED, delivery_error=f"Bounced: {details}"[:2000],
     )
+    _suppress_hard_bounces(tenant=tenant, bounce=bounce, message_ids=message_ids,
+                           inbound_email=inbound_email)
     return message_ids
+
+
+def is_hard_bounce(recipient: BounceRecipient) -> bool:
+    """A permanent failure: an RFC 3463 class 5 status, or a failed action without one."""
+    if recipient.status:
+        return recipient.status.startswith("5")
+    return recipient.action in ("", "failed")
+
+
+def _suppress_hard_bounces(*, tenant: Tenant, bounce: BounceInfo, message_ids: list[int],
+                           inbound_email: InboundEmail | None) -> None:
+    """Put hard-bounced recipients on the tenant's suppression list. Only addresses we
+    actually sent the bounced messages to count: a forged report cannot suppress a
+    stranger, and a soft bounce (4.x.x) never suppresses."""
+    sent_to = set()
+    for to, cc in Message.objects.filter(pk__in=message_ids).values_list("to_addresses",
+                                                                         "cc_addresses"):
+        sent_to.update(a.lower() for a in [*to, *cc])
+    rows = {}
+    for r in bounce.recipients:
+        address = (r.recipient or "").strip().lower()
+        if address in sent_to and is_hard_bounce(r):
+            rows[address] = SuppressedAddress(
+                tenant=tenant, email=address, reason=SuppressionReason.HARD_BOUNCE,
+                details=" ".join(p for p in (r.status, r.diagnostic) if p)[:2000],
+                inbound_email=inbound_email)
+    if rows:
+        SuppressedAddress.objects.bulk_create(rows.values(), ignore_conflicts=True)
 
 
 # ------------------------------------------------------------------------ replies
@@ -90,25 +137,45 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
                  cc: list[str] | None = None,
                  attachments: list[tuple[str, bytes, str]] = ()) -> Message:
     """An agent's reply: a Pending outbound Message with our own Message-ID (registered for
-    threading), written in the caller's transaction; the send is queued on commit."""
-    connection = ticket.email_connection
+    threading), written in the caller's transaction; the send is queued on commit.
+
+    It goes out through the mailbox mapped for replies from the ticket's mailbox (default:
+    that mailbox itself), or the workspace's default mailbox for a ticket that did not come
+    by email; ValueError when there is neither. ``to`` defaults to the latest inbound
+    mail's Reply-To, else its sender; ``cc`` to the ticket's CC addresses; our own
+    addresses are never copied."""
+    connection = reply_connection_for(ticket=ticket)
     if connection is None:
-        raise ValueError("this ticket has no email connection to reply through")
-    latest = (ticket.messages.filter(kind=MessageKind.INBOUND)
-              .select_related("author_contact").order_by("-created_at", "-id").first())
-    own = connection.own_addresses
-    recipients = [a.lower() for a in (to or [ticket.contact.email]) if a]
-    copies = [a.lower() for a in (cc if cc is not None else ticket.cc_addresses)
-              if a and a.lower() not in own and a.lower() not in recipients]
+        raise ValueError("there is no mailbox to reply from: this ticket did not come by "
+                         "email and the workspace has no default mailbox")
+    default_to, default_cc = reply_recipients(ticket=ticket)
+    return _outbound_create(ticket=ticket, connection=connection, author=author,
+                            body_text=body_text, to=default_to if to is None else to,
+                            cc=default_cc if cc is None else cc, attachments=attachments)
+
+
+def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: User | None,
+                     body_text: str, to: list[str], cc: list[str],
+                     attachments=(), auto_submitted: bool = False) -> Message:
+    own = {a.lower() for a in connection.own_addresses}
+    if ticket.email_connection_id and ticket.email_connection_id != connection.pk:
+        own |= {a.lower() for a in ticket.email_connection.own_addresses}
+    recipients = list(dict.fromkeys(a.lower() for a in to if a and a.lower() not in own))
+    if not recipients:
+        raise ValueError("the reply has no recipient outside our own mailboxes")
+    copies = list(dict.fromkeys(a.lower() for a in cc if a and a.lower() not in own
+                                and a.lower() not in recipients))
+    latest = (Message.objects.filter(ticket=ticket, kind=MessageKind.INBOUND)
+              .order_by("-created_at", "-id").values_list("subject", flat=True).first())
     domain = connection.address.rsplit("@", 1)[-1]
     with transaction.atomic():
         message = Message.objects.create(
             tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
-            subject=reply_subject(latest.subject if latest else ticket.title)[:998],
+            subject=reply_subject(latest if latest is not None else ticket.title)[:998],
             body_text=body_text, author_user=author,
             body_html=linebreaks(body_text, autoescape=True),
             delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,
-            cc_addresses=copies, email_connection=connection,
+            cc_addresses=copies, email_connection=connection, auto_submitted=auto_submitted,
             message_id_header=normalize_message_id(make_msgid(domain=domain)),
         )
         EmailThreadRef.objects.create(tenant_id=ticket.tenant_id, ticket=ticket,
@@ -120,6 +187,68 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
         Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now())
         transaction.on_commit(lambda: _queue_send(message.pk))
     return message
+
+
+# ------------------------------------------------------------ acknowledgements
+
+ACK_WINDOW = timedelta(hours=1)
+ROBOT_LOCAL_PARTS = re.compile(
+    r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?|notifications?)([+\-.]|$)",
+    re.IGNORECASE)
+
+
+def acknowledgement_skip_reason(*, ticket: Ticket, parsed: ParsedEmail, address: str,
+                                tenant_addresses: set[str]) -> str:
+    """Why the new ticket's acknowledgement must not go to ``address`` ("" when it may).
+
+    Never to an auto-submitted sender (RFC 3834), a loop suspect (our own loop header,
+    one of our own addresses, a robot mailbox, or an address acknowledged within the past
+    hour), a suppressed address, or a sender whose DMARC verdict is fail (the From is
+    likely forged: we would be mailing a bystander)."""
+    if parsed.is_auto_reply:
+        return f"auto-submitted sender ({parsed.auto_reply_reason or 'auto-reply'})"
+    if parsed.loop_marker or address in tenant_addresses or \
+            ROBOT_LOCAL_PARTS.match(address.split("@", 1)[0]):
+        return "loop suspect"
+    if parsed.dmarc == "fail":
+        return "the sender failed DMARC"
+    if suppressed_among(tenant_id=ticket.tenant_id, addresses=[address]):
+        return "the address is on the suppression list"
+    recent = Message.objects.filter(
+        tenant_id=ticket.tenant_id, auto_submitted=True, to_addresses__contains=[address],
+        created_at__gte=timezone.now() - ACK_WINDOW).exists()
+    if recent:
+        return "loop suspect: acknowledged within the past hour"
+    return ""
+
+
+def _acknowledgement_body(template: str, ticket: Ticket) -> str:
+    # Only these three placeholders: str.format would also evaluate attribute lookups.
+    values = {"name": ticket.contact.display_name, "number": str(ticket.number),
+              "subject": ticket.title}
+    return re.sub(r"\{(name|number|subject)\}", lambda m: values[m.group(1)], template)
+
+
+def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
+                           parsed: ParsedEmail, tenant_addresses: set[str]
+                           ) -> tuple[Message | None, str]:
+    """The optional confirmation of a new email ticket (the connection's setting, off by
+    default): an outbound Message marked Auto-Submitted, with the ticket number in its
+    body, tracked like any reply. Runs in the ingest transaction and tenant scope; returns
+    (message, "") or (None, why it was not sent)."""
+    sender = connection.reply_connection if connection.reply_connection_id else connection
+    to = [a.email for a in parsed.reply_to if a.email] or \
+        ([parsed.from_.email] if parsed.from_ else [])
+    if not to:
+        return None, "no sender address"
+    reason = acknowledgement_skip_reason(ticket=ticket, parsed=parsed, address=to[0],
+                                         tenant_addresses=tenant_addresses)
+    if reason:
+        return None, reason
+    body = _acknowledgement_body(connection.acknowledgement_text or DEFAULT_ACKNOWLEDGEMENT,
+                                 ticket)
+    return _outbound_create(ticket=ticket, connection=sender, author=None, body_text=body,
+                            to=to[:1], cc=[], auto_submitted=True), ""
 
 
 def _queue_send(message_pk: int) -> None:
@@ -141,7 +270,11 @@ def _thread_context(message: Message) -> tuple[str, list[str], str]:
     parent = latest.message_id_header
     chain = [r for r in refs if r != parent]
     chain = (chain[:1] + chain[1:][-(REFERENCES_KEEP - 2):]) if chain else []
-    return parent, [*chain, parent] if parent else chain, latest.provider_thread_id
+    # A provider thread id means something in its own mailbox only: a reply sent through
+    # another mailbox threads by its headers alone.
+    thread_id = latest.provider_thread_id \
+        if latest.connection_id == message.email_connection_id else ""
+    return parent, [*chain, parent] if parent else chain, thread_id
 
 
 def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, str]:
@@ -160,6 +293,8 @@ def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, st
         mime["In-Reply-To"] = f"<{parent}>"
         mime["References"] = " ".join(f"<{r}>" for r in references)
     mime[LOOP_HEADER] = str(message.tenant_id)
+    if message.auto_submitted:
+        mime["Auto-Submitted"] = "auto-replied"  # RFC 3834 section 5
     mime.set_content(message.body_text)
     html = message.body_html or linebreaks(message.body_text, autoescape=True)
     mime.add_alternative(html, subtype="html")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from channels_email.models import EmailConnection, InboundEmail, InboundState
+from channels_email.models import EmailConnection, InboundEmail, InboundState, SuppressedAddress
 from helpdesk.models import Tenant
 
 ATTENTION_STATES = (InboundState.QUARANTINED, InboundState.FAILED)
@@ -24,3 +24,65 @@ def inbound_email_get(*, tenant: Tenant, inbound_email_id: int) -> InboundEmail:
 
 def connections_for_tenant(*, tenant: Tenant) -> QuerySet[EmailConnection]:
     return EmailConnection.objects.filter(tenant=tenant).order_by("address")
+
+
+def reply_connection_for(*, ticket) -> EmailConnection | None:
+    """The mailbox replies on ``ticket`` go out through: the one mapped for replies from the
+    ticket's own mailbox (default: that mailbox), else the workspace's default mailbox
+    (tickets that did not come by email). None when there is neither."""
+    inbound = ticket.email_connection
+    if inbound is not None:
+        if inbound.reply_connection_id:
+            mapped = EmailConnection.objects.filter(tenant_id=ticket.tenant_id,
+                                                    pk=inbound.reply_connection_id).first()
+            if mapped is not None:
+                return mapped
+        return inbound
+    return EmailConnection.objects.filter(tenant_id=ticket.tenant_id, is_default=True).first()
+
+
+def reply_recipients(*, ticket) -> tuple[list[str], list[str]]:
+    """(To, CC) for a reply: To is the latest inbound mail's Reply-To, else its sender,
+    else the ticket's contact; CC is the ticket's CC addresses without any address of the
+    workspace's mailboxes (connected or alias) and without the To."""
+    from tickets.models import MessageKind
+
+    latest = (InboundEmail.objects.filter(tenant_id=ticket.tenant_id,
+                                          message__ticket_id=ticket.pk,
+                                          message__kind=MessageKind.INBOUND)
+              .order_by("-message__created_at", "-message_id")
+              .values_list("details", "from_address").first())
+    own = tenant_addresses(tenant_id=ticket.tenant_id)
+    candidates = []
+    if latest is not None:
+        details, sender = latest
+        candidates += [(details or {}).get("reply_to", []), [sender]]
+    candidates.append([ticket.contact.email])
+    # The first of Reply-To, From, contact that names somebody outside our own mailboxes.
+    to = next(([a.lower() for a in c if a and a.lower() not in own] for c in candidates
+               if any(a and a.lower() not in own for a in c)), [])
+    cc = [a for a in ticket.cc_addresses if a.lower() not in own and a.lower() not in to]
+    return to, cc
+
+
+def tenant_addresses(*, tenant_id: int) -> set[str]:
+    """Every address of the workspace's mailboxes, connected and alias, lower case."""
+    addresses = set()
+    for address, aliases in EmailConnection.objects.filter(tenant_id=tenant_id).values_list(
+            "address", "alias_addresses"):
+        addresses.add(address.lower())
+        addresses.update(a.lower() for a in aliases)
+    return addresses
+
+
+def suppressed_among(*, tenant_id: int, addresses) -> dict[str, SuppressedAddress]:
+    """The suppression entries for any of ``addresses`` (case-insensitive), by address."""
+    wanted = [a.lower() for a in addresses if a]
+    if not wanted:
+        return {}
+    return {s.email: s for s in SuppressedAddress.objects.filter(tenant_id=tenant_id,
+                                                                 email__in=wanted)}
+
+
+def suppressions_for_tenant(*, tenant: Tenant) -> QuerySet[SuppressedAddress]:
+    return SuppressedAddress.objects.filter(tenant=tenant).order_by("-created_at", "-id")

@@ -14,6 +14,7 @@ from channels_email.models import (
     InboundEmail,
     InboundState,
     Provider,
+    SuppressedAddress,
 )
 from helpdesk import sql
 from helpdesk.models import Tenant, User
@@ -93,3 +94,32 @@ def inbound_email_reset_for_reprocess(*, inbound_email: InboundEmail, actor: Use
                          details={"previous_state": inbound_email.state,
                                   "previous_reason": inbound_email.reason[:500]})
     return bool(updated)
+
+
+def connection_settings_save(*, connection: EmailConnection, actor: User | None,
+                             changed: list[str]) -> EmailConnection:
+    """Save a connection's edited settings (audited). Making it the workspace's default
+    mailbox takes that role from the previous one in the same transaction (a partial
+    unique constraint allows one default per tenant)."""
+    with transaction.atomic():
+        if connection.is_default:
+            EmailConnection.objects.filter(tenant_id=connection.tenant_id, is_default=True) \
+                .exclude(pk=connection.pk).update(is_default=False)
+        connection.save()
+        if changed:
+            audit_record(tenant=connection.tenant, actor=actor,
+                         action="email_connection.settings_changed", target=connection,
+                         details={"fields": changed})
+    return connection
+
+
+def suppression_remove(*, tenant: Tenant, suppression_id: int, actor: User | None) -> bool:
+    """Take an address off the suppression list (audited); False when it is not on it."""
+    with transaction.atomic():
+        entry = SuppressedAddress.objects.filter(tenant=tenant, pk=suppression_id).first()
+        if entry is None:
+            return False
+        entry.delete()
+        audit_record(tenant=tenant, actor=actor, action="suppression.removed", target=None,
+                     details={"email": entry.email, "reason": entry.reason})
+    return True

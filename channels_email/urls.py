@@ -10,6 +10,8 @@ urlpatterns = [
     path("<int:connection_id>/reconnect/", views.connection_reconnect, name="reconnect"),
     path("<int:connection_id>/disconnect/", views.connection_disconnect_view,
          name="disconnect"),
+    path("suppressions/<int:suppression_id>/remove/", views.suppression_remove_view,
+         name="suppression_remove"),
     path("inbound/", views.inbound_attention_list, name="attention"),
     path("inbound/<int:inbound_email_id>/raw/", views.inbound_raw_download, name="raw"),
     path("inbound/<int:inbound_email_id>/reprocess/", views.inbound_reprocess,

@@ -13,15 +13,21 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from channels_email import connect
-from channels_email.forms import RoutingForm
+from channels_email.forms import ConnectionSettingsForm
 from channels_email.ingest import inbound_email_ingest
 from channels_email.models import EmailConnection, InboundEmail, InboundState, Provider
 from channels_email.selectors import (
     connections_for_tenant,
     inbound_email_get,
     inbound_emails_needing_attention,
+    suppressions_for_tenant,
 )
-from channels_email.services import inbound_email_raw_read, inbound_email_reset_for_reprocess
+from channels_email.services import (
+    connection_settings_save,
+    inbound_email_raw_read,
+    inbound_email_reset_for_reprocess,
+    suppression_remove,
+)
 from helpdesk.selectors import membership_for
 from helpdesk.tenancy import tenant_scope
 
@@ -90,9 +96,20 @@ def email_channels(request):
     _require_admin(request)
     return render(request, "channels_email/channels.html", {
         "connections": connections_for_tenant(tenant=request.tenant)
-        .select_related("routing_team", "routing_flow"),
+        .select_related("routing_team", "routing_flow", "reply_connection"),
         "gmail_configured": bool(settings.GOOGLE_CLIENT_ID),
+        "suppressions": suppressions_for_tenant(tenant=request.tenant)[:200],
     })
+
+
+@require_POST
+def suppression_remove_view(request, suppression_id: int):
+    _require_admin(request)
+    if not suppression_remove(tenant=request.tenant, suppression_id=suppression_id,
+                              actor=request.user):
+        raise Http404("No such address on the suppression list")
+    messages.success(request, "Removed from the suppression list.")
+    return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
 
 
 @require_POST
@@ -123,12 +140,15 @@ def connection_disconnect_view(request, connection_id: int):
 
 
 def connection_detail(request, connection_id: int):
-    """Routing of a connection (Team or Flow and its target); applies to new mail only."""
+    """A connection's settings: routing (Team or Flow and its target; applies to new mail
+    only), the reply mailbox, default mailbox and acknowledgement."""
     conn = _connection(request, connection_id)
-    form = RoutingForm(request.POST or None, instance=conn, tenant=request.tenant)
+    form = ConnectionSettingsForm(request.POST or None, instance=conn, tenant=request.tenant)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        messages.success(request, "Routing saved. It applies to mail that arrives from now on.")
+        connection_settings_save(connection=form.save(commit=False), actor=request.user,
+                                 changed=form.changed_data)
+        messages.success(request, "Settings saved. Routing applies to mail that arrives from "
+                                  "now on.")
         return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
     return render(request, "channels_email/connection.html", {"connection": conn, "form": form})
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("<int:number>/", views.ticket_detail_view, name="detail"),
     path("<int:number>/reply/", views.ticket_reply_view, name="reply"),
     path("<int:number>/update/", views.ticket_update_view, name="update"),
+    path("<int:number>/merge/", views.ticket_merge_view, name="merge"),
     path("<int:number>/attachments/<int:attachment_id>/", views.attachment_download_view,
          name="attachment"),
     path("<int:number>/messages/<int:message_id>/delivery/", views.message_delivery_view,

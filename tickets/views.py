@@ -24,9 +24,9 @@ from tickets.models import (
     TicketPriority,
     TicketStatus,
 )
-from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
 from tickets.notifications import notifications_mark_read
-from tickets.services import note_add, ticket_update
+from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
+from tickets.services import note_add, ticket_merge, ticket_update
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -74,14 +74,20 @@ def ticket_detail_view(request, number: int):
 
 
 def _detail_context(request, ticket: Ticket, form=None) -> dict:
-    own = ticket.email_connection.own_addresses if ticket.email_connection else set()
+    from channels_email.selectors import reply_connection_for, reply_recipients, suppressed_among
+
+    to, cc = reply_recipients(ticket=ticket)
+    shown_cc = getattr(form, "cleaned_data", {}).get("cc", cc) if form is not None else cc
     return {
         "ticket": ticket,
         "timeline": ticket_timeline(ticket=ticket),
         "other_tickets": tickets_for_contact(tenant=request.tenant,
                                              contact_id=ticket.contact_id).exclude(pk=ticket.pk)[:10],
-        "reply_form": form or ReplyForm(initial={
-            "cc": ", ".join(a for a in ticket.cc_addresses if a not in own)}),
+        "reply_form": form or ReplyForm(initial={"cc": ", ".join(cc)}),
+        "reply_to": to,
+        "reply_from": reply_connection_for(ticket=ticket),
+        "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
+                                            addresses=[*to, *shown_cc]).values()),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),
         "statuses": TicketStatus.choices,
         "priorities": TicketPriority.choices,
@@ -141,14 +147,15 @@ def ticket_reply_view(request, number: int):
             note_add(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
                      attachments=attachments)
             messages.success(request, "Note added.")
-        elif ticket.email_connection is None:
-            form.add_error(None, "This ticket did not come by email, so there is no mailbox "
-                                 "to reply from.")
-            return render(request, "tickets/ticket_detail.html",
-                          _detail_context(request, ticket, form), status=400)
         else:
-            reply_create(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
-                         cc=form.cleaned_data["cc"], attachments=attachments)
+            try:
+                reply_create(ticket=ticket, author=request.user,
+                             body_text=form.cleaned_data["body"], cc=form.cleaned_data["cc"],
+                             attachments=attachments)
+            except ValueError as exc:
+                form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")
+                return render(request, "tickets/ticket_detail.html",
+                              _detail_context(request, ticket, form), status=400)
             messages.success(request, "Reply queued; its delivery status shows below.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
 
@@ -226,6 +233,28 @@ def ticket_update_view(request, number: int):
                      for name in ("status", "priority", "team", "assignee")})
     messages.success(request, "Ticket updated.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
+
+
+@require_POST
+def ticket_merge_view(request, number: int):
+    """Merge this ticket into the one numbered ``into``: its messages, attachments and
+    thread move there and this ticket closes with a link to it."""
+    source = _ticket_or_404(request, number)
+    into = _int_or_none(request.POST.get("into", "").strip().lstrip("#"))
+    try:
+        target = ticket_get(tenant=request.tenant, number=into) if into else None
+    except Ticket.DoesNotExist:
+        target = None
+    if target is None:
+        messages.error(request, "Merge: enter the number of an existing ticket.")
+        return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
+    try:
+        ticket_merge(source=source, target=target, actor=request.user)
+    except ValueError as exc:
+        messages.error(request, f"Merge refused: {exc}.")
+        return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
+    messages.success(request, f"#{source.number} was merged into this ticket.")
+    return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=target.number)
 
 
 # ------------------------------------------------------------------ notifications

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from channels_email import outbound
-from channels_email.models import EmailConnection
+from channels_email.models import EmailConnection, InboundEmail
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
     admin_client,
@@ -47,8 +47,6 @@ def sent_mail(sandbox) -> list[dict]:
 
 
 def ticket_thread(tenant, ticket) -> str:
-    from channels_email.models import InboundEmail
-
     with tenant_scope(tenant):
         return InboundEmail.objects.filter(ticket=ticket).first().provider_thread_id
 
@@ -167,6 +165,9 @@ def test_a_bounce_for_our_reply_marks_it_bounced_and_makes_no_ticket(conversatio
         assert "5.1.1" in message.delivery_error and "maria@customer.example" in \
             message.delivery_error
         assert Ticket.objects.count() == 1 and ticket.messages.count() == 2
+        report = InboundEmail.objects.get(state="skipped")
+        assert report.reason.startswith("bounce") and report.message_id == message.pk
+        assert report.ticket_id == ticket.pk
 
 
 def test_agent_replies_and_notes_from_the_ticket_view(conversation, client, tenant, agent):
@@ -229,7 +230,6 @@ def test_retry_button_requeues_a_failed_reply(conversation, client, tenant, agen
 
 def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # noqa: F811
         gmail, admin_client, tenant):  # noqa: F811
-    from channels_email.models import InboundEmail
     from tickets.services import ticket_merge
 
     sandbox, _ = gmail

@@ -6,6 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
+from channels_email.models import SuppressedAddress
 from contacts.models import Contact
 from helpdesk.models import Role, Tenant
 from helpdesk.services import tenant_create
@@ -69,6 +70,8 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
                                            message__tenant=victim).pk,
         "message_id": MessageFactory(tenant=victim, ticket=tickets[-1], kind="outbound",
                                      delivery_status="failed").pk,
+        "suppression_id": SuppressedAddress.objects.create(
+            tenant=victim, email="bounced@example.net", reason="hard_bounce").pk,
         # Not an object, but a URL word: an unknown provider must be a 404 too.
         "provider": "no-such-provider",
     }
@@ -114,6 +117,7 @@ def test_member_of_a_gets_404_for_every_object_of_b(client):
         from helpdesk.models import Invitation
 
         assert Invitation.objects.filter(pk=b_objects["invitation_id"]).exists()
+        assert SuppressedAddress.objects.filter(pk=b_objects["suppression_id"]).exists()
 
 
 @pytest.mark.django_db

@@ -211,3 +211,35 @@ def test_agents_change_status_priority_team_assignee_and_assign_to_me(agent_clie
     with tenant_scope(tenant):
         ticket.refresh_from_db()
     assert ticket.team == team and ticket.status == "pending"
+
+
+@pytest.mark.django_db
+def test_agents_merge_a_ticket_into_another_from_the_sidebar(agent_client, tenant,
+                                                             other_tenant):
+    survivor, duplicate = TicketFactory(tenant=tenant), TicketFactory(tenant=tenant)
+    for ticket in (survivor, duplicate):
+        MessageFactory(tenant=tenant, ticket=ticket, kind=MessageKind.INBOUND)
+    foreign = TicketFactory(tenant=other_tenant)
+    url = f"/{tenant.slug}/tickets/{duplicate.number}/merge/"
+    page = agent_client.get(f"/{tenant.slug}/tickets/{duplicate.number}/").content.decode()
+    assert 'name="into"' in page
+
+    # Unknown numbers (another workspace's ticket among them) and itself are refused.
+    unknown = max(survivor.number, duplicate.number, foreign.number) + 100
+    for into in ("", "abc", str(unknown), str(duplicate.number)):
+        answer = agent_client.post(url, {"into": into}, follow=True)
+        assert b"Merge" in answer.content and answer.redirect_chain[-1][0].endswith(
+            f"/tickets/{duplicate.number}/")
+    with tenant_scope(tenant):
+        duplicate.refresh_from_db()
+        assert duplicate.merged_into is None and duplicate.messages.count() == 1
+
+    answer = agent_client.post(url, {"into": f"#{survivor.number}"})
+    assert answer.status_code == 302 and answer["Location"].endswith(
+        f"/tickets/{survivor.number}/")
+    with tenant_scope(tenant):
+        duplicate.refresh_from_db()
+        assert duplicate.merged_into == survivor and duplicate.status == TicketStatus.CLOSED
+        assert survivor.messages.count() == 2
+    page = agent_client.get(f"/{tenant.slug}/tickets/{duplicate.number}/").content.decode()
+    assert "Merged into" in page and 'name="into"' not in page

@@ -13,7 +13,7 @@ import re
 
 from django import template
 from django.urls import reverse
-from django.utils.html import escape
+from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
 from channels_email.mime import reply_part
@@ -50,3 +50,23 @@ def message_body(context, message):
             f'<details class="quoted"><summary>Show quoted text</summary>'
             f'<div class="body">{escape(text)}</div></details>')
     return mark_safe(f'<div class="body">{escape(text)}</div>')
+
+
+DMARC_LABELS = {
+    "pass": ("dmarc-pass", "DMARC pass", "The sender's domain vouches for this mail."),
+    "fail": ("dmarc-fail", "DMARC fail",
+             "The sender's domain did not vouch for this mail: the From address may be "
+             "forged. Be careful with links, attachments and requests for data."),
+}
+
+
+@register.simple_tag
+def dmarc_badge(message):
+    """The sender's DMARC verdict (from the receiving server's Authentication-Results) on
+    an inbound message; a fail stands out. Nothing when the mail carried no verdict."""
+    inbound = next(iter(message.inbound_emails.all()), None)
+    verdict = (inbound.details or {}).get("dmarc", "none") if inbound else "none"
+    if verdict not in DMARC_LABELS:
+        return ""
+    css, label, title = DMARC_LABELS[verdict]
+    return format_html('<span class="badge {}" title="{}">{}</span>', css, title, label)

@@ -1,0 +1,350 @@
+"""Who a reply goes to and through which mailbox, the suppression list, the optional
+acknowledgement of new tickets, and the DMARC verdict in the ticket view; over the Gmail
+sandbox over HTTP."""
+
+from __future__ import annotations
+
+import base64
+from email import message_from_bytes
+from email.policy import default
+
+import pytest
+import requests
+
+from channels_email import outbound
+from channels_email.models import EmailConnection, SuppressedAddress
+from channels_email.selectors import reply_recipients
+from helpdesk.models import AuditEvent
+from helpdesk.tenancy import tenant_scope
+from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
+    admin_client,
+    connect_mailbox,
+    deliver,
+    gmail,
+    run_tasks,
+)
+from tests.channels_email.test_outbound import (  # noqa: F401 - fixtures
+    conversation,
+    reply,
+    sent_mail,
+)
+from tests.factories import ContactFactory, TicketFactory
+from tickets.models import DeliveryStatus, Message, Ticket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PASS = ("mx.google.com; spf=pass smtp.mailfrom=customer.example; "
+        "dmarc=pass header.from=customer.example")
+FAIL = ("mx.google.com; spf=fail smtp.mailfrom=customer.example; "
+        "dmarc=fail header.from=customer.example")
+
+
+def mime_of(sent: dict):
+    return message_from_bytes(base64.b64decode(sent["raw"]), policy=default)
+
+
+def a_dsn(message: Message, recipient: str, status: str, action: str = "failed") -> bytes:
+    return (
+        "From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>\r\n"
+        "To: support@acme.test\r\nSubject: Delivery Status Notification\r\n"
+        "Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nDelivery problem.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; googlemail.com\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: {action}\r\n"
+        f"Status: {status}\r\nDiagnostic-Code: smtp; 550 {status} mailbox unavailable\r\n"
+        "\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: <{message.message_id_header}>\r\nSubject: {message.subject}\r\n"
+        "\r\n--B--\r\n"
+    ).encode()
+
+
+def deliver_raw(sandbox, to: str, raw: bytes) -> None:
+    requests.post(sandbox + "/_sandbox/deliver", json={
+        "to": to, "raw": base64.b64encode(raw).decode()}, timeout=5).raise_for_status()
+
+
+# ------------------------------------------------------------------ recipients
+
+
+def test_reply_goes_to_the_latest_reply_to_and_never_copies_our_own_addresses(
+        gmail, admin_client, tenant, admin_user):  # noqa: F811
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+        conn.alias_addresses = ["help@acme.test"]
+        conn.save()
+    deliver(sandbox, "support@acme.test", "Invoice wrong",
+            headers={"Reply-To": "Accounts <accounts@customer.example>",
+                     "Cc": "help@acme.test, Bob <bob@customer.example>"})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get()
+        # An agent later added our alias to the ticket's CC by hand: still never copied.
+        Ticket.objects.filter(pk=ticket.pk).update(
+            cc_addresses=["bob@customer.example", "help@acme.test"])
+        ticket.refresh_from_db()
+        assert reply_recipients(ticket=ticket) == (["accounts@customer.example"],
+                                                   ["bob@customer.example"])
+    message = reply(tenant, ticket, admin_user)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    mime = mime_of(sent_mail(sandbox)[-1])
+    assert mime["To"] == "accounts@customer.example" and mime["Cc"] == "bob@customer.example"
+
+    # A later mail without Reply-To: the next reply goes to its sender.
+    deliver(sandbox, "support@acme.test", "Re: Invoice wrong",
+            headers={"In-Reply-To": f"<{message.message_id_header}>"})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert reply_recipients(ticket=ticket)[0] == ["maria@customer.example"]
+
+
+def test_a_reply_to_naming_our_own_mailbox_falls_back_to_the_sender(
+        conversation, tenant):  # noqa: F811
+    from channels_email.models import InboundEmail
+
+    _, conn, ticket = conversation
+    with tenant_scope(tenant):
+        InboundEmail.objects.filter(ticket=ticket).update(
+            details={"reply_to": ["support@acme.test"]})
+        assert reply_recipients(ticket=ticket)[0] == ["maria@customer.example"]
+
+
+# -------------------------------------------------------------- which mailbox
+
+
+def test_replies_go_out_through_the_mapped_mailbox_without_the_other_mailboxs_thread(
+        gmail, admin_client, tenant, admin_user):  # noqa: F811
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    connect_mailbox(admin_client, tenant, "replies@acme.test")
+    with tenant_scope(tenant):
+        support = EmailConnection.objects.get(address="support@acme.test")
+        replies = EmailConnection.objects.get(address="replies@acme.test")
+    answer = admin_client.post(f"/{tenant.slug}/settings/email/{support.pk}/", {
+        "display_name": "Acme", "routing_mode": "none", "reply_connection": replies.pk,
+        "acknowledgement_text": "Ticket #{number}"})
+    assert answer.status_code == 302
+    deliver(sandbox, "support@acme.test", "Where is my order")
+    run_tasks(support.pk)
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get()
+        assert AuditEvent.objects.filter(action="email_connection.settings_changed").exists()
+    message = reply(tenant, ticket, admin_user)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    [sent] = sent_mail(sandbox)
+    assert sent["mailbox"] == "replies@acme.test"
+    assert mime_of(sent)["From"] == "replies@acme.test"
+    # Sent without support@'s Gmail thread id (meaningless in another mailbox), threaded
+    # by its headers: the customer's answer to it, reaching replies@, joins the ticket.
+    deliver(sandbox, "replies@acme.test", "Re: Where is my order",
+            headers={"In-Reply-To": f"<{message.message_id_header}>"})
+    run_tasks(replies.pk)
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
+
+
+def test_a_ticket_that_did_not_come_by_email_replies_through_the_default_mailbox(
+        gmail, admin_client, tenant, admin_user, agent):  # noqa: F811
+    from django.test import Client
+
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    connect_mailbox(admin_client, tenant, "hello@acme.test")
+    with tenant_scope(tenant):
+        support = EmailConnection.objects.get(address="support@acme.test")
+        hello = EmailConnection.objects.get(address="hello@acme.test")
+        phoned = TicketFactory(tenant=tenant, contact=ContactFactory(
+            tenant=tenant, email="caller@customer.example"), source_channel="manual")
+    client = Client()  # the agent's browser, beside the admin's
+    client.force_login(agent)
+    url = f"/{tenant.slug}/tickets/{phoned.number}/"
+    assert "No mailbox to reply from" in client.get(url).content.decode()
+    answer = client.post(url + "reply/", {"mode": "reply", "body": "Called you back."})
+    assert answer.status_code == 400 and "no mailbox to reply from" in \
+        answer.content.decode().lower()
+
+    # Making hello@ the default takes the role from support@ (one default per workspace).
+    for conn in (support, hello):
+        assert admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/", {
+            "display_name": "", "routing_mode": "none", "is_default": "on",
+            "acknowledgement_text": "x"}).status_code == 302
+    with tenant_scope(tenant):
+        assert list(EmailConnection.objects.filter(is_default=True)) == [hello]
+    assert "From: hello@acme.test" in client.get(url).content.decode()
+    assert client.post(url + "reply/", {"mode": "reply",
+                                        "body": "Called you back."}).status_code == 302
+    with tenant_scope(tenant):
+        message = phoned.messages.get(kind="outbound")
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    [sent] = sent_mail(sandbox)
+    assert sent["mailbox"] == "hello@acme.test"
+    assert mime_of(sent)["To"] == "caller@customer.example"
+
+
+def test_settings_refuse_unknown_placeholders_and_another_workspaces_mailbox(
+        gmail, admin_client, tenant, other_tenant):  # noqa: F811
+    from tests.factories import EmailConnectionFactory
+
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    foreign = EmailConnectionFactory(tenant=other_tenant)
+    url = f"/{tenant.slug}/settings/email/{conn.pk}/"
+    answer = admin_client.post(url, {"display_name": "", "routing_mode": "none",
+                                     "reply_connection": foreign.pk,
+                                     "send_acknowledgement": "on",
+                                     "acknowledgement_text": "Hi {name.__class__} {nmber}"})
+    page = answer.content.decode()
+    assert answer.status_code == 200
+    assert "Select a valid choice" in page and "Unknown placeholder" in page
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.reply_connection_id is None and not conn.send_acknowledgement
+
+
+# ------------------------------------------------------------------ suppression
+
+
+def test_a_hard_bounce_suppresses_the_address_and_the_composer_warns(
+        conversation, client, tenant, admin_user, agent):  # noqa: F811
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    # A soft bounce (4.x.x) and a report about an address we never wrote to: no entry.
+    deliver_raw(sandbox, "support@acme.test", a_dsn(message, "maria@customer.example",
+                                                    "4.2.2"))
+    deliver_raw(sandbox, "support@acme.test", a_dsn(message, "victim@elsewhere.example",
+                                                    "5.1.1"))
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert not SuppressedAddress.objects.exists()
+    deliver_raw(sandbox, "support@acme.test", a_dsn(message, "maria@customer.example",
+                                                    "5.1.1"))
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        [entry] = SuppressedAddress.objects.all()
+        message.refresh_from_db()
+    assert entry.email == "maria@customer.example" and entry.reason == "hard_bounce"
+    assert "5.1.1" in entry.details and entry.inbound_email_id
+    assert message.delivery_status == DeliveryStatus.BOUNCED
+
+    client.force_login(agent)
+    page = client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
+    assert "maria@customer.example</strong> is on the suppression list" in page
+
+    # Admins see the list and can take the address off it.
+    admin = client
+    admin.force_login(admin_user)
+    listing = admin.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "maria@customer.example" in listing and "Suppression list" in listing
+    answer = admin.post(f"/{tenant.slug}/settings/email/suppressions/{entry.pk}/remove/")
+    assert answer.status_code == 302
+    with tenant_scope(tenant):
+        assert not SuppressedAddress.objects.exists()
+        assert AuditEvent.objects.filter(action="suppression.removed").exists()
+
+
+# -------------------------------------------------------------- acknowledgement
+
+
+@pytest.fixture
+def acknowledging(gmail, admin_client, tenant):  # noqa: F811
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+        assert not conn.send_acknowledgement  # off by default
+    answer = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/", {
+        "display_name": "Acme Support", "routing_mode": "none", "send_acknowledgement": "on",
+        "acknowledgement_text": "Hi {name}, we got it: ticket #{number} ({subject})."})
+    assert answer.status_code == 302
+    return sandbox, conn
+
+
+def acknowledgements(tenant) -> list[Message]:
+    with tenant_scope(tenant):
+        return list(Message.objects.filter(auto_submitted=True).order_by("id"))
+
+
+def test_a_new_ticket_is_acknowledged_once_marked_auto_submitted(acknowledging, tenant):
+    sandbox, conn = acknowledging
+    deliver(sandbox, "support@acme.test", "Printer on fire")
+    run_tasks(conn.pk)
+    [ack] = acknowledgements(tenant)
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get()
+    assert ack.ticket_id == ticket.pk and ack.to_addresses == ["maria@customer.example"]
+    assert outbound.deliver(ack.pk) == DeliveryStatus.DELIVERED
+    [sent] = sent_mail(sandbox)
+    mime = mime_of(sent)
+    assert mime["Auto-Submitted"] == "auto-replied"
+    assert mime["From"] == "Acme Support <support@acme.test>"
+    assert mime["In-Reply-To"] and mime["Subject"] == "Re: Printer on fire"
+    assert mime.get_body(("plain",)).get_content().strip() == \
+        f"Hi Maria Lopez, we got it: ticket #{ticket.number} (Printer on fire)."
+
+    # The customer's follow-up on the same ticket is not acknowledged again.
+    deliver(sandbox, "support@acme.test", "Re: Printer on fire",
+            headers={"In-Reply-To": f"<{ack.message_id_header}>"})
+    run_tasks(conn.pk)
+    assert len(acknowledgements(tenant)) == 1
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 1
+
+
+@pytest.mark.parametrize(("sender", "headers", "why"), [
+    ("robot@customer.example", {"Auto-Submitted": "auto-generated"}, "auto-submitted"),
+    ("maria@customer.example", {"Authentication-Results": FAIL}, "dmarc fail"),
+    ("no-reply@customer.example", {}, "robot mailbox"),
+    ("gone@customer.example", {}, "suppressed"),
+])
+def test_no_acknowledgement_to_automatic_forged_robot_or_suppressed_senders(
+        acknowledging, tenant, sender, headers, why):
+    sandbox, conn = acknowledging
+    with tenant_scope(tenant):
+        conn.skip_auto_replies = False  # let the auto-submitted mail make a ticket at all
+        conn.save()
+        SuppressedAddress.objects.create(tenant=tenant, email="gone@customer.example",
+                                         reason="hard_bounce")
+    requests.post(sandbox + "/_sandbox/deliver", json={
+        "to": "support@acme.test", "from": sender, "subject": f"Case: {why}",
+        "body": "Hello", "headers": headers}, timeout=5).raise_for_status()
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 1, why
+    assert acknowledgements(tenant) == [], why
+
+
+def test_a_sender_is_acknowledged_at_most_once_an_hour(acknowledging, tenant):
+    sandbox, conn = acknowledging
+    for subject in ("First", "Second"):
+        deliver(sandbox, "support@acme.test", subject)
+        run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 2
+    assert len(acknowledgements(tenant)) == 1
+
+
+# ---------------------------------------------------------------------- DMARC
+
+
+def test_the_ticket_view_shows_each_senders_dmarc_verdict_and_flags_a_fail(
+        gmail, admin_client, client, tenant, agent):  # noqa: F811
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    deliver(sandbox, "support@acme.test", "Genuine", headers={"Authentication-Results": PASS})
+    deliver(sandbox, "support@acme.test", "Forged", headers={"Authentication-Results": FAIL})
+    run_tasks(conn.pk)
+    client.force_login(agent)
+    with tenant_scope(tenant):
+        genuine = Ticket.objects.get(title="Genuine")
+        forged = Ticket.objects.get(title="Forged")
+    page = client.get(f"/{tenant.slug}/tickets/{genuine.number}/").content.decode()
+    assert "DMARC pass" in page and "DMARC fail" not in page
+    page = client.get(f"/{tenant.slug}/tickets/{forged.number}/").content.decode()
+    assert 'class="badge dmarc-fail"' in page and "may be forged" in page
