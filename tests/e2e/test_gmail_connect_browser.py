@@ -5,37 +5,15 @@ team's queue, through Pub/Sub push to the live server, the webhook and a real wo
 
 from __future__ import annotations
 
-import os
-import shutil
-
-import pytest
 import requests
 
 from channels_email.models import EmailConnection
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_worker import worker  # noqa: F401 - fixture
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
 from tests.factories import PASSWORD, TeamFactory
-from tests.sandbox_support import use_sandbox_google
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
-                       reason="Debian's chromium is not installed (make test installs it)"),
-]
-TOPIC = "projects/helpdesk-e2e/topics/gmail"
-PUSH_ACCOUNT = "pubsub-push@helpdesk-e2e.iam.gserviceaccount.com"
-
-
-@pytest.fixture
-def gmail(settings, sandbox, live_server):
-    """Settings and sandbox for a browser run against the live server (the fixture name
-    matches test_gmail_worker's worker fixture, which reads the sandbox from it)."""
-    webhook = live_server.url + "/webhooks/google/pubsub/"
-    use_sandbox_google(settings, sandbox, public_base_url=live_server.url, topic=TOPIC,
-                       push_endpoint=webhook, audience=webhook, service_account=PUSH_ACCOUNT)
-    return sandbox, None
+pytestmark = BROWSER_MARKS
 
 
 def test_admin_connects_gmail_in_the_browser_and_mail_reaches_the_team_queue(
@@ -46,8 +24,7 @@ def test_admin_connects_gmail_in_the_browser_and_mail_reaches_the_team_queue(
     sandbox, _ = gmail
     billing = TeamFactory(tenant=tenant, name="Billing")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = launch_chromium(playwright)
         page = browser.new_page()
         page.set_default_timeout(20_000)
         page.goto(live_server.url + "/accounts/login/")
