@@ -829,7 +829,10 @@ class SandboxApp:
                         gmail.add_message(self.store, state, state["mailboxes"][rcpt],
                                           b"Delivered-To: " + rcpt.encode() + b"\r\n" + raw,
                                           ["INBOX", "UNREAD", "CATEGORY_PERSONAL"])
+            held = faultlib.take(state, ("slow_after_send",), "send", mailbox)
         self.worker.wake.set()
+        if held:
+            time.sleep(held["delay"])
         return Response(200, {"id": rec["id"], "threadId": rec["threadId"],
                               "labelIds": rec["labelIds"]})
 

@@ -12,6 +12,9 @@ Kinds:
   server_error       500 backendError (or "status": 502/503/504) (Gmail API by default)
   invalid_argument   400 invalidArgument "Invalid To header" (Gmail API): a permanent refusal
   slow               sleep "delay" seconds, then answer normally (Gmail API by default)
+  slow_after_send    messages.send stores (sends) the message, then holds its answer "delay"
+                     seconds: the window in which a client that dies (or times out) does
+                     not learn that Gmail accepted the mail
   invalid_grant      refresh_token grant answers 400 invalid_grant (token endpoint)
   expired_history    users.history.list answers 404 notFound (Gmail API)
   push_duplicate     each push notification is delivered twice (same messageId)
@@ -27,6 +30,7 @@ KINDS = {
     "server_error": "gmail",
     "invalid_argument": "gmail",
     "slow": "gmail",
+    "slow_after_send": "send",
     "invalid_grant": "token",
     "expired_history": "history",
     "push_duplicate": "push",

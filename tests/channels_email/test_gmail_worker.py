@@ -27,9 +27,9 @@ from tickets.models import Ticket
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def worker(tmp_path, gmail):  # noqa: F811 - the fixture above
-    sandbox, _ = gmail
+def start_worker(sandbox: str, log) -> subprocess.Popen:
+    """A real Celery worker (solo pool) on the test database, Redis and sandbox; its log
+    goes to ``log`` (a path)."""
     db = connection.settings_dict
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     env = dict(
@@ -42,14 +42,21 @@ def worker(tmp_path, gmail):  # noqa: F811 - the fixture above
         GOOGLE_CLIENT_SECRET=settings.GOOGLE_CLIENT_SECRET,
         GMAIL_PUBSUB_TOPIC=settings.GMAIL_PUBSUB_TOPIC,
     )
-    log = tmp_path / "worker.log"
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo", "-Q",
          "ingest,outbound", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-        env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("a"))
+
+
+@pytest.fixture
+def worker(tmp_path, gmail):  # noqa: F811 - the fixture above
+    sandbox, _ = gmail
+    log = tmp_path / "worker.log"
+    proc = start_worker(sandbox, log)
     yield proc, log
-    proc.terminate()
-    proc.wait(timeout=30)
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def wait_for(predicate, proc, log, seconds=60):
@@ -146,3 +153,82 @@ def test_an_agent_reply_is_sent_by_the_worker_and_becomes_delivered(
     wait_for(delivered, proc, log)
     sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
     assert [m["subject"] for m in sent] == ["Re: Printer on fire"]
+
+
+def _a_ticket_to_answer(gmail, admin_client, tenant, worker):  # noqa: F811
+    sandbox, catcher = gmail
+    proc, log = worker
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    forward_pushes(admin_client, catcher, 1)
+    deliver(sandbox, "support@acme.test", "Printer on fire")
+    forward_pushes(admin_client, catcher, 1)
+
+    def ticket_exists():
+        with tenant_scope(tenant):
+            return Ticket.objects.exists()
+
+    wait_for(ticket_exists, proc, log)
+    with tenant_scope(tenant):
+        return Ticket.objects.get()
+
+
+def _reply(tenant, ticket, user):
+    from django.db import transaction
+
+    from channels_email.outbound import reply_create
+
+    with tenant_scope(tenant), transaction.atomic():
+        return reply_create(ticket=ticket, author=user, body_text="We are on it.")
+
+
+def _status(tenant, message):
+    from tickets.models import Message
+
+    with tenant_scope(tenant):
+        return Message.objects.values_list("delivery_status", "attempts").get(pk=message.pk)
+
+
+def test_the_worker_retries_two_server_errors_and_delivers_on_the_third_attempt(
+        gmail, admin_client, tenant, admin_user, worker):  # noqa: F811
+    sandbox, _ = gmail
+    proc, log = worker
+    ticket = _a_ticket_to_answer(gmail, admin_client, tenant, worker)
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "server_error", "count": 2},
+                  timeout=5).raise_for_status()
+    message = _reply(tenant, ticket, admin_user)
+    wait_for(lambda: _status(tenant, message)[0] == "delivered", proc, log)
+    assert _status(tenant, message) == ("delivered", 3)
+    sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
+    assert len(sent) == 1
+
+
+def test_a_worker_killed_after_gmail_accepted_the_reply_does_not_send_it_twice(
+        gmail, admin_client, tenant, admin_user, worker, tmp_path):  # noqa: F811
+    from channels_email.tasks import redrive_pending_replies
+
+    sandbox, _ = gmail
+    proc, log = worker
+    ticket = _a_ticket_to_answer(gmail, admin_client, tenant, worker)
+    # Gmail stores the reply, then holds its answer: the worker dies before hearing it.
+    requests.post(sandbox + "/_sandbox/faults", json={
+        "kind": "slow_after_send", "count": 1, "delay": 20}, timeout=5).raise_for_status()
+    message = _reply(tenant, ticket, admin_user)
+
+    def sent():
+        return requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
+
+    wait_for(lambda: len(sent()) == 1, proc, log)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _status(tenant, message) == ("pending", 1)
+
+    # A new worker, and the beat job that re-drives replies left Pending.
+    replacement = start_worker(sandbox, log)
+    try:
+        assert redrive_pending_replies(older_than_minutes=0) == 1
+        wait_for(lambda: _status(tenant, message)[0] == "delivered", replacement, log)
+    finally:
+        replacement.terminate()
+        replacement.wait(timeout=30)
+    assert _status(tenant, message) == ("delivered", 2)
+    assert len(sent()) == 1  # found among the sent mail by our Message-ID, not re-sent
