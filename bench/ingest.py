@@ -146,9 +146,12 @@ def prefill(tenant, count: int) -> None:
             [tenant.pk, tenant.pk, count])
         cur.execute(
             "INSERT INTO tickets_message (tenant_id, ticket_id, kind, author_contact_id, subject,"
-            " body_text, body_html, created_at, delivery_status, delivery_error, attempts)"
+            " body_text, body_html, created_at, delivery_status, delivery_error, attempts,"
+            " message_id_header, provider_message_id, to_addresses, cc_addresses,"
+            " auto_submitted)"
             " SELECT tenant_id, id, 'inbound', contact_id, title, description, '', created_at,"
-            " '', '', 0 FROM tickets_ticket WHERE tenant_id = %s", [tenant.pk])
+            " '', '', 0, '', '', '{}', '{}', false FROM tickets_ticket WHERE tenant_id = %s",
+            [tenant.pk])
         cur.execute(
             "INSERT INTO channels_email_emailthreadref (tenant_id, message_id_header, ticket_id,"
             " message_id, created_at) SELECT tenant_id, 'prefill-' || id || '@customers.example',"

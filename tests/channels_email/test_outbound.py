@@ -4,11 +4,13 @@ status, retries, permanent failures, and no second copy after a crash."""
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default
 
 import pytest
 import requests
+from django.utils import timezone
 
 from channels_email import outbound
 from channels_email.models import EmailConnection, InboundEmail
@@ -128,6 +130,60 @@ def test_permanent_error_fails_with_a_reason_and_retry_delivers(conversation, te
     with tenant_scope(tenant):
         assert outbound.reply_retry(message=message)
     assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+
+
+def test_throttling_rate_limits_the_mailbox_and_the_reply_waits_pending(conversation, tenant,
+                                                                        admin_user):
+    from channels_email.models import ConnectionStatus
+
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    requests.post(sandbox + "/_sandbox/faults", json={
+        "kind": "too_many_requests", "count": 1, "retry_after": 40}, timeout=5).raise_for_status()
+    with pytest.raises(outbound.SendDeferred) as deferred:
+        outbound.deliver(message.pk)
+    assert 30 <= deferred.value.wait <= 41  # Gmail's Retry-After, not a guess
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        message.refresh_from_db()
+    assert conn.status == ConnectionStatus.RATE_LIMITED and conn.rate_limited_until
+    assert message.delivery_status == DeliveryStatus.PENDING and message.attempts == 1
+    # Until rate_limited_until the mailbox is not even asked.
+    with pytest.raises(outbound.SendDeferred):
+        outbound.deliver(message.pk)
+    with tenant_scope(tenant):
+        assert Message.objects.get(pk=message.pk).attempts == 1
+        EmailConnection.objects.filter(pk=conn.pk).update(
+            rate_limited_until=timezone.now() - timedelta(seconds=1))
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.status == ConnectionStatus.ACTIVE and len(sent_mail(sandbox)) == 1
+
+
+def test_a_revoked_sign_in_fails_the_reply_with_reconnect_needed(conversation, tenant,
+                                                                 admin_user):
+    from channels_email.models import ConnectionStatus
+
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    requests.post(sandbox + "/_sandbox/revoke-all", json={"email": "support@acme.test"},
+                  timeout=5).raise_for_status()
+    with tenant_scope(tenant):
+        conn.credentials = dict(conn.credentials, expires_at="2000-01-01T00:00:00+00:00")
+        conn.save(update_fields=["credentials"])
+    assert outbound.deliver(message.pk) == DeliveryStatus.FAILED
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        message.refresh_from_db()
+    assert conn.status == ConnectionStatus.TOKEN_EXPIRED
+    assert "reconnected" in message.delivery_error
+    # The next reply on the expired mailbox fails at once, saying what to do.
+    second = reply(tenant, ticket, admin_user, text="Still there?")
+    assert outbound.deliver(second.pk) == DeliveryStatus.FAILED
+    with tenant_scope(tenant):
+        second.refresh_from_db()
+    assert "reconnect needed" in second.delivery_error and sent_mail(sandbox) == []
 
 
 def test_reply_subject_does_not_stack():
