@@ -189,6 +189,27 @@ def test_ticket_view_shows_sanitised_html_with_inline_images_and_folds_quotes(ag
 
 
 @pytest.mark.django_db
+def test_quoted_history_in_an_html_body_folds_behind_the_toggle(agent_client, tenant):
+    from tests.factories import MessageFactory, TicketFactory
+
+    ticket = TicketFactory(tenant=tenant)
+    MessageFactory(tenant=tenant, ticket=ticket, body_html=(
+        '<div dir="ltr"><p>It <b>still</b> fails.</p><div class="gmail_quote">'
+        "<div>On Mon, Support wrote:</div><blockquote><p>Try again, please.</p>"
+        "<blockquote>Older</blockquote></blockquote></div></div>"))
+    MessageFactory(tenant=tenant, ticket=ticket,
+                   body_html="<blockquote>Only a forwarded quote</blockquote>")
+    page = agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
+    new, _, rest = page.partition('<details class="quoted">')
+    assert "It <b>still</b> fails." in new and "Try again" not in new
+    folded = rest.partition("</details>")[0]
+    assert "<blockquote><p>Try again, please.</p><blockquote>Older</blockquote></blockquote>" \
+        in folded
+    # A body that is nothing but a quote shows as it is.
+    assert page.count('<details class="quoted">') == 1 and "Only a forwarded quote" in page
+
+
+@pytest.mark.django_db
 def test_agents_change_status_priority_team_assignee_and_assign_to_me(agent_client, tenant,
                                                                       agent):
     from tests.factories import TeamFactory, TenantFactory, TicketFactory

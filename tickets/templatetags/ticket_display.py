@@ -13,7 +13,7 @@ import re
 
 from django import template
 from django.urls import reverse
-from django.utils.html import escape, format_html
+from django.utils.html import escape, format_html, strip_tags
 from django.utils.safestring import mark_safe
 
 from channels_email.mime import reply_part
@@ -22,6 +22,20 @@ from channels_email.sanitize import sanitize_html
 register = template.Library()
 RASTER = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 CID_SRC = re.compile(r'src="cid:([^"]+)"', re.IGNORECASE)
+
+
+QUOTE_START = re.compile(r"<blockquote\b", re.IGNORECASE)
+
+
+def _split_html_quote(html: str) -> tuple[str, str]:
+    """(new part, quoted history) of a sanitised HTML body, split before its first
+    ``<blockquote>`` (how Gmail, Apple Mail and Thunderbird quote what they answer); the
+    quote is "" when there is none or nothing but it. The cut may fall inside open
+    elements: sanitising each part again rebalances its tags."""
+    match = QUOTE_START.search(html)
+    if match is None or not strip_tags(html[:match.start()]).strip():
+        return html, ""
+    return sanitize_html(html[:match.start()]), sanitize_html(html[match.start():])
 
 
 @register.simple_tag(takes_context=True)
@@ -40,8 +54,14 @@ def message_body(context, message):
                 "attachment_id": attachment.pk})
             return f'src="{escape(url)}?inline=1"'
 
-        html = CID_SRC.sub(resolve, sanitize_html(message.body_html))
-        return mark_safe(f'<div class="body html">{html}</div>')  # noqa: S308 - sanitised
+        html = sanitize_html(message.body_html)
+        new, quoted = _split_html_quote(html)
+        if quoted:
+            return mark_safe(  # noqa: S308 - each part sanitised again on its own
+                f'<div class="body html">{CID_SRC.sub(resolve, new)}</div>'
+                f'<details class="quoted"><summary>Show quoted text</summary>'
+                f'<div class="body html">{CID_SRC.sub(resolve, quoted)}</div></details>')
+        return mark_safe(f'<div class="body html">{CID_SRC.sub(resolve, html)}</div>')  # noqa: S308
     text = message.body_text or ""
     new = reply_part(text) if message.kind == "inbound" else text
     if new and new.strip() != text.strip():
