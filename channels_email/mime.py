@@ -499,16 +499,58 @@ def _importance(headers: dict[str, list[str]]) -> str:
     return "normal"
 
 
+def _resinfos(value: str) -> list[str]:
+    """The ``;``-separated parts of an Authentication-Results value (RFC 8601 section 2.2),
+    with comments removed; a ``;`` or ``(`` inside a quoted string or comment is text."""
+    parts, current, depth, quoted, escaped = [], [], 0, False, False
+    for char in value:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                current.append(char)
+            continue
+        if char == "\\":
+            escaped = True
+            if depth == 0:
+                current.append(char)
+            continue
+        if quoted:
+            current.append(char)
+            quoted = char != '"'
+            continue
+        if char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth:
+            continue
+        elif char == '"':
+            quoted = True
+            current.append(char)
+        elif char == ";":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def _dmarc(headers: dict[str, list[str]]) -> str:
-    """The verdict of the topmost Authentication-Results header: the one our receiving
-    provider added (anything below it came from the sender's side and proves nothing)."""
+    """The DMARC verdict of the topmost Authentication-Results header: the one our
+    receiving provider added (anything below it came from the sender's side and proves
+    nothing). Only a result whose method is ``dmarc`` counts (RFC 8601): a ``dmarc=pass``
+    inside another result's properties, such as an envelope sender the attacker chose
+    (``smtp.mailfrom=dmarc=pass@evil.example``), is not a verdict."""
     values = headers.get("authentication-results")
     if not values:
         return "none"
-    match = re.search(r"\bdmarc\s*=\s*([a-z]+)", values[0], re.IGNORECASE)
-    if not match:
-        return "none"
-    verdict = match.group(1).lower()
+    verdict = ""
+    for resinfo in _resinfos(values[0])[1:]:  # the first part is the authserv-id
+        match = re.match(r"\s*dmarc\s*=\s*([a-z]+)\b", resinfo, re.IGNORECASE)
+        if match:
+            verdict = match.group(1).lower()
+            break
     if verdict == "pass":
         return "pass"
     if verdict in ("fail", "quarantine", "reject"):
@@ -560,7 +602,7 @@ def _fill_headers(parsed: ParsedEmail, msg: EmailMessage, headers: dict[str, lis
     parsed.dmarc = _dmarc(headers)
     parsed.loop_marker = _clean(_first(headers, LOOP_HEADER.lower()).strip())[:200]
     for name in ("auto-submitted", "precedence", "return-path", "x-mailer", "list-id",
-                 "authentication-results", "content-type"):
+                 "list-unsubscribe", "authentication-results", "content-type"):
         value = _first(headers, name)
         if value:
             parsed.headers[name] = _clean(decode_header_value(value))[:500]

@@ -232,6 +232,14 @@ def test_threading_headers_are_normalised_and_long_reference_chains_bounded():
     ("mx.google.com; dkim=pass; spf=pass; dmarc=pass (p=REJECT) header.from=c.example", "pass"),
     ("mx.google.com; dmarc=fail (p=QUARANTINE) header.from=c.example", "fail"),
     ("mx.google.com; spf=none", "none"),
+    # The attacker picks the envelope sender Gmail quotes: a "dmarc=pass" there, in a
+    # comment or in a quoted string is not the dmarc method's result (RFC 8601).
+    ("mx.google.com; spf=pass (google.com: domain of dmarc=pass@evil.example designates "
+     "192.0.2.1 as permitted sender) smtp.mailfrom=dmarc=pass@evil.example; "
+     "dmarc=fail (p=REJECT sp=REJECT dis=NONE) header.from=bank.example", "fail"),
+    ("mx.google.com; spf=pass smtp.mailfrom=dmarc=pass@evil.example", "none"),
+    ('mx.google.com; spf=pass smtp.mailfrom="x;dmarc=pass"@evil.example', "none"),
+    ("mx.google.com (trust me; dmarc=pass); spf=none", "none"),
 ])
 def test_dmarc_verdict_comes_from_the_topmost_authentication_results(header, verdict):
     raw = build_email(headers={"Authentication-Results": header})
