@@ -83,10 +83,9 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
 
 
 def is_hard_bounce(recipient: BounceRecipient) -> bool:
-    """A permanent failure: an RFC 3463 class 5 status, or a failed action without one."""
-    if recipient.status:
-        return recipient.status.startswith("5")
-    return recipient.action in ("", "failed")
+    """A permanent failure: an explicit RFC 3463 class 5 status. A report without one (a
+    classic MTA text, which may be a mere warning) never suppresses an address."""
+    return recipient.status.strip().startswith("5")
 
 
 def _suppress_hard_bounces(*, tenant: Tenant, bounce: BounceInfo, message_ids: list[int],
@@ -207,6 +206,10 @@ def acknowledgement_skip_reason(*, ticket: Ticket, parsed: ParsedEmail, address:
     likely forged: we would be mailing a bystander)."""
     if parsed.is_auto_reply:
         return f"auto-submitted sender ({parsed.auto_reply_reason or 'auto-reply'})"
+    # RFC 3834 section 2: never answer list traffic (an answer would go to every member).
+    if parsed.headers.get("list-id") or parsed.headers.get("list-unsubscribe") or \
+            parsed.headers.get("precedence", "").strip().lower() in ("list", "bulk", "junk"):
+        return "mailing list or bulk mail"
     if parsed.loop_marker or address in tenant_addresses or \
             ROBOT_LOCAL_PARTS.match(address.split("@", 1)[0]):
         return "loop suspect"
@@ -234,12 +237,14 @@ def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
                            ) -> tuple[Message | None, str]:
     """The optional confirmation of a new email ticket (the connection's setting, off by
     default): an outbound Message marked Auto-Submitted, with the ticket number in its
-    body, tracked like any reply. Runs in the ingest transaction and tenant scope; returns
-    (message, "") or (None, why it was not sent)."""
-    sender = connection.reply_connection if connection.reply_connection_id else connection
-    to = [a.email for a in parsed.reply_to if a.email] or \
-        ([parsed.from_.email] if parsed.from_ else [])
-    if not to:
+    body, tracked like any reply, sent through the ticket's reply mailbox. Runs in the
+    ingest transaction and tenant scope; returns (message, "") or (None, why not).
+
+    It goes to the From address only, the one DMARC vouched for: never to a Reply-To,
+    which anybody can set to a bystander's address."""
+    sender = reply_connection_for(ticket=ticket)
+    to = [parsed.from_.email] if parsed.from_ and parsed.from_.email else []
+    if not to or sender is None:
         return None, "no sender address"
     reason = acknowledgement_skip_reason(ticket=ticket, parsed=parsed, address=to[0],
                                          tenant_addresses=tenant_addresses)

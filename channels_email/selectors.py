@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from channels_email.models import EmailConnection, InboundEmail, InboundState, SuppressedAddress
+from channels_email.models import (
+    ConnectionStatus,
+    EmailConnection,
+    InboundEmail,
+    InboundState,
+    SuppressedAddress,
+)
 from helpdesk.models import Tenant
 
 ATTENTION_STATES = (InboundState.QUARANTINED, InboundState.FAILED)
@@ -33,18 +39,23 @@ def reply_connection_for(*, ticket) -> EmailConnection | None:
     inbound = ticket.email_connection
     if inbound is not None:
         if inbound.reply_connection_id:
-            mapped = EmailConnection.objects.filter(tenant_id=ticket.tenant_id,
-                                                    pk=inbound.reply_connection_id).first()
+            # A mapped mailbox that was disconnected since falls back to the ticket's own.
+            mapped = (EmailConnection.objects.filter(tenant_id=ticket.tenant_id,
+                                                     pk=inbound.reply_connection_id)
+                      .exclude(status=ConnectionStatus.DISCONNECTED).first())
             if mapped is not None:
                 return mapped
         return inbound
-    return EmailConnection.objects.filter(tenant_id=ticket.tenant_id, is_default=True).first()
+    return (EmailConnection.objects.filter(tenant_id=ticket.tenant_id, is_default=True)
+            .exclude(status=ConnectionStatus.DISCONNECTED).first())
 
 
 def reply_recipients(*, ticket) -> tuple[list[str], list[str]]:
     """(To, CC) for a reply: To is the latest inbound mail's Reply-To, else its sender,
-    else the ticket's contact; CC is the ticket's CC addresses without any address of the
-    workspace's mailboxes (connected or alias) and without the To."""
+    else the ticket's contact; CC is the ticket's contact when somebody else wrote the
+    latest mail (a CC'd colleague answered: the customer stays in the conversation; the
+    customer's own Reply-To is respected), then the ticket's CC addresses; never an
+    address of the workspace's mailboxes (connected or alias), never the To again."""
     from tickets.models import MessageKind
 
     latest = (InboundEmail.objects.filter(tenant_id=ticket.tenant_id,
@@ -53,15 +64,18 @@ def reply_recipients(*, ticket) -> tuple[list[str], list[str]]:
               .order_by("-message__created_at", "-message_id")
               .values_list("details", "from_address").first())
     own = tenant_addresses(tenant_id=ticket.tenant_id)
-    candidates = []
+    candidates, contact = [], ticket.contact.email.lower()
+    copy_contact = False
     if latest is not None:
         details, sender = latest
         candidates += [(details or {}).get("reply_to", []), [sender]]
-    candidates.append([ticket.contact.email])
+        copy_contact = bool(sender) and sender.lower() != contact
+    candidates.append([contact])
     # The first of Reply-To, From, contact that names somebody outside our own mailboxes.
     to = next(([a.lower() for a in c if a and a.lower() not in own] for c in candidates
                if any(a and a.lower() not in own for a in c)), [])
-    cc = [a for a in ticket.cc_addresses if a.lower() not in own and a.lower() not in to]
+    cc = [a.lower() for a in dict.fromkeys([contact] * copy_contact + ticket.cc_addresses)
+          if a and a.lower() not in own and a.lower() not in to]
     return to, cc
 
 

@@ -96,16 +96,26 @@ def inbound_email_reset_for_reprocess(*, inbound_email: InboundEmail, actor: Use
     return bool(updated)
 
 
+SETTINGS_FIELDS = ("display_name", "routing_mode", "routing_team", "routing_flow",
+                   "reply_connection", "is_default", "send_acknowledgement",
+                   "acknowledgement_text")
+
+
 def connection_settings_save(*, connection: EmailConnection, actor: User | None,
                              changed: list[str]) -> EmailConnection:
-    """Save a connection's edited settings (audited). Making it the workspace's default
-    mailbox takes that role from the previous one in the same transaction (a partial
-    unique constraint allows one default per tenant)."""
+    """Save a connection's edited settings (audited); only the settings columns are
+    written, so health, cursor and credentials that a worker changed meanwhile stay.
+    Making it the workspace's default mailbox takes that role from the previous one in the
+    same transaction (a partial unique constraint allows one default per tenant); the
+    tenant's mailboxes are locked first, so two admins doing it at once serialise instead
+    of one hitting the constraint."""
     with transaction.atomic():
         if connection.is_default:
+            list(EmailConnection.objects.filter(tenant_id=connection.tenant_id)
+                 .select_for_update().values_list("pk", flat=True))
             EmailConnection.objects.filter(tenant_id=connection.tenant_id, is_default=True) \
                 .exclude(pk=connection.pk).update(is_default=False)
-        connection.save()
+        connection.save(update_fields=[*SETTINGS_FIELDS, "updated_at"])
         if changed:
             audit_record(tenant=connection.tenant, actor=actor,
                          action="email_connection.settings_changed", target=connection,

@@ -101,6 +101,27 @@ def test_reply_goes_to_the_latest_reply_to_and_never_copies_our_own_addresses(
         assert reply_recipients(ticket=ticket)[0] == ["maria@customer.example"]
 
 
+def test_when_a_copied_colleague_answers_the_customer_stays_in_copy(
+        conversation, tenant):  # noqa: F811
+    sandbox, conn, ticket = conversation
+    deliver(sandbox, "support@acme.test", "Re: Printer on fire",
+            **{"from": "Bob <bob@customer.example>"},
+            headers={"In-Reply-To": f"<{ticket_message_id(tenant, ticket)}>"})
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        ticket.refresh_from_db()
+        assert ticket.messages.count() == 2
+        assert reply_recipients(ticket=ticket) == (["bob@customer.example"],
+                                                   ["maria@customer.example"])
+
+
+def ticket_message_id(tenant, ticket) -> str:
+    from channels_email.models import InboundEmail
+
+    with tenant_scope(tenant):
+        return InboundEmail.objects.filter(ticket=ticket).first().message_id_header
+
+
 def test_a_reply_to_naming_our_own_mailbox_falls_back_to_the_sender(
         conversation, tenant):  # noqa: F811
     from channels_email.models import InboundEmail
@@ -145,6 +166,12 @@ def test_replies_go_out_through_the_mapped_mailbox_without_the_other_mailboxs_th
     with tenant_scope(tenant):
         assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
 
+    # replies@ is disconnected later: replies fall back to the ticket's own mailbox.
+    admin_client.post(f"/{tenant.slug}/settings/email/{replies.pk}/disconnect/")
+    second = reply(tenant, ticket, admin_user, text="Shipped today.")
+    assert outbound.deliver(second.pk) == DeliveryStatus.DELIVERED
+    assert sent_mail(sandbox)[-1]["mailbox"] == "support@acme.test"
+
 
 def test_a_ticket_that_did_not_come_by_email_replies_through_the_default_mailbox(
         gmail, admin_client, tenant, admin_user, agent):  # noqa: F811
@@ -182,6 +209,22 @@ def test_a_ticket_that_did_not_come_by_email_replies_through_the_default_mailbox
     [sent] = sent_mail(sandbox)
     assert sent["mailbox"] == "hello@acme.test"
     assert mime_of(sent)["To"] == "caller@customer.example"
+
+
+def test_saving_settings_keeps_what_a_worker_wrote_meanwhile(
+        gmail, admin_client, tenant):  # noqa: F811
+    from channels_email.services import connection_settings_save
+
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        stale = EmailConnection.objects.get()  # the admin's form loaded this copy
+        EmailConnection.objects.filter(pk=stale.pk).update(
+            cursor="999", status="rate_limited", consecutive_errors=3)
+        stale.display_name = "Acme"
+        connection_settings_save(connection=stale, actor=None, changed=["display_name"])
+        fresh = EmailConnection.objects.get()
+    assert fresh.display_name == "Acme"
+    assert (fresh.cursor, fresh.status, fresh.consecutive_errors) == ("999", "rate_limited", 3)
 
 
 def test_settings_refuse_unknown_placeholders_and_another_workspaces_mailbox(
@@ -247,6 +290,16 @@ def test_a_hard_bounce_suppresses_the_address_and_the_composer_warns(
         assert AuditEvent.objects.filter(action="suppression.removed").exists()
 
 
+def test_only_an_explicit_permanent_status_is_a_hard_bounce():
+    from channels_email.mime import BounceRecipient
+
+    assert outbound.is_hard_bounce(BounceRecipient("a@x.example", status="5.1.1"))
+    for soft in (BounceRecipient("a@x.example", status="4.2.2", action="failed"),
+                 BounceRecipient("a@x.example", action="failed"),  # classic text, a warning?
+                 BounceRecipient("a@x.example")):
+        assert not outbound.is_hard_bounce(soft)
+
+
 # -------------------------------------------------------------- acknowledgement
 
 
@@ -300,6 +353,10 @@ def test_a_new_ticket_is_acknowledged_once_marked_auto_submitted(acknowledging, 
     ("maria@customer.example", {"Authentication-Results": FAIL}, "dmarc fail"),
     ("no-reply@customer.example", {}, "robot mailbox"),
     ("gone@customer.example", {}, "suppressed"),
+    ("poster@customer.example", {"List-Id": "Users <users.lists.example>",
+                                 "Reply-To": "users@lists.example"}, "mailing list"),
+    ("poster@customer.example", {"List-Unsubscribe": "<mailto:leave@lists.example>"},
+     "mailing list"),
 ])
 def test_no_acknowledgement_to_automatic_forged_robot_or_suppressed_senders(
         acknowledging, tenant, sender, headers, why):
@@ -316,6 +373,15 @@ def test_no_acknowledgement_to_automatic_forged_robot_or_suppressed_senders(
     with tenant_scope(tenant):
         assert Ticket.objects.count() == 1, why
     assert acknowledgements(tenant) == [], why
+
+
+def test_the_acknowledgement_goes_to_the_from_never_to_a_reply_to(acknowledging, tenant):
+    sandbox, conn = acknowledging
+    deliver(sandbox, "support@acme.test", "Cheap pills",
+            headers={"Reply-To": "bystander@elsewhere.example"})
+    run_tasks(conn.pk)
+    [ack] = acknowledgements(tenant)
+    assert ack.to_addresses == ["maria@customer.example"]
 
 
 def test_a_sender_is_acknowledged_at_most_once_an_hour(acknowledging, tenant):

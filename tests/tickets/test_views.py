@@ -205,8 +205,14 @@ def test_quoted_history_in_an_html_body_folds_behind_the_toggle(agent_client, te
     folded = rest.partition("</details>")[0]
     assert "<blockquote><p>Try again, please.</p><blockquote>Older</blockquote></blockquote>" \
         in folded
-    # A body that is nothing but a quote shows as it is.
+    # A body that is nothing but a quote, or that answers between quoted paragraphs,
+    # shows as it is.
+    MessageFactory(tenant=tenant, ticket=ticket, body_html=(
+        "<p>Thanks.</p><blockquote>Which model?</blockquote><p>A Laser 3000.</p>"
+        "<blockquote>And the error?</blockquote><p>E42.</p>"))
+    page = agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
     assert page.count('<details class="quoted">') == 1 and "Only a forwarded quote" in page
+    assert "E42." in page.partition('<details class="quoted">')[2].partition("</details>")[2]
 
 
 @pytest.mark.django_db

@@ -24,18 +24,31 @@ RASTER = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 CID_SRC = re.compile(r'src="cid:([^"]+)"', re.IGNORECASE)
 
 
-QUOTE_START = re.compile(r"<blockquote\b", re.IGNORECASE)
+BLOCKQUOTE_TAG = re.compile(r"<(/?)blockquote\b[^>]*>", re.IGNORECASE)
 
 
 def _split_html_quote(html: str) -> tuple[str, str]:
     """(new part, quoted history) of a sanitised HTML body, split before its first
-    ``<blockquote>`` (how Gmail, Apple Mail and Thunderbird quote what they answer); the
-    quote is "" when there is none or nothing but it. The cut may fall inside open
-    elements: sanitising each part again rebalances its tags."""
-    match = QUOTE_START.search(html)
-    if match is None or not strip_tags(html[:match.start()]).strip():
+    ``<blockquote>`` (how Gmail, Apple Mail and Thunderbird quote what they answer).
+
+    The quote is "" (nothing folds) when there is no blockquote, nothing before it, or
+    text after it ends: answers written between quoted paragraphs must stay in view. The
+    cut may fall inside open elements: sanitising each part again rebalances its tags."""
+    first, depth, end = None, 0, None
+    for match in BLOCKQUOTE_TAG.finditer(html):
+        if match.group(1):
+            depth -= 1
+            if depth == 0:
+                end = match.end()
+                break
+        else:
+            first = match.start() if first is None else first
+            depth += 1
+    if first is None or end is None or not strip_tags(html[:first]).strip():
         return html, ""
-    return sanitize_html(html[:match.start()]), sanitize_html(html[match.start():])
+    if strip_tags(html[end:]).strip():
+        return html, ""
+    return sanitize_html(html[:first]), sanitize_html(html[first:])
 
 
 @register.simple_tag(takes_context=True)
