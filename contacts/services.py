@@ -16,17 +16,38 @@ def contact_get_or_create(
     (tenant, email) unique constraint, so concurrent callers cannot make two contacts.
     Returns (contact, created).
     """
+    query, params = contact_upsert_sql(tenant_id=tenant.pk, email=email, name=name,
+                                       source=source)
+    return contact_upsert_run(query, params)
+
+
+def contact_upsert_sql(*, tenant_id: int, email: str, name: str = "",
+                       source: str = ContactSource.MANUAL,
+                       before: tuple[str, list] | None = None) -> tuple[str, list]:
+    """The upsert of ``contact_get_or_create`` as (SQL, parameters), for a caller that
+    runs it inside a statement of its own: ``before`` is a CTE ``(SQL, parameters)`` named
+    ``b`` that is evaluated first (the upsert selects its row from ``b``). Run it with
+    ``contact_upsert_run``."""
     address = normalize_email(email)
     name = (name or "").strip()[:200]
     table = Contact._meta.db_table  # our model's table name, never input
+    values, params = "VALUES (%s, %s, %s, %s, now(), now())", [tenant_id, address, name, source]
+    prefix, prefix_params = "", []
+    if before is not None:
+        prefix, prefix_params = f"WITH b AS ({before[0]}) ", list(before[1])
+        values = "SELECT %s, %s, %s, %s, now(), now() FROM b"
     query = (
-        f"INSERT INTO {table} AS c (tenant_id, email, name, source, created_at, updated_at) "  # noqa: S608
-        "VALUES (%s, %s, %s, %s, now(), now()) "
+        f"{prefix}INSERT INTO {table} AS c "  # noqa: S608
+        f"(tenant_id, email, name, source, created_at, updated_at) {values} "
         "ON CONFLICT (tenant_id, email) DO UPDATE SET "
         "  name = CASE WHEN c.name = '' THEN EXCLUDED.name ELSE c.name END, "
         "  updated_at = CASE WHEN c.name = '' AND EXCLUDED.name <> '' THEN now() "
         "               ELSE c.updated_at END "
         f"RETURNING {sql.columns(Contact, 'c')}, (xmax = 0)"
     )
-    contact, (created,) = sql.fetch_one(Contact, query, [tenant.pk, address, name, source])
+    return query, [*prefix_params, *params]
+
+
+def contact_upsert_run(query: str, params: list) -> tuple[Contact, bool]:
+    contact, (created,) = sql.fetch_one(Contact, query, params)
     return contact, bool(created)
