@@ -200,6 +200,7 @@ class Attachment(TenantOwnedModel):
 
 class NotificationKind(models.TextChoices):
     TEAM_TICKET = "team_ticket", "New ticket in your team"
+    TEAM_TRANSFER = "team_transfer", "Moved to your team"
     ASSIGNED = "assigned", "Assigned to you"
     CUSTOMER_REPLY = "customer_reply", "Customer replied"
 

@@ -47,11 +47,14 @@ def _execute(query: str, params: list) -> int:
 
 def new_ticket_insert_sql(*, tenant_id: int, team_id: int | None, assignee_id: int | None,
                           actor_id: int | None, ticket_id_sql: str,
-                          ticket_id_params: list | None = None) -> tuple[str, list] | None:
+                          ticket_id_params: list | None = None,
+                          team_kind: str = NotificationKind.TEAM_TICKET
+                          ) -> tuple[str, list] | None:
     """An INSERT ... SELECT telling a new ticket's people, or None when there is nobody.
 
-    The team's members get TEAM_TICKET; an assignee set at creation (e.g. by routing) gets
-    ASSIGNED instead, once, whether or not they are in the team; the actor gets nothing.
+    The team's members get ``team_kind`` (TEAM_TICKET; TEAM_TRANSFER for a ticket moved
+    to the team); an assignee set at the same time (e.g. by routing) gets ASSIGNED
+    instead, once, whether or not they are in the team; the actor gets nothing.
     ``ticket_id_sql`` yields the ticket's id: ``"%s"`` (with ``ticket_id_params``), or
     ``"(SELECT id FROM t)"`` inside a CTE whose ``t`` inserts the ticket."""
     if assignee_id is not None and assignee_id == actor_id:
@@ -59,11 +62,10 @@ def new_ticket_insert_sql(*, tenant_id: int, team_id: int | None, assignee_id: i
     if team_id is None and assignee_id is None:
         return None
     if assignee_id is None:
-        kind_sql, kind_params = "%s", [NotificationKind.TEAM_TICKET.value]
+        kind_sql, kind_params = "%s", [str(team_kind)]
     else:
         kind_sql = "CASE WHEN r.user_id = %s THEN %s ELSE %s END"
-        kind_params = [assignee_id, NotificationKind.ASSIGNED.value,
-                       NotificationKind.TEAM_TICKET.value]
+        kind_params = [assignee_id, NotificationKind.ASSIGNED.value, str(team_kind)]
     sources, source_params = [], []
     if team_id is not None:
         sources.append(f"SELECT tm.user_id FROM {TeamMember._meta.db_table} tm "  # noqa: S608
@@ -116,6 +118,18 @@ def notifications_for_team_ticket(*, ticket: Ticket, actor: User | None = None) 
     built = new_ticket_insert_sql(
         tenant_id=ticket.tenant_id, team_id=ticket.team_id, assignee_id=ticket.assignee_id,
         actor_id=actor.pk if actor else None, ticket_id_sql="%s", ticket_id_params=[ticket.pk])
+    return _execute(*built) if built else 0
+
+
+def notifications_for_team_transfer(*, ticket: Ticket, actor: User | None = None,
+                                    reassigned: bool = False) -> int:
+    """Tell the members of the team ``ticket`` was just moved to (and its assignee, as
+    ASSIGNED, when ``reassigned`` in the same change), except ``actor``. One statement."""
+    built = new_ticket_insert_sql(
+        tenant_id=ticket.tenant_id, team_id=ticket.team_id,
+        assignee_id=ticket.assignee_id if reassigned else None,
+        actor_id=actor.pk if actor else None, ticket_id_sql="%s", ticket_id_params=[ticket.pk],
+        team_kind=NotificationKind.TEAM_TRANSFER)
     return _execute(*built) if built else 0
 
 

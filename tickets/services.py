@@ -265,15 +265,20 @@ def note_add(*, ticket: Ticket, author: User, body_text: str,
 def ticket_update(*, ticket: Ticket, status: str, priority: str, team: Team | None,
                   assignee: User | None, actor: User | None = None) -> Ticket:
     """Set the agent-controlled fields of a ticket. Raises ValueError for a team of another
-    workspace (the caller offers only its own). A new assignee other than ``actor`` (the
-    agent making the change) is notified: one more statement, only then."""
+    workspace (the caller offers only its own). People other than ``actor`` (the agent
+    making the change) hear of it: a new assignee ("assigned to you"), and the members of
+    a team the ticket moved to ("moved to your team"); one more statement, only then."""
     if team is not None and team.tenant_id != ticket.tenant_id:
         raise ValueError(f"team {team.pk} is not in tenant {ticket.tenant_id}")
     reassigned = assignee is not None and assignee.pk != ticket.assignee_id
+    moved = team is not None and team.pk != ticket.team_id
     ticket.status, ticket.priority, ticket.team, ticket.assignee = (status, priority, team,
                                                                     assignee)
     with transaction.atomic(savepoint=False):
         ticket.save(update_fields=["status", "priority", "team", "assignee", "updated_at"])
-        if reassigned:
+        if moved:
+            notifications.notifications_for_team_transfer(
+                ticket=ticket, actor=actor, reassigned=reassigned)
+        elif reassigned:
             notifications.notification_for_assignment(ticket=ticket, actor=actor)
     return ticket

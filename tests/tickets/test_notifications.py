@@ -172,6 +172,33 @@ def test_assignment_notifies_the_assignee_but_not_a_self_assignment(
 
 
 @pytest.mark.django_db
+def test_moving_a_ticket_to_a_team_tells_its_members_and_the_new_assignee_once(
+        tenant, agent, team_setup, django_assert_num_queries):
+    colleague, bystander = team_setup["colleague"], team_setup["bystander"]
+    ticket = TicketFactory(tenant=tenant)
+    fields = {"status": ticket.status, "priority": ticket.priority}
+    with tenant_scope(tenant):
+        with django_assert_num_queries(2):  # the UPDATE and one INSERT ... SELECT
+            ticket_update(ticket=ticket, team=team_setup["team"], assignee=None, actor=agent,
+                          **fields)
+        # Only the tenant's members of the team, never the agent who moved it.
+        assert notified(tenant) == {(colleague.pk, NotificationKind.TEAM_TRANSFER)}
+        # Saving again in the same team tells nobody.
+        ticket_update(ticket=ticket, team=team_setup["team"], assignee=None, actor=agent,
+                      **fields)
+        assert Notification.objects.count() == 1
+
+        # Moved elsewhere and assigned at once: the assignee hears "assigned", once.
+        other = TeamFactory(tenant=tenant)
+        TeamMemberFactory(team=other, user=bystander)
+        TeamMemberFactory(team=other, user=colleague)
+        Notification.objects.all().delete()
+        ticket_update(ticket=ticket, team=other, assignee=bystander, actor=agent, **fields)
+    assert notified(tenant) == {(bystander.pk, NotificationKind.ASSIGNED),
+                                (colleague.pk, NotificationKind.TEAM_TRANSFER)}
+
+
+@pytest.mark.django_db
 def test_assignment_of_someone_outside_the_tenant_writes_nothing(tenant, other_tenant, agent):
     ticket = TicketFactory(tenant=tenant, assignee=member(other_tenant))
     with tenant_scope(tenant):
