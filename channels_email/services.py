@@ -15,6 +15,7 @@ from channels_email.models import (
     InboundState,
     Provider,
     SuppressedAddress,
+    SuppressionReason,
 )
 from helpdesk import sql
 from helpdesk.models import Tenant, User
@@ -121,6 +122,21 @@ def connection_settings_save(*, connection: EmailConnection, actor: User | None,
                          action="email_connection.settings_changed", target=connection,
                          details={"fields": changed})
     return connection
+
+
+def suppression_add(*, tenant: Tenant, email: str, actor: User | None,
+                    details: str = "") -> tuple[SuppressedAddress, bool]:
+    """Put an address on the suppression list by hand (audited); (entry, created). An
+    address already on it keeps its first entry (and reason)."""
+    address = email.strip().lower()
+    with transaction.atomic():
+        entry, created = SuppressedAddress.objects.get_or_create(
+            tenant=tenant, email=address,
+            defaults={"reason": SuppressionReason.MANUAL, "details": details[:2000]})
+        if created:
+            audit_record(tenant=tenant, actor=actor, action="suppression.added", target=None,
+                         details={"email": address})
+    return entry, created
 
 
 def suppression_remove(*, tenant: Tenant, suppression_id: int, actor: User | None) -> bool:

@@ -10,6 +10,7 @@ urlpatterns = [
     path("<int:connection_id>/reconnect/", views.connection_reconnect, name="reconnect"),
     path("<int:connection_id>/disconnect/", views.connection_disconnect_view,
          name="disconnect"),
+    path("suppressions/add/", views.suppression_add_view, name="suppression_add"),
     path("suppressions/<int:suppression_id>/remove/", views.suppression_remove_view,
          name="suppression_remove"),
     path("inbound/", views.inbound_attention_list, name="attention"),

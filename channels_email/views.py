@@ -6,8 +6,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.core.validators import validate_email
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -26,6 +27,7 @@ from channels_email.services import (
     connection_settings_save,
     inbound_email_raw_read,
     inbound_email_reset_for_reprocess,
+    suppression_add,
     suppression_remove,
 )
 from helpdesk.selectors import membership_for
@@ -100,6 +102,24 @@ def email_channels(request):
         "gmail_configured": bool(settings.GOOGLE_CLIENT_ID),
         "suppressions": suppressions_for_tenant(tenant=request.tenant)[:200],
     })
+
+
+@require_POST
+def suppression_add_view(request):
+    _require_admin(request)
+    address = request.POST.get("email", "").strip()
+    try:
+        validate_email(address)
+    except ValidationError:
+        messages.error(request, f"Not added: {address or 'an empty value'} is not an email "
+                                "address.")
+        return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
+    _, created = suppression_add(tenant=request.tenant, email=address, actor=request.user)
+    if created:
+        messages.success(request, f"{address} is on the suppression list.")
+    else:
+        messages.info(request, f"{address} was on the suppression list already.")
+    return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
 
 
 @require_POST

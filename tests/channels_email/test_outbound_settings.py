@@ -289,6 +289,19 @@ def test_a_hard_bounce_suppresses_the_address_and_the_composer_warns(
         assert not SuppressedAddress.objects.exists()
         assert AuditEvent.objects.filter(action="suppression.removed").exists()
 
+    # And can add one by hand (case-insensitive; a bad value is refused, naming it).
+    url = f"/{tenant.slug}/settings/email/suppressions/add/"
+    refused = admin.post(url, {"email": "not an address"}, follow=True)
+    assert "not an address is not an email address" in refused.content.decode()
+    admin.post(url, {"email": "Maria@Customer.Example"})
+    with tenant_scope(tenant):
+        [entry] = SuppressedAddress.objects.all()
+    assert (entry.email, entry.reason) == ("maria@customer.example", "manual")
+    client.force_login(agent)
+    page = client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
+    assert "maria@customer.example</strong> is on the suppression list (added by an admin" \
+        in page
+
 
 def test_only_an_explicit_permanent_status_is_a_hard_bounce():
     from channels_email.mime import BounceRecipient
