@@ -31,6 +31,10 @@ class ConnectionSettingsForm(forms.ModelForm):
         label="Send replies through", empty_label="This mailbox",
         help_text="Replies to tickets that came in here go out from this mailbox.")
 
+    field_order = ["display_name", "routing_mode", "routing_team", "routing_flow",
+                   "reply_connection", "is_default", "send_acknowledgement",
+                   "acknowledgement_text"]
+
     class Meta:
         model = EmailConnection
         fields = ["display_name", "routing_mode", "is_default", "send_acknowledgement",
@@ -43,8 +47,9 @@ class ConnectionSettingsForm(forms.ModelForm):
             "is_default": "Sends system emails, and replies on tickets that did not come by "
                           "email.",
             "send_acknowledgement": "Emails the customer a confirmation with the ticket "
-                                    "number. Never sent to automatic senders, suspected loops, "
-                                    "suppressed addresses or senders that fail DMARC.",
+                                    "number. Never sent to automatic senders, mailing lists, "
+                                    "suspected loops, suppressed addresses or senders that "
+                                    "fail DMARC.",
             "acknowledgement_text": "Placeholders: {name}, {number}, {subject}.",
         }
 
