@@ -426,10 +426,16 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
     if conn.allowed_emails == AllowedEmails.BOTH and conn.allowed_senders == AllowedSenders.ANYONE:
         # No filter below can refuse the sender, so the contact upsert rides in the lock's
         # statement (one round trip less); the locks are taken first, as the upsert
-        # selects its row from them.
+        # selects its row from them. A duplicate of an ingested message touches no
+        # contact (None comes back; it is skipped below). The check reads the statement's
+        # snapshot, taken before the locks: an original committing in that instant lets
+        # the upsert through, and the duplicate is still caught by _find_thread.
         contact, created_contact = contact_upsert_run(*contact_upsert_sql(
             tenant_id=row.tenant_id, email=sender.email, name=sender.name,
-            source=ContactSource.EMAIL, before=lock))
+            source=ContactSource.EMAIL, before=lock, unless=(
+                f"EXISTS (SELECT 1 FROM {EmailThreadRef._meta.db_table} r "  # noqa: S608
+                "WHERE r.tenant_id = %s AND r.message_id_header = %s "
+                "AND r.message_id IS NOT NULL)", [row.tenant_id, parsed.message_id[:998]])))
     else:
         with connection.cursor() as cursor:
             cursor.execute(*lock)

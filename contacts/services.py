@@ -23,11 +23,13 @@ def contact_get_or_create(
 
 def contact_upsert_sql(*, tenant_id: int, email: str, name: str = "",
                        source: str = ContactSource.MANUAL,
-                       before: tuple[str, list] | None = None) -> tuple[str, list]:
+                       before: tuple[str, list] | None = None,
+                       unless: tuple[str, list] | None = None) -> tuple[str, list]:
     """The upsert of ``contact_get_or_create`` as (SQL, parameters), for a caller that
     runs it inside a statement of its own: ``before`` is a CTE ``(SQL, parameters)`` named
-    ``b`` that is evaluated first (the upsert selects its row from ``b``). Run it with
-    ``contact_upsert_run``."""
+    ``b`` that is evaluated first (the upsert selects its row from ``b``), and ``unless``
+    a condition ``(SQL, parameters)`` evaluated after it that cancels the upsert when true
+    (then no row comes back). Run it with ``contact_upsert_run``."""
     address = normalize_email(email)
     name = (name or "").strip()[:200]
     table = Contact._meta.db_table  # our model's table name, never input
@@ -36,6 +38,9 @@ def contact_upsert_sql(*, tenant_id: int, email: str, name: str = "",
     if before is not None:
         prefix, prefix_params = f"WITH b AS ({before[0]}) ", list(before[1])
         values = "SELECT %s, %s, %s, %s, now(), now() FROM b"
+        if unless is not None:
+            values += f" WHERE NOT ({unless[0]})"
+            params += list(unless[1])
     query = (
         f"{prefix}INSERT INTO {table} AS c "  # noqa: S608
         f"(tenant_id, email, name, source, created_at, updated_at) {values} "
@@ -48,6 +53,10 @@ def contact_upsert_sql(*, tenant_id: int, email: str, name: str = "",
     return query, [*prefix_params, *params]
 
 
-def contact_upsert_run(query: str, params: list) -> tuple[Contact, bool]:
-    contact, (created,) = sql.fetch_one(Contact, query, params)
+def contact_upsert_run(query: str, params: list) -> tuple[Contact | None, bool]:
+    """(contact, created); (None, False) when ``unless`` cancelled the upsert."""
+    found = sql.fetch_one(Contact, query, params)
+    if found is None:
+        return None, False
+    contact, (created,) = found
     return contact, bool(created)

@@ -127,6 +127,18 @@ def test_replaying_and_reposting_the_same_email_keeps_one_ticket(conn, tenant):
 
 
 @pytest.mark.django_db
+def test_a_duplicate_under_another_sender_creates_no_contact(conn, tenant):
+    from contacts.models import Contact
+
+    ingest(conn, build_email(message_id="<m1@customer.example>"))
+    outcome, _ = ingest(conn, build_email(message_id="<m1@customer.example>",
+                                          sender="Mallory <mallory@evil.example>"))
+    assert outcome.state == "skipped" and outcome.reason.startswith("duplicate")
+    with tenant_scope(tenant):
+        assert not Contact.objects.filter(email="mallory@evil.example").exists()
+
+
+@pytest.mark.django_db
 def test_same_email_to_two_connections_of_a_tenant_is_one_ticket(conn, tenant):
     with tenant_scope(tenant):
         sales = connection_create_manual(tenant=tenant, address="sales@company.example")
