@@ -252,8 +252,11 @@ def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
         return None, reason
     body = _acknowledgement_body(connection.acknowledgement_text or DEFAULT_ACKNOWLEDGEMENT,
                                  ticket)
-    return _outbound_create(ticket=ticket, connection=sender, author=None, body_text=body,
-                            to=to[:1], cc=[], auto_submitted=True), ""
+    try:
+        return _outbound_create(ticket=ticket, connection=sender, author=None,
+                                body_text=body, to=to[:1], cc=[], auto_submitted=True), ""
+    except ValueError as exc:  # refused before any write: the ticket must not fail with it
+        return None, str(exc)
 
 
 def _queue_send(message_pk: int) -> None:

@@ -427,3 +427,18 @@ def test_the_ticket_view_shows_each_senders_dmarc_verdict_and_flags_a_fail(
     assert "DMARC pass" in page and "DMARC fail" not in page
     page = client.get(f"/{tenant.slug}/tickets/{forged.number}/").content.decode()
     assert 'class="badge dmarc-fail"' in page and "may be forged" in page
+
+
+def test_an_acknowledgement_that_cannot_be_addressed_never_fails_the_ticket(
+        conversation, tenant):  # noqa: F811
+    from channels_email.mime import parse_email
+    from tests.channels_email.mail_builder import build_email
+
+    _, conn, ticket = conversation
+    # From one of our own mailboxes, with the loop checks handed nothing to compare with:
+    # the last guard (no recipient outside our mailboxes) refuses without raising.
+    parsed = parse_email(build_email(sender="Support <support@acme.test>"))
+    with tenant_scope(tenant):
+        message, why = outbound.acknowledgement_create(
+            ticket=ticket, connection=conn, parsed=parsed, tenant_addresses=set())
+    assert message is None and "no recipient" in why
