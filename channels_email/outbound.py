@@ -356,7 +356,13 @@ def deliver(message_pk: int) -> str:
                                max(health.wait_seconds(connection), 5))
         client = providers.get(connection.provider)
         attempts = message.attempts + 1
-        Message.objects.filter(pk=message.pk).update(attempts=attempts)
+        # Claim this attempt: of two copies of the task running at once (a retry and the
+        # redrive sweep's), only the one whose UPDATE matches sends; the other leaves it.
+        claimed = Message.objects.filter(
+            pk=message.pk, delivery_status=DeliveryStatus.PENDING,
+            attempts=message.attempts).update(attempts=attempts)
+        if not claimed:
+            return DeliveryStatus.PENDING
         try:
             ensure_fresh_token(connection)
             sent = client.find_sent(connection, message.message_id_header) \
@@ -392,10 +398,11 @@ def deliver(message_pk: int) -> str:
 def reply_retry(*, message: Message) -> bool:
     """Re-queue a Failed or Bounced outbound message (the Retry button); False when it is
     neither."""
-    updated = Message.objects.filter(
-        pk=message.pk, kind=MessageKind.OUTBOUND,
-        delivery_status__in=[DeliveryStatus.FAILED, DeliveryStatus.BOUNCED],
-    ).update(delivery_status=DeliveryStatus.PENDING, delivery_error="")
-    if updated:
-        transaction.on_commit(lambda: _queue_send(message.pk))
+    with transaction.atomic():
+        updated = Message.objects.filter(
+            pk=message.pk, kind=MessageKind.OUTBOUND,
+            delivery_status__in=[DeliveryStatus.FAILED, DeliveryStatus.BOUNCED],
+        ).update(delivery_status=DeliveryStatus.PENDING, delivery_error="")
+        if updated:
+            transaction.on_commit(lambda: _queue_send(message.pk))
     return bool(updated)

@@ -11,10 +11,13 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from channels_email.ingest import FetchDeferred, inbound_email_ingest
-from channels_email.models import InboundEmail, InboundState
+from channels_email.models import ConnectionStatus, InboundEmail, InboundState
 from helpdesk.tenancy import unscoped
 
 logger = logging.getLogger(__name__)
+
+
+DEFERRED_RETRIES = 10
 
 
 @shared_task(bind=True, name="ingest.process_inbound_email",
@@ -22,12 +25,15 @@ logger = logging.getLogger(__name__)
              retry_backoff=5, retry_backoff_max=600, retry_jitter=True, max_retries=8)
 def process_inbound_email(self, *, inbound_email_id: int) -> str:
     """Ingest one stored email. Idempotent: a processed row is left alone. When the
-    provider cannot be asked now, retry later (the row stays received; beat's redrive
-    sweep picks it up if the retries run out)."""
+    provider cannot be asked now, retry later, a bounded number of times: the row stays
+    received, and beat's redrive sweep picks it up once the retries run out (so copies of
+    this task cannot pile up while a mailbox waits)."""
     try:
         outcome = inbound_email_ingest(inbound_email_id=inbound_email_id)
     except FetchDeferred as deferred:
         logger.info("ingest.deferred inbound_email=%s reason=%s", inbound_email_id, deferred)
+        if self.request.retries >= DEFERRED_RETRIES:
+            return "deferred"
         countdown = min(deferred.wait, settings.CELERY_MAX_COUNTDOWN_SECONDS)
         raise self.retry(countdown=countdown, max_retries=None) from deferred
     logger.info("ingest.done inbound_email=%s state=%s", inbound_email_id, outcome.state)
@@ -36,12 +42,14 @@ def process_inbound_email(self, *, inbound_email_id: int) -> str:
 
 @shared_task(name="maintenance.redrive_stuck_inbound")
 def redrive_stuck_inbound(*, older_than_minutes: int = 5, limit: int = 500) -> int:
-    """Re-enqueue rows still ``received`` after a while (their task was lost)."""
+    """Re-enqueue rows still ``received`` after a while (their task was lost or gave up).
+    Rows of a mailbox whose sign-in expired wait for Reconnect instead of re-polling."""
     cutoff = timezone.now() - timedelta(minutes=older_than_minutes)
     # Unscoped: a sweep over every tenant; each task enters its row's scope.
     with unscoped():
         ids = list(InboundEmail.objects.filter(state=InboundState.RECEIVED,
                                                received_at__lt=cutoff)
+                   .exclude(connection__status=ConnectionStatus.TOKEN_EXPIRED)
                    .order_by("received_at").values_list("pk", flat=True)[:limit])
     for pk in ids:
         process_inbound_email.delay(inbound_email_id=pk)

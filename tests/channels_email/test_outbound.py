@@ -117,6 +117,41 @@ def test_no_second_copy_after_a_crash_between_accept_and_save(conversation, tena
     assert len(sent_mail(sandbox)) == 1
 
 
+def test_two_copies_of_the_send_task_at_once_send_one_email(conversation, tenant,
+                                                            admin_user):
+    import threading
+
+    from django.db import connection as db_connection
+
+    sandbox, _, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    # Both copies (a retry and the redrive sweep's) load the message before either claims.
+    results, ready = [], threading.Barrier(2)
+    original_get = outbound.providers.get
+
+    def slow_get(name):
+        ready.wait(timeout=10)
+        return original_get(name)
+
+    def run():
+        try:
+            results.append(outbound.deliver(message.pk))
+        finally:
+            db_connection.close()
+
+    outbound.providers.get = slow_get
+    try:
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        outbound.providers.get = original_get
+    assert sorted(results) == [DeliveryStatus.DELIVERED, DeliveryStatus.PENDING]
+    assert len(sent_mail(sandbox)) == 1
+
+
 def test_permanent_error_fails_with_a_reason_and_retry_delivers(conversation, tenant,
                                                                admin_user):
     sandbox, _, ticket = conversation
