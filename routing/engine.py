@@ -2,13 +2,15 @@
 and record why on ``ticket.routing``.
 
 Contract:
-- ``route_new_ticket`` runs inside the caller's transaction and tenant scope (ingest
-  enters both), for newly created tickets only. It never raises on a misconfigured flow or
-  rule: anything it cannot apply is recorded as skipped, with a reason, so that an email is
-  never lost to a routing mistake.
-- SQL: mode "team" costs one UPDATE. Mode "flow" costs one SELECT of the active rules,
-  at most one SELECT of teams (rule targets and the fallback team together) and one of
-  memberships (only when a matched rule assigns an agent), then one UPDATE.
+- ``decide_routing`` decides for a ticket about to be created, and ``ticket_fields`` turns
+  the decision into ``ticket_create`` arguments (ingest: the INSERT carries the outcome);
+  ``route_new_ticket`` applies it to a ticket that exists already (one UPDATE). Both run
+  inside the caller's transaction and tenant scope. Neither raises on a misconfigured flow
+  or rule: anything that cannot apply is recorded as skipped, with a reason, so that an
+  email is never lost to a routing mistake.
+- SQL: mode "team" reads nothing. Mode "flow" costs one SELECT of the active rules, at
+  most one SELECT of teams (rule targets and the fallback team together) and one of
+  memberships (only when a matched rule assigns an agent).
 - Tenancy: teams and agents are looked up in the ticket's tenant only; another tenant's
   team or a non-member is "not found", exactly like a missing one.
 - ``evaluate_flow`` decides without writing; given ``rules`` it reads the database only
@@ -443,33 +445,18 @@ def route_new_ticket(
     flow: Flow | None = None,
 ) -> RoutingDecision:
     """Route an existing, just-created ticket and record why on ``ticket.routing`` (one
-    UPDATE). Ingest decides first instead (``decide_routing`` + ``ticket_fields``)."""
+    UPDATE of the fields ``ticket_fields`` names; tags are added to the ticket's own).
+    Ingest decides before the ticket exists instead (``decide_routing`` +
+    ``ticket_fields`` into ``ticket_create``)."""
     decision = decide_routing(tenant_id=ticket.tenant_id, mode=mode, facts=facts, team=team,
                               flow=flow)
-    _save(ticket, decision)
+    fields = ticket_fields(decision)
+    if "tags" in fields:
+        fields["tags"] = list(dict.fromkeys([*ticket.tags, *fields["tags"]]))
+    for name, value in fields.items():
+        setattr(ticket, name, value)
+    ticket.save(update_fields=[*fields, "updated_at"])
     return decision
-
-
-def _save(ticket: Ticket, decision: RoutingDecision) -> None:
-    changed = ["routing", "updated_at"]
-    if decision.team_set and ticket.team_id != decision.team.pk:
-        ticket.team = decision.team
-        changed.append("team")
-    if decision.assignee_set and ticket.assignee_id != decision.assignee.pk:
-        ticket.assignee = decision.assignee
-        changed.append("assignee")
-    if decision.priority and ticket.priority != decision.priority:
-        ticket.priority = decision.priority
-        changed.append("priority")
-    if decision.status and ticket.status != decision.status:
-        ticket.status = decision.status
-        changed.append("status")
-    new_tags = [t for t in decision.tags if t not in ticket.tags]
-    if new_tags:
-        ticket.tags = [*ticket.tags, *new_tags]
-        changed.append("tags")
-    ticket.routing = decision.explanation
-    ticket.save(update_fields=changed)
 
 
 __all__ = [

@@ -175,6 +175,11 @@ class Message(TenantOwnedModel):
         return "System"
 
 
+# The only attachment types ever shown inline (the ticket view's cid: images and the
+# download view's ?inline=1): raster images, which cannot carry script.
+RASTER_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
 def attachment_path(instance: Attachment, filename: str) -> str:
     # A random folder per file: names stay readable and never collide or traverse.
     return f"attachments/{instance.tenant_id}/{uuid.uuid4().hex}/{filename[-150:]}"

@@ -153,15 +153,15 @@ def notification_for_customer_reply(*, ticket: Ticket) -> int:
 
 def notifications_mark_read(*, tenant: Tenant, user: User,
                             ids: Iterable[int] | None = None,
-                            ticket: Ticket | None = None) -> int:
+                            ticket_id: int | None = None) -> int:
     """Mark ``user``'s unread notifications in ``tenant`` read: those in ``ids``, or those
-    about ``ticket`` (the agent is looking at it), or all. Ids of other users or tenants
-    are ignored. One UPDATE; returns its count."""
+    about the ticket ``ticket_id`` (the agent is looking at it), or all. Ids of other
+    users or tenants are ignored. One UPDATE; returns its count."""
     unread = Notification.objects.filter(tenant=tenant, user=user, read_at__isnull=True)
     if ids is not None:
         unread = unread.filter(pk__in=list(ids))
-    if ticket is not None:
-        unread = unread.filter(ticket_id=ticket.pk)
+    if ticket_id is not None:
+        unread = unread.filter(ticket_id=ticket_id)
     with transaction.atomic(savepoint=False):
         return unread.update(read_at=timezone.now())
 
@@ -170,14 +170,12 @@ def notification_open(*, tenant: Tenant, user: User, notification_id: int) -> in
     """The agent opens a notification: mark it read, with every other unread one of theirs
     about the same ticket (they are about to see it all), and return the ticket's number.
     Raises Notification.DoesNotExist for an unknown id or someone else's (one 404)."""
-    # Looked up before the transaction: a miss raises without spoiling the caller's.
+    # Looked up before any write: a miss raises without spoiling the caller's transaction.
     ticket_id, number = (
         Notification.objects.filter(tenant=tenant, user=user, pk=notification_id)
         .values_list("ticket_id", "ticket__number").get()
     )
-    with transaction.atomic(savepoint=False):
-        Notification.objects.filter(tenant=tenant, user=user, ticket_id=ticket_id,
-                                    read_at__isnull=True).update(read_at=timezone.now())
+    notifications_mark_read(tenant=tenant, user=user, ticket_id=ticket_id)
     return number
 
 

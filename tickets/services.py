@@ -120,10 +120,11 @@ def message_add(
 ) -> Message:
     """Append a message to a ticket's timeline and touch the ticket (one UPDATE).
 
-    An inbound message moves a solved or closed ticket back to open; ``add_cc`` joins new
-    addresses to the ticket's CC list. An outbound message starts Pending; delivery is the
-    outbound service's business. ``touch=False`` is for the first message of a ticket
-    created in the same transaction (nothing to update).
+    An inbound message is the customer writing: ``ticket_touch_for_inbound`` reopens a
+    solved or closed ticket, joins ``add_cc`` to its CC list and tells its assignee. An
+    outbound message starts Pending; delivery is the outbound service's business.
+    ``touch=False`` is for the first message of a ticket created in the same transaction
+    (nothing to update).
     """
     with transaction.atomic(savepoint=False):
         message = Message.objects.create(
@@ -139,17 +140,14 @@ def message_add(
         )
         if not touch:
             return message
-        fields = {"updated_at": timezone.now()}
-        if kind == MessageKind.INBOUND and ticket.status in (
-            TicketStatus.SOLVED, TicketStatus.CLOSED
-        ):
-            fields["status"] = TicketStatus.OPEN
-        new_cc = [a for a in dict.fromkeys(add_cc) if a not in ticket.cc_addresses]
-        if new_cc:
-            fields["cc_addresses"] = [*ticket.cc_addresses, *new_cc]
-        Ticket.objects.filter(pk=ticket.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(ticket, name, value)
+        if kind == MessageKind.INBOUND:
+            touched = ticket_touch_for_inbound(tenant_id=ticket.tenant_id, ticket_id=ticket.pk,
+                                               add_cc=add_cc)
+            ticket.status, ticket.cc_addresses, ticket.updated_at = (
+                touched.status, touched.cc_addresses, touched.updated_at)
+        else:
+            ticket.updated_at = timezone.now()
+            Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at)
         return message
 
 
@@ -158,7 +156,8 @@ def ticket_touch_for_inbound(*, tenant_id: int, ticket_id: int,
     """A customer wrote on ``ticket_id``: bump ``updated_at``, reopen a solved or closed
     ticket, join new CC addresses, notify its assignee (if any, and still a member of the
     tenant), and return the ticket, in one statement (UPDATE ... RETURNING, with the
-    notification's INSERT in a CTE). Follow with ``message_add(..., touch=False)``."""
+    notification's INSERT in a CTE). ``message_add`` calls it for inbound messages;
+    ingest, which writes the message in a statement of its own, calls it directly."""
     table = Ticket._meta.db_table  # our model's table name, never input
     notify_sql, notify_params = notifications.customer_reply_insert_sql(ticket_rows="t")
     query = (

@@ -8,7 +8,6 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import EmailValidator
-from django.db import transaction
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -17,6 +16,7 @@ from helpdesk.models import User
 from helpdesk.selectors import tenant_members
 from routing.models import Team
 from tickets.models import (
+    RASTER_IMAGE_TYPES,
     Attachment,
     Message,
     MessageKind,
@@ -64,12 +64,9 @@ def ticket_list_view(request):
 
 
 def ticket_detail_view(request, number: int):
-    try:
-        ticket = ticket_get(tenant=request.tenant, number=number)
-    except Ticket.DoesNotExist as exc:
-        raise Http404("No such ticket") from exc
+    ticket = _ticket_or_404(request, number)
     # Whatever told this agent about the ticket is read now that they are looking at it.
-    notifications_mark_read(tenant=request.tenant, user=request.user, ticket=ticket)
+    notifications_mark_read(tenant=request.tenant, user=request.user, ticket_id=ticket.pk)
     return render(request, "tickets/ticket_detail.html", _detail_context(request, ticket))
 
 
@@ -142,29 +139,33 @@ def ticket_reply_view(request, number: int):
                       _detail_context(request, ticket, form), status=400)
     attachments = [(f.name, f.read(), f.content_type or "application/octet-stream")
                    for f in files]
-    with transaction.atomic():
-        if form.cleaned_data["mode"] == "note":
-            note_add(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
-                     attachments=attachments)
-            messages.success(request, "Note added.")
-        else:
-            try:
-                reply_create(ticket=ticket, author=request.user,
-                             body_text=form.cleaned_data["body"], cc=form.cleaned_data["cc"],
-                             attachments=attachments)
-            except ValueError as exc:
-                form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")
-                return render(request, "tickets/ticket_detail.html",
-                              _detail_context(request, ticket, form), status=400)
-            messages.success(request, "Reply queued; its delivery status shows below.")
+    # Each service is one transaction of its own.
+    if form.cleaned_data["mode"] == "note":
+        note_add(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
+                 attachments=attachments)
+        messages.success(request, "Note added.")
+    else:
+        try:
+            reply_create(ticket=ticket, author=request.user,
+                         body_text=form.cleaned_data["body"], cc=form.cleaned_data["cc"],
+                         attachments=attachments)
+        except ValueError as exc:
+            form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")
+            return render(request, "tickets/ticket_detail.html",
+                          _detail_context(request, ticket, form), status=400)
+        messages.success(request, "Reply queued; its delivery status shows below.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
+
+
+def _outbound_or_404(request, number: int, message_id: int) -> tuple[Ticket, Message]:
+    ticket = _ticket_or_404(request, number)
+    return ticket, get_object_or_404(Message, pk=message_id, ticket=ticket,
+                                     kind=MessageKind.OUTBOUND)
 
 
 def message_delivery_view(request, number: int, message_id: int):
     """The delivery badge of one outbound message (polled by htmx while Pending)."""
-    ticket = _ticket_or_404(request, number)
-    message = get_object_or_404(Message, pk=message_id, ticket=ticket,
-                                kind=MessageKind.OUTBOUND)
+    ticket, message = _outbound_or_404(request, number, message_id)
     return render(request, "tickets/_delivery.html", {"m": message, "ticket": ticket})
 
 
@@ -172,18 +173,12 @@ def message_delivery_view(request, number: int, message_id: int):
 def message_retry_view(request, number: int, message_id: int):
     from channels_email.outbound import reply_retry
 
-    ticket = _ticket_or_404(request, number)
-    message = get_object_or_404(Message, pk=message_id, ticket=ticket,
-                                kind=MessageKind.OUTBOUND)
-    with transaction.atomic():
-        reply_retry(message=message)
+    ticket, message = _outbound_or_404(request, number, message_id)
+    reply_retry(message=message)
     if request.htmx:
         message.refresh_from_db()
         return render(request, "tickets/_delivery.html", {"m": message, "ticket": ticket})
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
-
-
-INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 
 
 def attachment_download_view(request, number: int, attachment_id: int):
@@ -191,7 +186,7 @@ def attachment_download_view(request, number: int, attachment_id: int):
     inline (``?inline=1``); everything else is a download, never rendered by the browser."""
     ticket = _ticket_or_404(request, number)
     attachment = get_object_or_404(Attachment, pk=attachment_id, message__ticket=ticket)
-    inline = request.GET.get("inline") == "1" and attachment.content_type in INLINE_IMAGE_TYPES
+    inline = request.GET.get("inline") == "1" and attachment.content_type in RASTER_IMAGE_TYPES
     response = FileResponse(
         attachment.file.open("rb"), as_attachment=not inline, filename=attachment.filename,
         content_type=attachment.content_type if inline else "application/octet-stream")
@@ -286,7 +281,7 @@ def notification_badge_view(request):
 @require_POST
 def notification_open_view(request):
     """Mark the posted notification (and the agent's other unread ones on its ticket) read
-    and go to the ticket: opening is a POST, so a GET of any page changes nothing."""
+    and go to the ticket (whose page marks them read too, for links opened directly)."""
     from tickets.models import Notification
     from tickets.notifications import notification_open
 

@@ -18,9 +18,9 @@ from django.utils.safestring import mark_safe
 
 from channels_email.mime import reply_part
 from channels_email.sanitize import sanitize_html
+from tickets.models import RASTER_IMAGE_TYPES
 
 register = template.Library()
-RASTER = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 CID_SRC = re.compile(r'src="cid:([^"]+)"', re.IGNORECASE)
 
 
@@ -28,12 +28,13 @@ BLOCKQUOTE_TAG = re.compile(r"<(/?)blockquote\b[^>]*>", re.IGNORECASE)
 
 
 def _split_html_quote(html: str) -> tuple[str, str]:
-    """(new part, quoted history) of a sanitised HTML body, split before its first
-    ``<blockquote>`` (how Gmail, Apple Mail and Thunderbird quote what they answer).
+    """(new part, quoted history) of a stored HTML body, each sanitised (once) for display,
+    split before its first ``<blockquote>`` (how Gmail, Apple Mail and Thunderbird quote
+    what they answer).
 
     The quote is "" (nothing folds) when there is no blockquote, nothing before it, or
     text after it ends: answers written between quoted paragraphs must stay in view. The
-    cut may fall inside open elements: sanitising each part again rebalances its tags."""
+    cut may fall inside open elements: sanitising each part rebalances its tags."""
     first, depth, end = None, 0, None
     for match in BLOCKQUOTE_TAG.finditer(html):
         if match.group(1):
@@ -44,10 +45,9 @@ def _split_html_quote(html: str) -> tuple[str, str]:
         else:
             first = match.start() if first is None else first
             depth += 1
-    if first is None or end is None or not strip_tags(html[:first]).strip():
-        return html, ""
-    if strip_tags(html[end:]).strip():
-        return html, ""
+    if first is None or end is None or not strip_tags(html[:first]).strip() \
+            or strip_tags(html[end:]).strip():
+        return sanitize_html(html), ""
     return sanitize_html(html[:first]), sanitize_html(html[first:])
 
 
@@ -60,21 +60,20 @@ def message_body(context, message):
 
         def resolve(match: re.Match) -> str:
             attachment = attachments.get(match.group(1))
-            if attachment is None or attachment.content_type not in RASTER:
+            if attachment is None or attachment.content_type not in RASTER_IMAGE_TYPES:
                 return 'src=""'
             url = reverse("tickets:attachment", kwargs={
                 "tenant_slug": tenant.slug, "number": ticket.number,
                 "attachment_id": attachment.pk})
             return f'src="{escape(url)}?inline=1"'
 
-        html = sanitize_html(message.body_html)
-        new, quoted = _split_html_quote(html)
+        new, quoted = _split_html_quote(message.body_html)
         if quoted:
             return mark_safe(  # noqa: S308 - each part sanitised again on its own
                 f'<div class="body html">{CID_SRC.sub(resolve, new)}</div>'
                 f'<details class="quoted"><summary>Show quoted text</summary>'
                 f'<div class="body html">{CID_SRC.sub(resolve, quoted)}</div></details>')
-        return mark_safe(f'<div class="body html">{CID_SRC.sub(resolve, html)}</div>')  # noqa: S308
+        return mark_safe(f'<div class="body html">{CID_SRC.sub(resolve, new)}</div>')  # noqa: S308
     text = message.body_text or ""
     new = reply_part(text) if message.kind == "inbound" else text
     if new and new.strip() != text.strip():
