@@ -149,3 +149,23 @@ def suppression_remove(*, tenant: Tenant, suppression_id: int, actor: User | Non
         audit_record(tenant=tenant, actor=actor, action="suppression.removed", target=None,
                      details={"email": entry.email, "reason": entry.reason})
     return True
+
+
+def connection_credentials_rotate() -> int:
+    """Re-encrypt every stored mailbox credential under the first key of FERNET_KEYS, in
+    one transaction; returns how many rows were re-encrypted.
+
+    Unscoped on purpose: a sweep over every tenant's connections, reading and writing the
+    encrypted column as stored (raw SQL: the field would decrypt it), nothing else."""
+    from helpdesk.crypto import rotate
+
+    table = EmailConnection._meta.db_table  # our own table name, never input
+    done = 0
+    with transaction.atomic(), db_connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, credentials FROM {table} "  # noqa: S608
+                       "WHERE credentials IS NOT NULL AND credentials <> '' FOR UPDATE")
+        for pk, token in cursor.fetchall():
+            cursor.execute(f"UPDATE {table} SET credentials = %s WHERE id = %s",  # noqa: S608
+                           [rotate(token), pk])
+            done += 1
+    return done
