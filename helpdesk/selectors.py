@@ -46,6 +46,11 @@ def tenant_members(*, tenant: Tenant) -> QuerySet[Membership]:
     return Membership.objects.filter(tenant=tenant).select_related("user").order_by("user__email")
 
 
+def assignable_members(*, tenant: Tenant) -> QuerySet[Membership]:
+    """The members tickets can be assigned to: those whose account is active."""
+    return tenant_members(tenant=tenant).filter(user__is_active=True)
+
+
 def tenant_pending_invitations(*, tenant: Tenant) -> QuerySet[Invitation]:
     return Invitation.objects.filter(tenant=tenant, accepted_at__isnull=True).order_by(
         "-created_at"

@@ -32,17 +32,10 @@ __all__ = [
 ]
 
 
-def _require_scope() -> None:
-    current = get_scope()
-    if current.get("_enabled", True) and "tenant" not in current:
-        raise ScopeError("A scope on dimension(s) tenant needs to be active for this query.")
-
-
 class _TenantManagerBase(models.Manager):
     """The scoped manager's base: ``create`` and ``bulk_create`` skip building the scope's
     filter (django-scopes lets them through without a scope anyway: a new row names its
-    tenant itself), which costs more than a small INSERT on the ingest path. ``raw`` SQL
-    binds the tenant itself but, like every read, refuses to run outside a scope."""
+    tenant itself), which costs more than a small INSERT on the ingest path."""
 
     def _unfiltered(self) -> models.QuerySet:
         return models.QuerySet(model=self.model, using=self._db, hints=self._hints)
@@ -52,10 +45,6 @@ class _TenantManagerBase(models.Manager):
 
     def bulk_create(self, objs, *args, **kwargs):
         return self._unfiltered().bulk_create(objs, *args, **kwargs)
-
-    def raw(self, raw_query, params=(), translations=None, using=None):
-        _require_scope()
-        return self._unfiltered().raw(raw_query, params, translations, using)
 
 
 class TenantOwnedModel(models.Model):

@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from helpdesk.models import User
-from helpdesk.selectors import tenant_members
+from helpdesk.selectors import assignable_members, tenant_members
 from routing.models import Team
 from tickets.models import (
     RASTER_IMAGE_TYPES,
@@ -89,7 +89,7 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         "statuses": TicketStatus.choices,
         "priorities": TicketPriority.choices,
         "teams": Team.objects.filter(tenant=request.tenant),
-        "members": tenant_members(tenant=request.tenant),
+        "members": assignable_members(tenant=request.tenant),
     }
 
 
@@ -205,7 +205,7 @@ class TicketControlsForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["team"].queryset = Team.objects.filter(tenant=tenant)
         self.fields["assignee"].queryset = User.objects.filter(
-            memberships__tenant=tenant, is_active=True)
+            memberships__in=assignable_members(tenant=tenant))
 
 
 @require_POST
