@@ -16,22 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-import redis
-from django.conf import settings
-
 from channels_email.mime import ParsedEmail
 from channels_email.models import AllowedEmails, AllowedSenders, EmailConnection
+from helpdesk.coordination import redis_client, redis_key
 
 
 @dataclass(frozen=True)
 class Skip:
     code: str  # stable, machine-readable: loop, bounce, auto_reply, blocked, ...
     reason: str  # for people: says which rule and which value
-
-
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 def _domain(address: str) -> str:
@@ -67,7 +60,7 @@ return count
 
 @lru_cache(maxsize=1)
 def _count_script():
-    return _redis().register_script(_COUNT_SCRIPT)
+    return redis_client().register_script(_COUNT_SCRIPT)
 
 
 def sender_count_in_window(*, connection: EmailConnection, sender: str, inbound_id: int,
@@ -76,7 +69,7 @@ def sender_count_in_window(*, connection: EmailConnection, sender: str, inbound_
     ``received_at`` (arrival time), this one included. A sorted set per sender keyed by
     InboundEmail id, so counting the same email twice is impossible."""
     window = connection.sender_rate_window_minutes * 60
-    key = f"{settings.CACHES['default']['KEY_PREFIX']}:rate:{connection.pk}:{sender}"
+    key = redis_key("rate", connection.pk, sender)
     return int(_count_script()(keys=[key],
                                args=[str(inbound_id), received_at.timestamp(), window]))
 
@@ -119,6 +112,14 @@ def prefilter(*, parsed: ParsedEmail, connection: EmailConnection,
                     f"{count} mails from {sender} within {connection.sender_rate_window_minutes}"
                     f" minutes (limit {connection.sender_rate_limit}): a mail loop is likely")
     return None
+
+
+def sender_always_accepted(connection: EmailConnection) -> bool:
+    """True when neither ``thread_filter`` nor ``sender_filter`` can refuse a sender on
+    this connection (the defaults): ingest may then upsert the contact before it knows
+    the thread."""
+    return (connection.allowed_emails == AllowedEmails.BOTH
+            and connection.allowed_senders == AllowedSenders.ANYONE)
 
 
 def thread_filter(*, connection: EmailConnection, is_reply: bool) -> Skip | None:

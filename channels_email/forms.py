@@ -6,7 +6,14 @@ import re
 
 from django import forms
 
-from channels_email.models import ConnectionStatus, EmailConnection, RoutingMode
+from channels_email.models import (
+    ACKNOWLEDGEMENT_PLACEHOLDERS,
+    ConnectionStatus,
+    EmailConnection,
+    RoutingMode,
+)
+from channels_email.selectors import connections_for_tenant
+from channels_email.services import SETTINGS_FIELDS
 from routing.models import Flow, Team
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
@@ -31,9 +38,8 @@ class ConnectionSettingsForm(forms.ModelForm):
         label="Send replies through", empty_label="This mailbox",
         help_text="Replies to tickets that came in here go out from this mailbox.")
 
-    field_order = ["display_name", "routing_mode", "routing_team", "routing_flow",
-                   "reply_connection", "is_default", "send_acknowledgement",
-                   "acknowledgement_text"]
+    # The columns connection_settings_save writes, in reading order.
+    field_order = list(SETTINGS_FIELDS)
 
     class Meta:
         model = EmailConnection
@@ -58,16 +64,16 @@ class ConnectionSettingsForm(forms.ModelForm):
         self.fields["routing_team"].queryset = Team.objects.filter(tenant=tenant)
         self.fields["routing_flow"].queryset = Flow.objects.filter(tenant=tenant,
                                                                    is_active=True)
-        self.fields["reply_connection"].queryset = EmailConnection.objects.filter(
+        self.fields["reply_connection"].queryset = connections_for_tenant(
             tenant=tenant).exclude(pk=self.instance.pk).exclude(
-            status=ConnectionStatus.DISCONNECTED).order_by("address")
+            status=ConnectionStatus.DISCONNECTED)
         self.initial.setdefault("routing_team", self.instance.routing_team_id)
         self.initial.setdefault("routing_flow", self.instance.routing_flow_id)
         self.initial.setdefault("reply_connection", self.instance.reply_connection_id)
 
     def clean_acknowledgement_text(self):
         text = self.cleaned_data["acknowledgement_text"]
-        unknown = sorted(set(PLACEHOLDER.findall(text)) - {"name", "number", "subject"})
+        unknown = sorted(set(PLACEHOLDER.findall(text)) - set(ACKNOWLEDGEMENT_PLACEHOLDERS))
         if unknown:
             raise forms.ValidationError(
                 "Unknown placeholder: " + ", ".join(f"{{{u}}}" for u in unknown)

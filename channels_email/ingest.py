@@ -36,8 +36,6 @@ from django.db.models import F
 from channels_email import filters
 from channels_email.mime import DEFAULT_LIMITS, ParsedEmail, ParseLimits, parse_email
 from channels_email.models import (
-    AllowedEmails,
-    AllowedSenders,
     BodyPreference,
     EmailConnection,
     EmailThreadRef,
@@ -423,7 +421,7 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
             [sorted(thread_lock_key(row.tenant_id, k) for k in keys)])
     sender = parsed.from_
     contact, created_contact = None, False
-    if conn.allowed_emails == AllowedEmails.BOTH and conn.allowed_senders == AllowedSenders.ANYONE:
+    if filters.sender_always_accepted(conn):
         # No filter below can refuse the sender, so the contact upsert rides in the lock's
         # statement (one round trip less); the locks are taken first, as the upsert
         # selects its row from them. A duplicate of an ingested message touches no
@@ -475,7 +473,7 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
             tenant=row.tenant, email=sender.email, name=sender.name,
             source=ContactSource.EMAIL)
     # Every address of the tenant's mailboxes is ours: never a CC to copy replies to.
-    own = {*conn.own_addresses, *row.tenant_addresses}
+    own = row.tenant_addresses  # the connection's own addresses are among them
     cc = [a.email for a in parsed.cc if a.email not in own and a.email != sender.email] \
         if conn.import_cc else []
     body_html = parsed.html if conn.body_preference == BodyPreference.HTML else ""

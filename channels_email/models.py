@@ -55,6 +55,9 @@ DEFAULT_ACKNOWLEDGEMENT = (
 )
 
 
+ACKNOWLEDGEMENT_PLACEHOLDERS = ("name", "number", "subject")
+
+
 class EmailConnection(TenantOwnedModel):
     """One connected mailbox and its settings, health and sync state.
 

@@ -34,6 +34,7 @@ from channels_email.mime import (
     normalize_message_id,
 )
 from channels_email.models import (
+    ACKNOWLEDGEMENT_PLACEHOLDERS,
     DEFAULT_ACKNOWLEDGEMENT,
     ConnectionStatus,
     EmailConnection,
@@ -42,8 +43,15 @@ from channels_email.models import (
     SuppressedAddress,
     SuppressionReason,
 )
-from channels_email.selectors import reply_connection_for, reply_recipients, suppressed_among
+from channels_email.selectors import (
+    latest_inbound_email,
+    reply_connection_for,
+    reply_recipients,
+    suppressed_among,
+    tenant_addresses,
+)
 from channels_email.tokens import ensure_fresh_token
+from contacts.models import normalize_email
 from helpdesk.models import Tenant, User
 from helpdesk.tenancy import tenant_scope, unscoped
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
@@ -147,30 +155,34 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
     if connection is None:
         raise ValueError("there is no mailbox to reply from: this ticket did not come by "
                          "email and the workspace has no default mailbox")
-    default_to, default_cc = reply_recipients(ticket=ticket)
-    return _outbound_create(ticket=ticket, connection=connection, author=author,
-                            body_text=body_text, to=default_to if to is None else to,
-                            cc=default_cc if cc is None else cc, attachments=attachments)
+    latest = latest_inbound_email(ticket_id=ticket.pk)
+    own = tenant_addresses(tenant_id=ticket.tenant_id)
+    default_to, default_cc = reply_recipients(ticket=ticket, latest=latest, own=own)
+    return _outbound_create(
+        ticket=ticket, connection=connection, author=author, body_text=body_text,
+        to=default_to if to is None else to, cc=default_cc if cc is None else cc,
+        subject=latest.subject if latest is not None else ticket.title, own=own,
+        attachments=attachments)
 
 
 def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: User | None,
-                     body_text: str, to: list[str], cc: list[str],
-                     attachments=(), auto_submitted: bool = False) -> Message:
-    own = {a.lower() for a in connection.own_addresses}
-    if ticket.email_connection_id and ticket.email_connection_id != connection.pk:
-        own |= {a.lower() for a in ticket.email_connection.own_addresses}
-    recipients = list(dict.fromkeys(a.lower() for a in to if a and a.lower() not in own))
+                     body_text: str, to: list[str], cc: list[str], subject: str,
+                     own: set[str], attachments=(), auto_submitted: bool = False) -> Message:
+    """The Pending outbound Message, its thread reference and attachments, and the send
+    queued on commit. ``own`` is every address of the workspace's mailboxes: never a
+    recipient, whoever typed it (nor is the sending mailbox, whatever the caller passed).
+    ValueError when no recipient is left."""
+    own = own | connection.own_addresses
+    recipients = list(dict.fromkeys(a for a in map(normalize_email, to) if a and a not in own))
     if not recipients:
         raise ValueError("the reply has no recipient outside our own mailboxes")
-    copies = list(dict.fromkeys(a.lower() for a in cc if a and a.lower() not in own
-                                and a.lower() not in recipients))
-    latest = (Message.objects.filter(ticket=ticket, kind=MessageKind.INBOUND)
-              .order_by("-created_at", "-id").values_list("subject", flat=True).first())
+    copies = list(dict.fromkeys(a for a in map(normalize_email, cc)
+                                if a and a not in own and a not in recipients))
     domain = connection.address.rsplit("@", 1)[-1]
     with transaction.atomic():
         message = Message.objects.create(
             tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
-            subject=reply_subject(latest if latest is not None else ticket.title)[:998],
+            subject=reply_subject(subject)[:998],
             body_text=body_text, author_user=author,
             body_html=linebreaks(body_text, autoescape=True),
             delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,
@@ -225,11 +237,15 @@ def acknowledgement_skip_reason(*, ticket: Ticket, parsed: ParsedEmail, address:
     return ""
 
 
+ACKNOWLEDGEMENT_FIELD = re.compile(
+    r"\{(" + "|".join(ACKNOWLEDGEMENT_PLACEHOLDERS) + r")\}")
+
+
 def _acknowledgement_body(template: str, ticket: Ticket) -> str:
     # Only these three placeholders: str.format would also evaluate attribute lookups.
     values = {"name": ticket.contact.display_name, "number": str(ticket.number),
               "subject": ticket.title}
-    return re.sub(r"\{(name|number|subject)\}", lambda m: values[m.group(1)], template)
+    return ACKNOWLEDGEMENT_FIELD.sub(lambda m: values[m.group(1)], template)
 
 
 def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
@@ -254,7 +270,8 @@ def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
                                  ticket)
     try:
         return _outbound_create(ticket=ticket, connection=sender, author=None,
-                                body_text=body, to=to[:1], cc=[], auto_submitted=True), ""
+                                body_text=body, to=to[:1], cc=[], subject=ticket.title,
+                                own=tenant_addresses, auto_submitted=True), ""
     except ValueError as exc:  # refused before any write: the ticket must not fail with it
         return None, str(exc)
 
@@ -267,9 +284,7 @@ def _queue_send(message_pk: int) -> None:
 
 def _thread_context(message: Message) -> tuple[str, list[str], str]:
     """(In-Reply-To, References, provider thread id) from the ticket's latest inbound mail."""
-    latest = (InboundEmail.objects.filter(ticket_id=message.ticket_id, message__isnull=False,
-                                          message__kind=MessageKind.INBOUND)
-              .order_by("-received_at", "-id").first())
+    latest = latest_inbound_email(ticket_id=message.ticket_id)
     if latest is None:
         return "", [], ""
     refs = list(EmailThreadRef.objects.filter(ticket_id=message.ticket_id)

@@ -50,42 +50,52 @@ def reply_connection_for(*, ticket) -> EmailConnection | None:
             .exclude(status=ConnectionStatus.DISCONNECTED).first())
 
 
-def reply_recipients(*, ticket) -> tuple[list[str], list[str]]:
+def latest_inbound_email(*, ticket_id: int) -> InboundEmail | None:
+    """The InboundEmail of the ticket's latest customer mail by arrival: what a reply
+    answers (its Reply-To and sender, subject, Message-ID and provider thread)."""
+    from tickets.models import MessageKind
+
+    return (InboundEmail.objects.filter(ticket_id=ticket_id, message__isnull=False,
+                                        message__kind=MessageKind.INBOUND)
+            .order_by("-received_at", "-id").first())
+
+
+def reply_recipients(*, ticket, latest=..., own: set[str] | None = None
+                     ) -> tuple[list[str], list[str]]:
     """(To, CC) for a reply: To is the latest inbound mail's Reply-To, else its sender,
     else the ticket's contact; CC is the ticket's contact when somebody else wrote the
     latest mail (a CC'd colleague answered: the customer stays in the conversation; the
     customer's own Reply-To is respected), then the ticket's CC addresses; never an
-    address of the workspace's mailboxes (connected or alias), never the To again."""
-    from tickets.models import MessageKind
-
-    latest = (InboundEmail.objects.filter(tenant_id=ticket.tenant_id,
-                                          message__ticket_id=ticket.pk,
-                                          message__kind=MessageKind.INBOUND)
-              .order_by("-message__created_at", "-message_id")
-              .values_list("details", "from_address").first())
-    own = tenant_addresses(tenant_id=ticket.tenant_id)
-    candidates, contact = [], ticket.contact.email.lower()
+    address of the workspace's mailboxes (connected or alias), never the To again.
+    ``latest`` (``latest_inbound_email``) and ``own`` (``tenant_addresses``) are looked
+    up when the caller has not already."""
+    if latest is ...:
+        latest = latest_inbound_email(ticket_id=ticket.pk)
+    if own is None:
+        own = tenant_addresses(tenant_id=ticket.tenant_id)
+    candidates, contact = [], ticket.contact.email
     copy_contact = False
     if latest is not None:
-        details, sender = latest
-        candidates += [(details or {}).get("reply_to", []), [sender]]
-        copy_contact = bool(sender) and sender.lower() != contact
+        sender = latest.from_address
+        candidates += [(latest.details or {}).get("reply_to", []), [sender]]
+        copy_contact = bool(sender) and sender != contact
     candidates.append([contact])
     # The first of Reply-To, From, contact that names somebody outside our own mailboxes.
-    to = next(([a.lower() for a in c if a and a.lower() not in own] for c in candidates
-               if any(a and a.lower() not in own for a in c)), [])
-    cc = [a.lower() for a in dict.fromkeys([contact] * copy_contact + ticket.cc_addresses)
-          if a and a.lower() not in own and a.lower() not in to]
+    outside = ([a for a in c if a and a not in own] for c in candidates)
+    to = next((c for c in outside if c), [])
+    cc = [a for a in dict.fromkeys([contact] * copy_contact + ticket.cc_addresses)
+          if a not in own and a not in to]
     return to, cc
 
 
 def tenant_addresses(*, tenant_id: int) -> set[str]:
     """Every address of the workspace's mailboxes, connected and alias, lower case."""
     addresses = set()
+    # EmailConnection.save lower-cases both.
     for address, aliases in EmailConnection.objects.filter(tenant_id=tenant_id).values_list(
             "address", "alias_addresses"):
-        addresses.add(address.lower())
-        addresses.update(a.lower() for a in aliases)
+        addresses.add(address)
+        addresses.update(aliases)
     return addresses
 
 

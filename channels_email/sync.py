@@ -24,16 +24,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import lru_cache
 
 import redis
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection, InboundEmail, InboundState
 from channels_email.providers.base import MessageRef
+from helpdesk.coordination import redis_client, redis_key
 from helpdesk.tenancy import tenant_scope, unscoped
 
 logger = logging.getLogger(__name__)
@@ -56,23 +55,15 @@ class SyncResult:
     reason: str = ""
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
-
-
-def _key(kind: str, connection_id: int) -> str:
-    return f"{settings.CACHES['default']['KEY_PREFIX']}:{kind}:{connection_id}"
-
-
 def push_mark(connection_id: int) -> bool:
     """Mark a sync as wanted; True when no sync was already pending (the caller enqueues
     one). The mark expires by itself so a lost task cannot block pushes for long."""
-    return bool(_redis().set(_key("sync-pending", connection_id), "1", nx=True, ex=600))
+    return bool(redis_client().set(redis_key("sync-pending", connection_id), "1", nx=True,
+                                   ex=600))
 
 
 def push_unmark(connection_id: int) -> None:
-    _redis().delete(_key("sync-pending", connection_id))
+    redis_client().delete(redis_key("sync-pending", connection_id))
 
 
 def sync_request(connection_id: int, trigger: str = "push") -> bool:
@@ -98,8 +89,8 @@ def connection_sync(connection_id: int, trigger: str = "push") -> SyncResult:
     if conn is None or conn.status == ConnectionStatus.DISCONNECTED:
         push_unmark(connection_id)
         return SyncResult(state="skipped", reason="no such connection or disconnected")
-    lock = _redis().lock(_key("sync-lock", connection_id), timeout=LOCK_SECONDS,
-                         blocking=False)
+    lock = redis_client().lock(redis_key("sync-lock", connection_id), timeout=LOCK_SECONDS,
+                               blocking=False)
     if not lock.acquire():
         raise SyncBusy(f"connection {connection_id} is being synced")
     try:

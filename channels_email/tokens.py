@@ -14,22 +14,15 @@ Contract of ``ensure_fresh_token(connection, margin=...)``:
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from functools import lru_cache
 
-import redis
-from django.conf import settings
 from django.utils import timezone
 
 from channels_email import health, providers
 from channels_email.models import EmailConnection
+from helpdesk.coordination import redis_client, redis_key
 
 DEFAULT_MARGIN = timedelta(minutes=5)
 BEAT_MARGIN = timedelta(minutes=15)
-
-
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 def expires_at(connection: EmailConnection) -> datetime | None:
@@ -56,8 +49,8 @@ def ensure_fresh_token(connection: EmailConnection,
         error = providers.AuthError("no refresh token stored", reason="no_refresh_token")
         health.record_error(connection, error)
         raise error
-    key = f"{settings.CACHES['default']['KEY_PREFIX']}:token-lock:{connection.pk}"
-    with _redis().lock(key, timeout=60, blocking_timeout=30):
+    with redis_client().lock(redis_key("token-lock", connection.pk), timeout=60,
+                             blocking_timeout=30):
         connection.refresh_from_db(fields=["credentials", "status"])
         if not needs_refresh(connection, margin):
             return False  # another worker refreshed it while we waited

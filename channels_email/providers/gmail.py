@@ -633,8 +633,8 @@ class GmailProvider:
         if not hits:
             return None
         first = hits[0]
-        header = self._read_message_id(service, first["id"]) or wanted
-        return SentMessage(first["id"], first.get("threadId") or "", header)
+        # A hit for rfc822msgid:<wanted> carries that Message-ID: nothing to read back.
+        return SentMessage(first["id"], first.get("threadId") or "", wanted)
 
     @staticmethod
     def _read_message_id(service, message_id: str) -> str:
