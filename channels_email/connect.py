@@ -201,7 +201,7 @@ def watch_renew(conn: EmailConnection) -> bool:
 def _queue_sync(conn: EmailConnection) -> None:
     from channels_email.sync import sync_request
 
-    transaction.on_commit(lambda: sync_request(conn.pk))
+    transaction.on_commit(lambda: sync_request(conn.pk, "reconnect"))
 
 
 def connection_disconnect(*, connection: EmailConnection, actor: User | None) -> None:

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import redis
+from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 
 from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection, InboundEmail, InboundState
 from channels_email.providers.base import MessageRef
+from helpdesk import sql
 from helpdesk.coordination import redis_client, redis_key
 from helpdesk.tenancy import tenant_scope, unscoped
 
@@ -164,29 +166,47 @@ def _full_sync(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
 
 def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str,
            trigger: str = "push") -> list[int]:
-    """Insert the rows and advance the cursor in one transaction; enqueue ingest after."""
+    """Insert the rows and advance the cursor in one transaction; enqueue ingest after.
+
+    Returns (and queues) every listed row still waiting to be ingested, new or not. Only
+    rows this sync created count as mail the reconciliation sweep found without a push."""
     unique = list({ref.provider_message_id: ref for ref in refs}.values())
+    ids: list[int] = []
+    created: list[int] = []
     with transaction.atomic():
         if unique:
-            InboundEmail.objects.bulk_create([
+            created = _insert_new([
                 InboundEmail(tenant_id=conn.tenant_id, connection=conn,
                              provider_message_id=ref.provider_message_id[:255],
                              provider_thread_id=ref.provider_thread_id[:255])
                 for ref in unique
-            ], ignore_conflicts=True)
-        ids = list(InboundEmail.objects.filter(
-            connection=conn, state=InboundState.RECEIVED,
-            provider_message_id__in=[r.provider_message_id[:255] for r in unique],
-        ).values_list("pk", flat=True)) if unique else []
+            ])
+            ids = list(InboundEmail.objects.filter(
+                connection=conn, state=InboundState.RECEIVED,
+                provider_message_id__in=[r.provider_message_id[:255] for r in unique],
+            ).values_list("pk", flat=True))
         now = timezone.now()
         fields = {"cursor": cursor, "updated_at": now}
         if trigger == "push":
             fields["last_push_at"] = now
-        elif ids:
+        elif trigger == "reconcile" and created:
             fields["missed_push_at"] = now  # the sweep found mail no push announced
         EmailConnection.objects.filter(pk=conn.pk).update(**fields)
         transaction.on_commit(lambda: _enqueue(ids))
     return ids
+
+
+def _insert_new(rows: list[InboundEmail]) -> list[int]:
+    """One INSERT of ``rows`` (each as ``inbound_email_receive`` would write it, without
+    raw bytes: ingest fetches them); the ids of those that were not there already."""
+    parts = [sql.insert_parts(row) for row in rows]
+    values = ", ".join(f"({placeholders})" for _, placeholders, _ in parts)
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {InboundEmail._meta.db_table} ({parts[0][0]}) "  # noqa: S608
+            f"VALUES {values} ON CONFLICT (connection_id, provider_message_id) DO NOTHING "
+            "RETURNING id", [value for _, _, params in parts for value in params])
+        return [pk for (pk,) in cursor.fetchall()]
 
 
 def _enqueue(ids: list[int]) -> None:

@@ -385,6 +385,35 @@ def test_quiet_pushes_and_expired_watches_show_on_the_health_page(gmail, admin_c
     assert "Pushes missing" in page and "Watch expired" in page
 
 
+def test_mail_stored_already_is_not_a_missed_push_and_reconnect_is_not_a_push(
+        gmail, admin_client, tenant):
+    sandbox, _ = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get()
+    deliver(sandbox, "support@acme.test", "Announced")
+    push_unmark(conn.pk)
+    assert len(connection_sync(conn.pk, "push").new_rows) == 1  # stored, not ingested yet
+    # Our cursor falls behind Gmail's history: the sweep's full sync lists the stored mail
+    # again.
+    with unscoped():
+        EmailConnection.objects.update(cursor="1")
+    requests.post(sandbox + "/_sandbox/expire-history", json={"email": "support@acme.test"},
+                  timeout=5).raise_for_status()
+    push_unmark(conn.pk)
+    result = connection_sync(conn.pk, "reconcile")
+    assert result.full_sync and len(result.new_rows) == 1  # still queued for ingest
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "Pushes missing" not in page
+
+    with unscoped():
+        EmailConnection.objects.update(last_push_at=None)
+    push_unmark(conn.pk)
+    connection_sync(conn.pk, "reconnect")
+    with unscoped():
+        assert EmailConnection.objects.get().last_push_at is None
+
+
 def test_a_state_from_another_session_is_refused(gmail, client, tenant, admin_user):
     from django.test import Client
 
