@@ -57,7 +57,12 @@ def _live(connection: EmailConnection):
 
 def record_success(connection: EmailConnection, *, synced: bool = False) -> None:
     """A provider call worked: Active (from Token Expired only through Reconnect, which
-    calls ``reactivate``), errors reset, ``last_sync_at`` when it was a sync."""
+    calls ``reactivate``), errors reset, ``last_sync_at`` when it was a sync. Costs
+    nothing when the connection is healthy already and this was not a sync (the common
+    case on the ingest and send paths)."""
+    if not synced and connection.status == ConnectionStatus.ACTIVE \
+            and not connection.consecutive_errors and connection.rate_limited_until is None:
+        return
     now = timezone.now()
     fields = {"consecutive_errors": 0, "rate_limited_until": None, "updated_at": now}
     if synced:
@@ -67,10 +72,13 @@ def record_success(connection: EmailConnection, *, synced: bool = False) -> None
     _refresh(connection)
 
 
-def reactivate(connection: EmailConnection) -> None:
-    """After a Reconnect with fresh credentials: Active again, errors cleared."""
+def reactivate(connection: EmailConnection, *, credentials: dict | None = None) -> None:
+    """After a Reconnect: the fresh ``credentials`` stored (when given), Active again,
+    errors cleared, in one UPDATE. Raises IntegrityError when the mailbox is connected in
+    another workspace meanwhile (run it in a transaction)."""
+    fields = {"credentials": credentials} if credentials is not None else {}
     _live(connection).update(status=ConnectionStatus.ACTIVE, consecutive_errors=0,
-                             rate_limited_until=None, updated_at=timezone.now())
+                             rate_limited_until=None, updated_at=timezone.now(), **fields)
     _refresh(connection)
 
 

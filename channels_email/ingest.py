@@ -211,8 +211,7 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
         health.record_error(conn, exc)
         wait = getattr(exc, "retry_after", None) or health.wait_seconds(conn) or 30
         raise FetchDeferred(f"{type(exc).__name__}: {exc}", wait) from exc
-    if conn.consecutive_errors or conn.status == "rate_limited":
-        health.record_success(conn)
+    health.record_success(conn)
     name = f"{hashlib.sha256(raw).hexdigest()}.eml"
     row.raw.save(name, ContentFile(raw), save=False)
     row.raw_size = len(raw)

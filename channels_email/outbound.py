@@ -405,8 +405,7 @@ def deliver(message_pk: int) -> str:
             raise SendDeferred(str(exc), health.backoff_seconds(attempts, base=2, cap=900)) \
                 from exc
         _delivered(message, sent)
-        if connection.consecutive_errors:
-            health.record_success(connection)
+        health.record_success(connection)
         return DeliveryStatus.DELIVERED
 
 
