@@ -113,11 +113,10 @@ def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
         raise ConnectError("Both permissions are needed (read and send mail). Please allow "
                            "them on the consent screen.")
     reconnect_id = state.get("r")
-    existing = (EmailConnection.objects.filter(provider=provider, address=address)
-                .exclude(status=ConnectionStatus.DISCONNECTED).first())
     if reconnect_id:
         return _reconnect(request, tenant, reconnect_id, address, credentials, client)
-    if existing is not None:
+    if EmailConnection.objects.filter(provider=provider, address=address).exclude(
+            status=ConnectionStatus.DISCONNECTED).exists():
         raise ConnectError(f"{address} is already connected in this workspace.")
     return _create(request, tenant, provider, address, credentials, client)
 
@@ -132,13 +131,7 @@ def _create(request, tenant, provider, address, credentials, client) -> ConnectR
     except IntegrityError as exc:
         raise ConnectError(f"{address} is already connected in another workspace. "
                            "Disconnect it there first.") from exc
-    forget_mailbox(provider, address)
-    try:
-        watch_start(conn, client)
-    except providers.ProviderError as exc:
-        health.record_error(conn, exc)  # shown on the health page; the beat task retries
-    audit_record(tenant=tenant, actor=request.user, action="email_connection.connected",
-                 target=conn, details={"provider": provider, "address": address})
+    _signed_in(request, tenant, conn, client, "email_connection.connected")
     return ConnectResult(conn, True)
 
 
@@ -151,21 +144,26 @@ def _reconnect(request, tenant, connection_id, address, credentials, client) -> 
                            f"{conn.address}. Nothing was changed.")
     try:
         with transaction.atomic():
-            conn.credentials = credentials
-            conn.status = ConnectionStatus.ACTIVE
-            conn.save(update_fields=["credentials", "status", "updated_at"])
+            health.reactivate(conn, credentials=credentials)
     except IntegrityError as exc:
         raise ConnectError(f"{address} is connected in another workspace now.") from exc
-    health.reactivate(conn)
-    forget_mailbox(conn.provider, address)
-    try:
-        watch_start(conn, client, keep_cursor=True)
-    except providers.ProviderError as exc:
-        health.record_error(conn, exc)
-    audit_record(tenant=tenant, actor=request.user, action="email_connection.reconnected",
-                 target=conn, details={"provider": conn.provider, "address": address})
+    _signed_in(request, tenant, conn, client, "email_connection.reconnected",
+               keep_cursor=True)
     _queue_sync(conn)  # catch up from the last cursor
     return ConnectResult(conn, False)
+
+
+def _signed_in(request, tenant: Tenant, conn: EmailConnection, client, action: str,
+               keep_cursor: bool = False) -> None:
+    """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the push
+    watch started (a failure shows on the health page; the beat task retries), audited."""
+    forget_mailbox(conn.provider, conn.address)
+    try:
+        watch_start(conn, client, keep_cursor=keep_cursor)
+    except providers.ProviderError as exc:
+        health.record_error(conn, exc)
+    audit_record(tenant=tenant, actor=request.user, action=action, target=conn,
+                 details={"provider": conn.provider, "address": conn.address})
 
 
 def watch_start(conn: EmailConnection, client=None, keep_cursor: bool = False) -> None:
