@@ -102,3 +102,11 @@ def dmarc_badge(message):
         return ""
     css, label, title = DMARC_LABELS[verdict]
     return format_html('<span class="badge {}" title="{}">{}</span>', css, title, label)
+
+
+@register.filter
+def unread_label(count: int) -> str:
+    """An unread count as shown: the selector stops counting at its cap ("99+")."""
+    from tickets.notifications import UNREAD_COUNT_CAP
+
+    return f"{UNREAD_COUNT_CAP - 1}+" if count >= UNREAD_COUNT_CAP else str(count)
