@@ -23,11 +23,11 @@ import urllib.parse
 import urllib.request
 import uuid
 
-import redis
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from helpdesk.coordination import redis_client
 from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_PASSWORD, seed_demo
 
 # The demo's Google side: the sandbox's OAuth client and Pub/Sub topic (no real secrets).
@@ -95,7 +95,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             if check:
-                self._check(url, procs)
+                self._check(url, procs, sandbox_url)
                 self.stdout.write(self.style.SUCCESS("demo check passed"))
                 return
             while not stopping:
@@ -105,10 +105,6 @@ class Command(BaseCommand):
                 time.sleep(0.5)
         finally:
             self._stop(procs)
-
-    def _sandbox_url(self) -> str:
-        info = settings.VAR_DIR / "sandbox" / "server.json"
-        return json.loads(info.read_text())["url"].rstrip("/")
 
     def _start_sandbox(self, public: str) -> tuple[subprocess.Popen, str]:
         """Start the sandbox on a free port and point it at this demo: our OAuth client
@@ -152,28 +148,39 @@ class Command(BaseCommand):
                 proc.wait()
         self.stdout.write("demo stopped")
 
-    def _check(self, url: str, procs) -> None:
-        """Sign in as the agent, open the ticket list and a ticket, and round-trip a task
-        through the worker. Raises CommandError on the first failure."""
+    @staticmethod
+    def _signed_in(url: str, email: str):
+        """A cookie-keeping opener signed in as ``email``, the login page's answer, and a
+        ``post(target, fields, referer)`` that sends the CSRF token along."""
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def post(target: str, fields: dict | list, referer: str):
+            csrf = next(c.value for c in jar if c.name == "csrftoken")
+            data = urllib.parse.urlencode(
+                [*(fields.items() if isinstance(fields, dict) else fields),
+                 ("csrfmiddlewaretoken", csrf)], doseq=True).encode()
+            request = urllib.request.Request(target, data=data, headers={"Referer": referer})
+            return opener.open(request, timeout=20)
+
+        login = url + "accounts/login/"
+        opener.open(login, timeout=10).read()
+        page = post(login, {"username": email, "password": DEMO_PASSWORD}, login)
+        return opener, page.read().decode(), post
+
+    def _check(self, url: str, procs, sandbox_url: str) -> None:
+        """Sign in as the agent, open the ticket list and a ticket, and round-trip a task
+        through the worker. Raises CommandError on the first failure."""
         deadline = time.monotonic() + 60
         while True:
             try:
-                opener.open(url + "healthz", timeout=5).read()
+                urllib.request.urlopen(url + "healthz", timeout=5).read()
                 break
             except OSError as exc:
                 if time.monotonic() > deadline or procs["web"].poll() is not None:
                     raise CommandError(f"web never answered: {exc}") from exc
                 time.sleep(0.5)
-        opener.open(url + "accounts/login/", timeout=10).read()
-        csrf = next(c.value for c in jar if c.name == "csrftoken")
-        data = urllib.parse.urlencode({
-            "username": AGENT_EMAIL, "password": DEMO_PASSWORD, "csrfmiddlewaretoken": csrf,
-        }).encode()
-        request = urllib.request.Request(url + "accounts/login/", data=data,
-                                         headers={"Referer": url + "accounts/login/"})
-        page = opener.open(request, timeout=10).read().decode()
+        opener, page, _ = self._signed_in(url, AGENT_EMAIL)
         if "Charged twice for the November invoice" not in page:
             raise CommandError("signed-in ticket list does not show the seeded tickets")
         number = re.search(r'href="/acme/tickets/(\d+)/"', page)
@@ -188,7 +195,7 @@ class Command(BaseCommand):
 
         key, value = f"demo-check:{uuid.uuid4().hex}", "pong"
         ping.delay(key=key, value=value)
-        client = redis.Redis.from_url(settings.REDIS_URL)
+        client = redis_client()
         deadline = time.monotonic() + 60
         while client.get(key) != value.encode():
             if time.monotonic() > deadline:
@@ -198,27 +205,13 @@ class Command(BaseCommand):
         self.stdout.write("worker: ping task round trip OK")
         if procs["beat"].poll() is not None:
             raise CommandError("beat exited")
-        self._check_gmail(url)
+        self._check_gmail(url, sandbox_url)
 
-    def _check_gmail(self, url: str) -> None:
+    def _check_gmail(self, url: str, sandbox_url: str) -> None:
         """The Gmail path as an admin walks it, against the sandbox: connect (OAuth
         consent), route to a team, deliver a customer email, see the ticket appear
         (push -> webhook -> worker). The check's mailbox is disconnected afterwards."""
-        sandbox_url = self._sandbox_url()
-        jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-
-        def post(target: str, fields: dict | list, referer: str):
-            csrf = next(c.value for c in jar if c.name == "csrftoken")
-            data = urllib.parse.urlencode(
-                [*(fields.items() if isinstance(fields, dict) else fields),
-                 ("csrfmiddlewaretoken", csrf)], doseq=True).encode()
-            request = urllib.request.Request(target, data=data, headers={"Referer": referer})
-            return opener.open(request, timeout=20)
-
-        opener.open(url + "accounts/login/", timeout=10).read()
-        post(url + "accounts/login/", {"username": ADMIN_EMAIL, "password": DEMO_PASSWORD},
-             url + "accounts/login/").read()
+        opener, _, post = self._signed_in(url, ADMIN_EMAIL)
         channels = url + "acme/settings/email/"
         opener.open(channels, timeout=10).read()
         consent = post(channels + "connect/gmail/", {}, channels)  # lands on the sandbox
