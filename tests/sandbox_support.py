@@ -175,36 +175,60 @@ def consent(auth_url: str, email: str, *, decision: str = "allow") -> str:
 
 
 class PushCatcher:
-    """A local HTTP endpoint standing in for our public webhook URL: it keeps what Pub/Sub
-    pushes (headers and body) so a test can replay them into the Django test client."""
+    """A local HTTP endpoint standing in for our public webhook URL. It records each push
+    Pub/Sub makes (``headers``, ``auth``, ``raw`` body, JSON ``body``, and the ``status`` it
+    answered: the next of ``statuses`` a test queued, else 204) so a test can inspect them
+    or replay them into the Django test client."""
 
-    def __init__(self):
-        import queue
+    def __init__(self, path: str = "/webhooks/google/pubsub/"):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.pushes: queue.Queue = queue.Queue()
+        self.received: list[dict] = []
+        self.statuses: list[int] = []
+        self._arrived = threading.Condition()
+        self._taken = 0
         catcher = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
-                length = int(self.headers.get("Content-Length", 0))
-                catcher.pushes.put((dict(self.headers), self.rfile.read(length)))
-                self.send_response(204)
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with catcher._arrived:
+                    status = catcher.statuses.pop(0) if catcher.statuses else 204
+                    catcher.received.append({
+                        "headers": dict(self.headers), "raw": raw, "status": status,
+                        "auth": self.headers.get("Authorization", ""),
+                        "body": json.loads(raw) if raw else None})
+                    catcher._arrived.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/push"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
 
-    def next(self, timeout: float = 10.0):
-        return self.pushes.get(timeout=timeout)
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """Every push so far, once at least ``count`` have arrived."""
+        with self._arrived:
+            arrived = self._arrived.wait_for(lambda: len(self.received) >= count, timeout)
+            assert arrived, f"{count} pushes expected, {len(self.received)} arrived"
+            return list(self.received)
 
-    def close(self):
+    def next(self, timeout: float = 10.0) -> tuple[dict, bytes]:
+        """The oldest push not taken yet, as (headers, raw body)."""
+        push = self.wait_for(self._taken + 1, timeout)[self._taken]
+        self._taken += 1
+        return push["headers"], push["raw"]
+
+    def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
 
 
 def use_sandbox_google(settings, sandbox: str, *, public_base_url: str, topic: str,

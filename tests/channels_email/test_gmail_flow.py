@@ -45,6 +45,13 @@ def connect_mailbox(client, tenant, address: str, decision: str = "allow"):
     return client.get(callback.path + "?" + callback.query)
 
 
+def connected_mailbox(client, tenant, address: str) -> EmailConnection:
+    """Connect ``address`` through the consent screens and return its connection."""
+    assert connect_mailbox(client, tenant, address).status_code == 302
+    with tenant_scope(tenant):
+        return EmailConnection.objects.get(address=address)
+
+
 def deliver(sandbox, to, subject, **extra):
     reply = requests.post(sandbox + "/_sandbox/deliver", json={
         "to": to, "from": "Maria Lopez <maria@customer.example>", "subject": subject,
@@ -109,9 +116,7 @@ def test_connect_push_sync_ingest_and_reply_threading(gmail, admin_client, tenan
 
 def test_duplicate_pushes_and_overlapping_syncs_ingest_once(gmail, admin_client, tenant):
     sandbox, catcher = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     for n in range(3):
         deliver(sandbox, "support@acme.test", f"Question {n}")
     for _ in range(5):
@@ -217,9 +222,7 @@ def test_reconciliation_queues_one_sync_per_connected_mailbox(gmail, admin_clien
 
 def test_expired_cursor_recovers_every_message(gmail, admin_client, tenant):
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     deliver(sandbox, "support@acme.test", "Lost one")
     requests.post(sandbox + "/_sandbox/faults", json={"kind": "expired_history", "count": 1},
                   timeout=5).raise_for_status()
@@ -231,9 +234,7 @@ def test_expired_cursor_recovers_every_message(gmail, admin_client, tenant):
 
 def test_rate_limit_then_active_and_invalid_grant_then_reconnect(gmail, admin_client, tenant):
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     requests.post(sandbox + "/_sandbox/faults", json={"kind": "too_many_requests", "count": 1,
                                                       "retry_after": 30}, timeout=5)
     deliver(sandbox, "support@acme.test", "Busy day")
@@ -286,9 +287,8 @@ def test_token_is_refreshed_before_expiry_and_rotation_kept(gmail, admin_client,
 
     from channels_email.tasks import refresh_tokens
 
-    connect_mailbox(admin_client, tenant, "support@acme.test")
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
         old = dict(conn.credentials)
         soon = (timezone.now() + timedelta(minutes=10)).isoformat()  # not expired yet
         conn.credentials = dict(old, expires_at=soon)
@@ -366,9 +366,7 @@ def test_quiet_pushes_and_expired_watches_show_on_the_health_page(gmail, admin_c
     from django.utils import timezone
 
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     deliver(sandbox, "support@acme.test", "Announced")
     push_unmark(conn.pk)
     connection_sync(conn.pk, "push")
@@ -388,9 +386,7 @@ def test_quiet_pushes_and_expired_watches_show_on_the_health_page(gmail, admin_c
 def test_mail_stored_already_is_not_a_missed_push_and_reconnect_is_not_a_push(
         gmail, admin_client, tenant):
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     deliver(sandbox, "support@acme.test", "Announced")
     push_unmark(conn.pk)
     assert len(connection_sync(conn.pk, "push").new_rows) == 1  # stored, not ingested yet

@@ -7,12 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -38,6 +36,7 @@ from tests.sandbox_support import (
     CLIENT_SECRET,
     REDIRECT_URI,
     SCOPES,
+    PushCatcher,
     forms_of,
     pkce_pair,
 )
@@ -133,46 +132,12 @@ def fault(url: str, kind: str, **spec) -> None:
                   timeout=5).raise_for_status()
 
 
-class Receiver:
-    """A tiny push endpoint recording the raw body and the Authorization header."""
-
-    def __init__(self):
-        self.received: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append({"auth": self.headers.get("Authorization", ""),
-                                          "body": body, "headers": dict(self.headers)})
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks/google/pubsub/"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
-        deadline = time.time() + timeout
-        while len(self.received) < count and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(self.received) >= count, "no push arrived"
-        return list(self.received)
-
-
 @pytest.fixture
 def receiver(google):
-    rec = Receiver()
+    rec = PushCatcher()
     _topic(google, rec.url)
     yield rec
-    rec.server.shutdown()
-    rec.server.server_close()
-    rec.thread.join(timeout=5)
+    rec.close()
 
 
 @pytest.fixture
@@ -462,13 +427,13 @@ def test_push_verified_and_parsed(google, provider, connected, receiver, setting
     assert claims["aud"] == AUDIENCE and claims["email"] == SERVICE_ACCOUNT
     assert claims["iss"] in ("https://accounts.google.com", "accounts.google.com")
     assert provider.verify_push(first["auth"]) == claims
-    [note] = provider.parse_notification(first["body"], first["headers"])
+    [note] = provider.parse_notification(first["raw"], first["headers"])
     assert note.mailbox == MAILBOX and note.cursor_hint == watch.cursor
 
     delivered = deliver(google, subject="Pushed")
     second = receiver.wait_for(2)[1]
     assert verify_push(second["auth"])["email"] == SERVICE_ACCOUNT
-    [note] = provider.parse_notification(second["body"], second["headers"])
+    [note] = provider.parse_notification(second["raw"], second["headers"])
     assert note.cursor_hint == str(delivered["historyId"])
     assert gmail_module._CERTS_REQUEST.fetches == 1  # certs fetched once, then cached
 

@@ -17,7 +17,7 @@ from channels_email.models import EmailConnection, InboundEmail
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
     admin_client,
-    connect_mailbox,
+    connected_mailbox,
     deliver,
     gmail,
     run_tasks,
@@ -31,9 +31,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def conversation(gmail, admin_client, tenant, admin_user):  # noqa: F811
     """A connected mailbox, a customer email that became a ticket (with a CC)."""
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
         conn.display_name = "Acme Support"
         conn.save()
     deliver(sandbox, "support@acme.test", "Printer on fire",
@@ -324,9 +323,7 @@ def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # no
     from tickets.services import ticket_merge
 
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     deliver(sandbox, "support@acme.test", "First problem")
     deliver(sandbox, "support@acme.test", "Second problem",
             attachments=[{"filename": "x.png", "content_type": "image/png",

@@ -19,6 +19,7 @@ from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
     admin_client,
     connect_mailbox,
+    connected_mailbox,
     deliver,
     gmail,
     run_tasks,
@@ -71,9 +72,8 @@ def deliver_raw(sandbox, to: str, raw: bytes) -> None:
 def test_reply_goes_to_the_latest_reply_to_and_never_copies_our_own_addresses(
         gmail, admin_client, tenant, admin_user):  # noqa: F811
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
         conn.alias_addresses = ["help@acme.test"]
         conn.save()
     deliver(sandbox, "support@acme.test", "Invoice wrong",
@@ -231,9 +231,7 @@ def test_settings_refuse_unknown_placeholders_and_another_workspaces_mailbox(
         gmail, admin_client, tenant, other_tenant):  # noqa: F811
     from tests.factories import EmailConnectionFactory
 
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     foreign = EmailConnectionFactory(tenant=other_tenant)
     url = f"/{tenant.slug}/settings/email/{conn.pk}/"
     answer = admin_client.post(url, {"display_name": "", "routing_mode": "none",
@@ -319,9 +317,8 @@ def test_only_an_explicit_permanent_status_is_a_hard_bounce():
 @pytest.fixture
 def acknowledging(gmail, admin_client, tenant):  # noqa: F811
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
         assert not conn.send_acknowledgement  # off by default
     answer = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/", {
         "display_name": "Acme Support", "routing_mode": "none", "send_acknowledgement": "on",
@@ -413,9 +410,7 @@ def test_a_sender_is_acknowledged_at_most_once_an_hour(acknowledging, tenant):
 def test_the_ticket_view_shows_each_senders_dmarc_verdict_and_flags_a_fail(
         gmail, admin_client, client, tenant, agent):  # noqa: F811
     sandbox, _ = gmail
-    connect_mailbox(admin_client, tenant, "support@acme.test")
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.get()
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
     deliver(sandbox, "support@acme.test", "Genuine", headers={"Authentication-Results": PASS})
     deliver(sandbox, "support@acme.test", "Forged", headers={"Authentication-Results": FAIL})
     run_tasks(conn.pk)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 from google.auth.transport.requests import Request
 from google.oauth2 import id_token
+
+from tests.sandbox_support import PushCatcher
 
 AUDIENCE = "https://helpdesk.test/webhooks/google/pubsub/"
 SERVICE_ACCOUNT = "gmail-push@helpdesk-test.iam.gserviceaccount.com"
@@ -19,52 +19,14 @@ TOPIC = "projects/helpdesk-test/topics/gmail"
 SUBSCRIPTION = "projects/helpdesk-test/subscriptions/gmail-push"
 
 
-class Receiver:
-    """A tiny webhook: records pushes, answers with queued status codes (then 204)."""
-
-    def __init__(self):
-        self.received: list[dict] = []
-        self.statuses: list[int] = []
-        self.event = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server API
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status = receiver.statuses.pop(0) if receiver.statuses else 204
-                receiver.received.append({"auth": self.headers.get("Authorization", ""),
-                                          "body": json.loads(body), "status": status})
-                receiver.event.set()
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/webhooks/google/pubsub/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
-        deadline = time.time() + timeout
-        while len(self.received) < count and time.time() < deadline:
-            time.sleep(0.05)
-        return list(self.received)
-
-    def acked(self) -> list[dict]:
-        return [r for r in self.received if r["status"] < 300]
-
-
 @pytest.fixture
 def receiver(sandbox):
-    rec = Receiver()
+    rec = PushCatcher()
     requests.post(sandbox + "/_sandbox/settings", json={"topics": {TOPIC: {
         "subscription": SUBSCRIPTION, "push_endpoint": rec.url, "audience": AUDIENCE,
         "service_account": SERVICE_ACCOUNT}}}, timeout=5).raise_for_status()
     yield rec
-    rec.server.shutdown()
-    rec.server.server_close()
+    rec.close()
 
 
 def decode(push: dict) -> dict:
