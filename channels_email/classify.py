@@ -26,6 +26,7 @@ from email.message import EmailMessage
 from channels_email.mime import (
     BounceInfo,
     BounceRecipient,
+    ComplaintInfo,
     ParsedEmail,
     _addresses,
     _message_ids,
@@ -259,6 +260,25 @@ def _is_complaint(report_type: str, reports: list[EmailMessage],
     return sender.startswith(("abuse@", "fbl@", "feedbackloop@", "scomp@")) and bool(embedded)
 
 
+def _complaint(reports: list[EmailMessage], embedded: list[EmailMessage | str],
+               parsed: ParsedEmail) -> ComplaintInfo:
+    feedback_type, recipients = "", []
+    for part in reports:
+        if part.get_content_type() != "message/feedback-report":
+            continue
+        for fields in _report_blocks(part):
+            feedback_type = feedback_type or fields.get("feedback-type", "").lower()[:40]
+            recipients += _addresses([fields.get("original-rcpt-to", "")])
+    for item in embedded:  # Microsoft's JMRP names the complaining recipient here
+        if not isinstance(item, str):
+            recipients += _addresses(_raw_headers(item).get("x-hmxmroriginalrecipient", []))
+    return ComplaintInfo(
+        feedback_type=feedback_type,
+        recipients=list(dict.fromkeys(a.email.lower()[:320] for a in recipients
+                                      if a.email))[:20],
+        referenced_message_ids=_referenced_ids(parsed, embedded))
+
+
 def _auto_reply_reason(parsed: ParsedEmail, headers: dict[str, list[str]]) -> str:
     auto_submitted = (headers.get("auto-submitted") or [""])[0].strip().lower()
     if auto_submitted and not auto_submitted.startswith("no"):
@@ -283,8 +303,8 @@ def classify(parsed: ParsedEmail, msg: EmailMessage, raw: bytes,
              embedded: list[EmailMessage | str]) -> None:
     report_type = _report_type(headers)
     parsed.is_challenge = _is_challenge(parsed, headers)
-    parsed.is_complaint = not parsed.is_challenge and _is_complaint(
-        report_type, reports, embedded, parsed)
+    if not parsed.is_challenge and _is_complaint(report_type, reports, embedded, parsed):
+        parsed.complaint = _complaint(reports, embedded, parsed)
 
     dsn: list[BounceRecipient] = []
     for part in reports:

@@ -43,7 +43,11 @@ from channels_email.models import (
     InboundState,
     RoutingMode,
 )
-from channels_email.outbound import acknowledgement_create, delivery_bounce_record
+from channels_email.outbound import (
+    acknowledgement_create,
+    complaint_record,
+    delivery_bounce_record,
+)
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
 from helpdesk import sql
@@ -260,6 +264,9 @@ def _summary(parsed: ParsedEmail) -> dict:
             "original_message_id": parsed.bounce.original_message_id,
             "recipients": [r.__dict__ for r in parsed.bounce.recipients[:20]],
         }
+    if parsed.complaint is not None:
+        details["complaint"] = {"feedback_type": parsed.complaint.feedback_type,
+                                "recipients": parsed.complaint.recipients}
     return details
 
 
@@ -294,12 +301,15 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
         reason = f"{skip.code}: {skip.reason}"
         linked: dict = {}
         with transaction.atomic():
-            if skip.code == "bounce":
-                marked = delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce,
-                                                inbound_email=row)
-                head["details"]["bounce"]["outbound_messages"] = marked
+            if skip.code in ("bounce", "complaint"):
+                marked = (delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce,
+                                                 inbound_email=row)
+                          if skip.code == "bounce" else
+                          complaint_record(tenant=row.tenant, complaint=parsed.complaint,
+                                           inbound_email=row))
+                head["details"][skip.code]["outbound_messages"] = marked
                 if marked:
-                    # The report stays linked to (the first of) the messages it bounced.
+                    # The report stays linked to (the first of) the messages it is about.
                     linked = dict(Message.objects.filter(pk=marked[0]).values(
                         "ticket_id", message_pk=F("id")).get())
             if not _finish(row, InboundState.SKIPPED, reason, head, **linked):

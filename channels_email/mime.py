@@ -79,6 +79,17 @@ class BounceInfo:
 
 
 @dataclass
+class ComplaintInfo:
+    """An abuse feedback report (RFC 5965 ARF, or a known non-standard loop format)."""
+
+    feedback_type: str = ""  # abuse | fraud | virus | other ... ("" when not said)
+    # Who complained, when the report says (Original-Rcpt-To; often redacted), lower case.
+    recipients: list[str] = field(default_factory=list)
+    # Every Message-ID the report mentions, normalised, as for bounces.
+    referenced_message_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ParsedEmail:
     message_id: str
     message_id_synthetic: bool = False
@@ -98,7 +109,7 @@ class ParsedEmail:
     is_auto_reply: bool = False
     auto_reply_reason: str = ""  # e.g. "auto-submitted: auto-replied", "precedence: bulk"
     is_challenge: bool = False  # challenge-response ("verify you are human") requests
-    is_complaint: bool = False  # abuse feedback report (RFC 5965 ARF)
+    complaint: ComplaintInfo | None = None  # abuse feedback report (RFC 5965 ARF)
     is_delay: bool = False  # a temporary delivery warning: not a bounce
     bounce: BounceInfo | None = None
     dmarc: str = "none"  # pass | fail | none, from Authentication-Results
@@ -118,6 +129,10 @@ class ParsedEmail:
     @property
     def is_bounce(self) -> bool:
         return self.bounce is not None
+
+    @property
+    def is_complaint(self) -> bool:
+        return self.complaint is not None
 
     @property
     def thread_ids(self) -> list[str]:

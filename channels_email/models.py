@@ -6,6 +6,7 @@ import uuid
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from helpdesk.crypto import EncryptedJSONField
@@ -253,12 +254,14 @@ class EmailThreadRef(TenantOwnedModel):
 
 class SuppressionReason(models.TextChoices):
     HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    COMPLAINT = "complaint", "Spam complaint"
     MANUAL = "manual", "Added by an admin"
 
 
 class SuppressedAddress(TenantOwnedModel):
     """An address automatic emails (acknowledgements) are never sent to, and that the reply
-    composer warns about: added by a hard bounce or by an admin. ``email`` is lower case."""
+    composer warns about: added by a hard bounce, a spam complaint or an admin. ``email``
+    is lower case (a constraint keeps it so)."""
 
     email = models.EmailField(max_length=320)
     reason = models.CharField(max_length=12, choices=SuppressionReason.choices)
@@ -271,6 +274,8 @@ class SuppressedAddress(TenantOwnedModel):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "email"],
                                     name="suppressed_address_tenant_email_unique"),
+            models.CheckConstraint(condition=models.Q(email=Lower("email")),
+                                   name="suppressed_address_email_lower_case"),
         ]
 
     def __str__(self) -> str:

@@ -30,6 +30,7 @@ from channels_email.mime import (
     LOOP_HEADER,
     BounceInfo,
     BounceRecipient,
+    ComplaintInfo,
     ParsedEmail,
     normalize_message_id,
 )
@@ -58,6 +59,38 @@ from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
 from tickets.services import attachments_add
 
 
+def _outbound_referenced(*, tenant: Tenant, ids: list[str]) -> list[int]:
+    """Our outbound messages among the Message-IDs a report carries."""
+    ids = [i for i in dict.fromkeys(ids) if i]
+    if not ids:
+        return []
+    return list(
+        EmailThreadRef.objects.filter(tenant=tenant, message_id_header__in=ids,
+                                      message__kind=MessageKind.OUTBOUND)
+        .values_list("message_id", flat=True)
+    )
+
+
+def _sent_to(message_ids: list[int]) -> set[str]:
+    """Every address (lower case) the messages went to, To and Cc."""
+    sent_to = set()
+    for to, cc in Message.objects.filter(pk__in=message_ids).values_list("to_addresses",
+                                                                         "cc_addresses"):
+        sent_to.update(a.lower() for a in [*to, *cc])
+    return sent_to
+
+
+def _suppress(*, tenant: Tenant, reason: str, entries: dict[str, str],
+              inbound_email: InboundEmail | None) -> None:
+    """Put ``entries`` (address -> details) on the suppression list; an address already
+    on it keeps its first entry."""
+    if entries:
+        SuppressedAddress.objects.bulk_create([
+            SuppressedAddress(tenant=tenant, email=address, reason=reason,
+                              details=details[:2000], inbound_email=inbound_email)
+            for address, details in entries.items()], ignore_conflicts=True)
+
+
 def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
                            inbound_email: InboundEmail | None = None) -> list[int]:
     """Mark our outbound messages that ``bounce`` refers to as Bounced, and put the
@@ -67,15 +100,8 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
     its In-Reply-To / References) against the ids we registered for outbound messages.
     Runs inside the caller's transaction and tenant scope. Returns the message ids marked.
     """
-    ids = [i for i in dict.fromkeys([bounce.original_message_id,
-                                     *bounce.referenced_message_ids]) if i]
-    if not ids:
-        return []
-    message_ids = list(
-        EmailThreadRef.objects.filter(tenant=tenant, message_id_header__in=ids,
-                                      message__kind=MessageKind.OUTBOUND)
-        .values_list("message_id", flat=True)
-    )
+    message_ids = _outbound_referenced(
+        tenant=tenant, ids=[bounce.original_message_id, *bounce.referenced_message_ids])
     if not message_ids:
         return []
     details = "; ".join(
@@ -85,8 +111,16 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
     Message.objects.filter(pk__in=message_ids).update(
         delivery_status=DeliveryStatus.BOUNCED, delivery_error=f"Bounced: {details}"[:2000],
     )
-    _suppress_hard_bounces(tenant=tenant, bounce=bounce, message_ids=message_ids,
-                           inbound_email=inbound_email)
+    # Only addresses we actually sent the bounced messages to count: a forged report
+    # cannot suppress a stranger, and a soft bounce (4.x.x) never suppresses.
+    sent_to = _sent_to(message_ids)
+    hard = {}
+    for r in bounce.recipients:
+        address = (r.recipient or "").strip().lower()
+        if address in sent_to and is_hard_bounce(r):
+            hard[address] = " ".join(p for p in (r.status, r.diagnostic) if p)
+    _suppress(tenant=tenant, reason=SuppressionReason.HARD_BOUNCE, entries=hard,
+              inbound_email=inbound_email)
     return message_ids
 
 
@@ -96,25 +130,29 @@ def is_hard_bounce(recipient: BounceRecipient) -> bool:
     return recipient.status.strip().startswith("5")
 
 
-def _suppress_hard_bounces(*, tenant: Tenant, bounce: BounceInfo, message_ids: list[int],
-                           inbound_email: InboundEmail | None) -> None:
-    """Put hard-bounced recipients on the tenant's suppression list. Only addresses we
-    actually sent the bounced messages to count: a forged report cannot suppress a
-    stranger, and a soft bounce (4.x.x) never suppresses."""
-    sent_to = set()
-    for to, cc in Message.objects.filter(pk__in=message_ids).values_list("to_addresses",
-                                                                         "cc_addresses"):
-        sent_to.update(a.lower() for a in [*to, *cc])
-    rows = {}
-    for r in bounce.recipients:
-        address = (r.recipient or "").strip().lower()
-        if address in sent_to and is_hard_bounce(r):
-            rows[address] = SuppressedAddress(
-                tenant=tenant, email=address, reason=SuppressionReason.HARD_BOUNCE,
-                details=" ".join(p for p in (r.status, r.diagnostic) if p)[:2000],
-                inbound_email=inbound_email)
-    if rows:
-        SuppressedAddress.objects.bulk_create(rows.values(), ignore_conflicts=True)
+def complaint_record(*, tenant: Tenant, complaint: ComplaintInfo,
+                     inbound_email: InboundEmail | None = None) -> list[int]:
+    """A recipient reported one of our outbound messages as spam: put them on the
+    suppression list, so no automatic email (acknowledgement) goes to them again.
+
+    The complainer is the report's Original-Rcpt-To when it names one we wrote to; when
+    the report redacts it (most mailbox providers do), the message's only recipient. A
+    message that went to several people with no named complainer suppresses nobody.
+    Delivery status is left alone: the message was delivered. Returns the messages
+    the report is about. Runs inside the caller's transaction and tenant scope.
+    """
+    message_ids = _outbound_referenced(tenant=tenant, ids=complaint.referenced_message_ids)
+    if not message_ids:
+        return []
+    sent_to = _sent_to(message_ids)
+    complainers = [a for a in complaint.recipients if a in sent_to]
+    if not complainers and len(sent_to) == 1:
+        complainers = list(sent_to)
+    details = "Reported as spam" + (f" ({complaint.feedback_type})"
+                                    if complaint.feedback_type else "")
+    _suppress(tenant=tenant, reason=SuppressionReason.COMPLAINT,
+              entries=dict.fromkeys(complainers, details), inbound_email=inbound_email)
+    return message_ids
 
 
 # ------------------------------------------------------------------------ replies

@@ -122,7 +122,11 @@ CURATED = [
     ("bounces/bounceparser/warning-6.msg",
      lambda p: p.is_auto_reply and p.auto_reply_reason == "auto-reply subject"),
     ("bounces/bounceparser/bluebottle.msg", lambda p: p.is_challenge and not p.is_bounce),
-    ("flanker/complaints/yahoo.eml", lambda p: p.is_complaint and not p.is_bounce),
+    ("flanker/complaints/yahoo.eml", lambda p: p.is_complaint and not p.is_bounce
+     and (p.complaint.feedback_type, p.complaint.recipients) == ("abuse", ["user@yahoo.com"])
+     and p.complaint.referenced_message_ids == ["20120711015015.4A8BE2E088E@www.example.com"]),
+    ("flanker/complaints/aol.eml", lambda p: p.is_complaint and not p.complaint.recipients
+     and p.complaint.referenced_message_ids == ["20101117174130.28884.55421@luna"]),
     ("flanker/disposition-notification.eml",
      lambda p: p.is_auto_reply and p.auto_reply_reason == "read receipt"),
     ("chatwoot/bounced_gmail.eml",

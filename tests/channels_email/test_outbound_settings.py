@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from channels_email import outbound
-from channels_email.models import EmailConnection, SuppressedAddress
+from channels_email.models import EmailConnection, InboundEmail, SuppressedAddress
 from channels_email.selectors import reply_recipients
 from helpdesk.models import AuditEvent
 from helpdesk.tenancy import tenant_scope
@@ -299,6 +299,75 @@ def test_a_hard_bounce_suppresses_the_address_and_the_composer_warns(
     page = client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
     assert "maria@customer.example</strong> is on the suppression list (added by an admin" \
         in page
+
+
+def an_abuse_report(message_id_header: str, *, complainer: str = "") -> bytes:
+    """An RFC 5965 feedback report about the message, the way mailbox providers send
+    them: the reported message embedded, the complainer named or (usually) redacted."""
+    named = f"Original-Rcpt-To: <{complainer}>\r\n" if complainer else ""
+    return (
+        "From: Feedback Loop <feedback@fbl.mailbox.example>\r\n"
+        "To: support@acme.test\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\r\n\r\n'
+        "--F\r\nContent-Type: text/plain\r\n\r\nA recipient marked this as spam.\r\n"
+        "--F\r\nContent-Type: message/feedback-report\r\n\r\n"
+        f"Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n{named}"
+        "\r\n--F\r\nContent-Type: message/rfc822\r\n\r\n"
+        "From: support@acme.test\r\nTo: redacted@mailbox.example\r\n"
+        f"Message-ID: <{message_id_header}>\r\nSubject: Re: Printer on fire\r\n\r\n"
+        "We are on it.\r\n--F--\r\n"
+    ).encode()
+
+
+def test_a_spam_complaint_about_our_reply_suppresses_the_complainer(
+        conversation, client, tenant, admin_user, agent):  # noqa: F811
+    sandbox, conn, ticket = conversation
+    alone = reply(tenant, ticket, admin_user, cc=[])  # to Maria only
+    copied = reply(tenant, ticket, admin_user, text="Looping in Ops.",
+                   cc=["ops@customer.example"])
+    for message in (alone, copied):
+        assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    # Reports that suppress nobody: one about a message that is not ours, a redacted one
+    # about the reply two people got, and one naming somebody we never wrote to.
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report("spam.1@elsewhere.example",
+                                                              complainer="maria@customer.example"))
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report(copied.message_id_header))
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report(
+        copied.message_id_header, complainer="stranger@elsewhere.example"))
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert not SuppressedAddress.objects.exists()
+        assert InboundEmail.objects.filter(reason__startswith="complaint").count() == 3
+
+    # Redacted, about the reply only Maria got: Maria. Named, about the copied one: Ops.
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report(alone.message_id_header))
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report(
+        copied.message_id_header, complainer="Ops@Customer.Example"))
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        entries = {s.email: s for s in SuppressedAddress.objects.all()}
+        report = InboundEmail.objects.filter(reason__startswith="complaint",
+                                             message=alone).get()
+        alone.refresh_from_db()
+        assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
+    assert sorted(entries) == ["maria@customer.example", "ops@customer.example"]
+    assert {e.reason for e in entries.values()} == {"complaint"}
+    assert entries["maria@customer.example"].details == "Reported as spam (abuse)"
+    assert entries["maria@customer.example"].inbound_email_id == report.pk
+    assert report.state == "skipped" and report.ticket_id == ticket.pk
+    assert alone.delivery_status == DeliveryStatus.DELIVERED  # it was delivered
+    client.force_login(agent)
+    page = client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
+    assert "maria@customer.example</strong> is on the suppression list (spam complaint: " \
+        "Reported as spam (abuse)" in page and "reported an earlier email from us" in page
+
+
+def test_the_suppression_list_holds_lower_case_addresses_only(tenant):
+    from django.db import IntegrityError, transaction
+
+    with tenant_scope(tenant), pytest.raises(IntegrityError), transaction.atomic():
+        SuppressedAddress.objects.create(tenant=tenant, email="Maria@Customer.Example",
+                                         reason="manual")
 
 
 def test_only_an_explicit_permanent_status_is_a_hard_bounce():
