@@ -378,9 +378,13 @@ def _ticket_by_token(row: InboundEmail, parsed: ParsedEmail) -> Ticket | None:
     if ticket is None:
         return None
     sender = parsed.from_.email
-    if sender == ticket.contact.email or sender in ticket.cc_addresses:
-        return ticket
-    return None
+    if sender != ticket.contact.email and sender not in ticket.cc_addresses:
+        return None
+    for _ in range(10):  # a merged ticket's mail goes to the ticket it was merged into
+        if ticket.merged_into_id is None:
+            break
+        ticket = Ticket.objects.get(tenant_id=row.tenant_id, pk=ticket.merged_into_id)
+    return ticket
 
 
 def _store(row: InboundEmail, ticket: Ticket, message: Message, parsed: ParsedEmail,

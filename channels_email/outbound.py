@@ -22,6 +22,7 @@ from email.policy import SMTP as smtp_policy
 from email.utils import format_datetime, formataddr, make_msgid
 
 from django.db import transaction
+from django.db.models import Case, CharField, F, Q, TextField, Value, When
 from django.utils import timezone
 from django.utils.html import linebreaks
 
@@ -216,7 +217,6 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
         raise ValueError("the reply has no recipient outside our own mailboxes")
     copies = list(dict.fromkeys(a for a in map(normalize_email, cc)
                                 if a and a not in own and a not in recipients))
-    domain = connection.address.rsplit("@", 1)[-1]
     with transaction.atomic():
         message = Message.objects.create(
             tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
@@ -225,7 +225,7 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
             body_html=linebreaks(body_text, autoescape=True),
             delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,
             cc_addresses=copies, email_connection=connection, auto_submitted=auto_submitted,
-            message_id_header=normalize_message_id(make_msgid(domain=domain)),
+            message_id_header=_new_message_id(connection),
         )
         EmailThreadRef.objects.create(tenant_id=ticket.tenant_id, ticket=ticket,
                                       message=message,
@@ -314,6 +314,10 @@ def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
         return None, str(exc)
 
 
+def _new_message_id(connection: EmailConnection) -> str:
+    return normalize_message_id(make_msgid(domain=connection.address.rsplit("@", 1)[-1]))
+
+
 def _queue_send(message_pk: int) -> None:
     from channels_email.tasks import send_reply
 
@@ -370,9 +374,14 @@ def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, st
 
 
 def _delivered(message: Message, sent) -> None:
+    # A bounce ingested while the send was in flight has the last word on the status.
+    pending = Q(delivery_status=DeliveryStatus.PENDING)
     Message.objects.filter(pk=message.pk).update(
-        delivery_status=DeliveryStatus.DELIVERED, delivered_at=timezone.now(),
-        provider_message_id=sent.provider_message_id[:255], delivery_error="")
+        delivery_status=Case(When(pending, then=Value(DeliveryStatus.DELIVERED)),
+                             default=F("delivery_status"), output_field=CharField()),
+        delivery_error=Case(When(pending, then=Value("")), default=F("delivery_error"),
+                            output_field=TextField()),
+        delivered_at=timezone.now(), provider_message_id=sent.provider_message_id[:255])
     stored = normalize_message_id(sent.message_id_header or "")
     if stored and stored != message.message_id_header:
         # The provider rewrote our Message-ID: replies will name its id, so register both.
@@ -419,7 +428,7 @@ def deliver(message_pk: int) -> str:
         try:
             ensure_fresh_token(connection)
             sent = client.find_sent(connection, message.message_id_header) \
-                if message.attempts else None
+                if message.attempts or message.retried_at else None
             if sent is None:
                 raw, thread_id = build_mime(message, connection)
                 sent = client.send(connection, raw, thread_id)
@@ -436,7 +445,7 @@ def deliver(message_pk: int) -> str:
             return DeliveryStatus.FAILED
         except providers.ProviderError as exc:
             health.record_error(connection, exc)
-            too_old = timezone.now() - message.created_at > MAX_AGE
+            too_old = timezone.now() - (message.retried_at or message.created_at) > MAX_AGE
             if attempts >= MAX_ATTEMPTS or too_old:
                 _failed(message, f"Gave up after {attempts} attempts: {exc}")
                 return DeliveryStatus.FAILED
@@ -448,13 +457,27 @@ def deliver(message_pk: int) -> str:
 
 
 def reply_retry(*, message: Message) -> bool:
-    """Re-queue a Failed or Bounced outbound message (the Retry button); False when it is
-    neither."""
+    """Re-queue a Failed or Bounced outbound message (the Retry button) for a new round
+    of attempts (8, within 24 hours from now); False when it is neither.
+
+    A Bounced message did go out: it is sent again under a new Message-ID (the old one
+    stays registered, so answers to either thread in), because the look for an accepted
+    copy before sending would otherwise find the bounced one and send nothing."""
     with transaction.atomic():
-        updated = Message.objects.filter(
-            pk=message.pk, kind=MessageKind.OUTBOUND,
-            delivery_status__in=[DeliveryStatus.FAILED, DeliveryStatus.BOUNCED],
-        ).update(delivery_status=DeliveryStatus.PENDING, delivery_error="")
-        if updated:
-            transaction.on_commit(lambda: _queue_send(message.pk))
-    return bool(updated)
+        current = (Message.objects.select_for_update(of=("self",))
+                   .filter(pk=message.pk, kind=MessageKind.OUTBOUND,
+                           delivery_status__in=[DeliveryStatus.FAILED,
+                                                DeliveryStatus.BOUNCED])
+                   .select_related("email_connection").first())
+        if current is None:
+            return False
+        fields = {"delivery_status": DeliveryStatus.PENDING, "delivery_error": "",
+                  "attempts": 0, "retried_at": timezone.now()}
+        if current.delivery_status == DeliveryStatus.BOUNCED:
+            fields["message_id_header"] = _new_message_id(current.email_connection)
+            EmailThreadRef.objects.create(tenant_id=current.tenant_id,
+                                          ticket_id=current.ticket_id, message=current,
+                                          message_id_header=fields["message_id_header"])
+        Message.objects.filter(pk=current.pk).update(**fields)
+        transaction.on_commit(lambda: _queue_send(current.pk))
+    return True

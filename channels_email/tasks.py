@@ -8,6 +8,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from channels_email.ingest import FetchDeferred, inbound_email_ingest
@@ -163,8 +164,9 @@ def redrive_pending_replies(*, older_than_minutes: int = 10, limit: int = 500) -
     # Unscoped: a sweep over every tenant; each send enters its message's scope.
     with unscoped():
         ids = list(Message.objects.filter(kind=MessageKind.OUTBOUND,
-                                          delivery_status=DeliveryStatus.PENDING,
-                                          created_at__lt=cutoff)
+                                          delivery_status=DeliveryStatus.PENDING)
+                   .alias(queued_at=Coalesce("retried_at", "created_at"))
+                   .filter(queued_at__lt=cutoff)
                    .order_by("created_at").values_list("pk", flat=True)[:limit])
     for pk in ids:
         send_reply.delay(message_id=pk)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
+from django.utils import timezone
 
 from helpdesk.tenancy import TenantOwnedModel
 
@@ -122,6 +124,9 @@ class DeliveryStatus(models.TextChoices):
     BOUNCED = "bounced", "Bounced"
 
 
+BOUNCE_WATCH = timedelta(minutes=15)  # a delivered badge keeps watching for a bounce
+
+
 class Message(TenantOwnedModel):
     """One entry of a ticket's timeline. Delivery fields apply to outbound messages only."""
 
@@ -138,7 +143,9 @@ class Message(TenantOwnedModel):
     delivery_status = models.CharField(max_length=10, choices=DeliveryStatus.choices,
                                        blank=True)
     delivery_error = models.TextField(blank=True)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)  # in the current round of sending
+    # When an agent last pressed Retry: the current round's 24 hours count from here.
+    retried_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     # Outbound email: our Message-ID (and the one the provider stored, when it differs),
     # the provider's id once accepted, the recipients and the connection that sends it.
@@ -155,7 +162,12 @@ class Message(TenantOwnedModel):
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["tenant", "ticket", "created_at"], name="message_timeline")]
+        indexes = [
+            models.Index(fields=["tenant", "ticket", "created_at"], name="message_timeline"),
+            # The redrive sweep over every tenant: only the few messages still Pending.
+            models.Index(fields=["created_at"], condition=models.Q(delivery_status="pending"),
+                         name="message_pending_send"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(kind="outbound") | models.Q(delivery_status=""),
@@ -165,6 +177,18 @@ class Message(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.kind} on ticket {self.ticket_id}"
+
+    @property
+    def delivery_poll_seconds(self) -> int:
+        """How often the ticket view re-reads this message's delivery badge: every 2 s
+        while Pending, every 30 s in the first 15 minutes after delivery (when most
+        bounces come back), otherwise never (0)."""
+        if self.delivery_status == DeliveryStatus.PENDING:
+            return 2
+        if (self.delivery_status == DeliveryStatus.DELIVERED and self.delivered_at
+                and timezone.now() - self.delivered_at < BOUNCE_WATCH):
+            return 30
+        return 0
 
     @property
     def author_name(self) -> str:

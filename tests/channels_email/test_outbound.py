@@ -281,7 +281,7 @@ def test_agent_replies_and_notes_from_the_ticket_view(conversation, client, tena
     assert 'data-delivery="pending"' in badge and "hx-trigger" in badge
     outbound.deliver(sent.pk)
     badge = client.get(f"{url}messages/{sent.pk}/delivery/").content.decode()
-    assert 'data-delivery="delivered"' in badge and "hx-trigger" not in badge
+    assert 'data-delivery="delivered"' in badge and 'hx-trigger="every 30s"' in badge
 
     client.post(url + "reply/", {"mode": "note", "body": "Customer is angry.", "cc": ""})
     with tenant_scope(tenant):
@@ -315,7 +315,59 @@ def test_retry_button_requeues_a_failed_reply(conversation, client, tenant, agen
     url = f"/{tenant.slug}/tickets/{ticket.number}/messages/{message.pk}/retry/"
     answer = client.post(url, HTTP_HX_REQUEST="true")
     assert answer.status_code == 200 and 'data-delivery="pending"' in answer.content.decode()
+    assert 'hx-trigger="every 2s"' in answer.content.decode()
     assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+
+    # Once delivered, the badge keeps an eye out for a bounce for a while, then rests.
+    badge = f"/{tenant.slug}/tickets/{ticket.number}/messages/{message.pk}/delivery/"
+    answer = client.get(badge, HTTP_HX_REQUEST="true").content.decode()
+    assert 'data-delivery="delivered"' in answer and 'hx-trigger="every 30s"' in answer
+    with tenant_scope(tenant):
+        Message.objects.filter(pk=message.pk).update(
+            delivered_at=timezone.now() - timedelta(hours=1))
+    assert "hx-get" not in client.get(badge, HTTP_HX_REQUEST="true").content.decode()
+
+
+def test_retry_gives_a_failed_reply_a_new_round_of_attempts(conversation, tenant, admin_user):
+    sandbox, _, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    with tenant_scope(tenant):  # it gave up two days ago, after its 8 attempts
+        Message.objects.filter(pk=message.pk).update(
+            delivery_status=DeliveryStatus.FAILED, attempts=8,
+            created_at=timezone.now() - timedelta(days=2),
+            delivery_error="Gave up after 8 attempts: server error")
+        assert outbound.reply_retry(message=message)
+    requests.post(sandbox + "/_sandbox/faults", json={"kind": "server_error", "count": 1},
+                  timeout=5).raise_for_status()
+    with pytest.raises(outbound.SendDeferred):  # one more error is no reason to give up
+        outbound.deliver(message.pk)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+    assert message.attempts == 2 and message.retried_at is not None
+    assert len(sent_mail(sandbox)) == 1
+
+
+def test_a_bounce_recorded_while_the_send_was_in_flight_keeps_the_last_word(
+        conversation, tenant, admin_user, monkeypatch):
+    from channels_email.providers.gmail import GmailProvider
+
+    _, _, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    accept = GmailProvider.send
+
+    def accept_then_bounce(self, *args):
+        sent = accept(self, *args)
+        Message.objects.filter(pk=message.pk).update(  # the DSN was ingested meanwhile
+            delivery_status=DeliveryStatus.BOUNCED, delivery_error="Bounced: 5.1.1")
+        return sent
+
+    monkeypatch.setattr(GmailProvider, "send", accept_then_bounce)
+    outbound.deliver(message.pk)
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+    assert message.delivery_status == DeliveryStatus.BOUNCED
+    assert message.delivery_error == "Bounced: 5.1.1" and message.provider_message_id
 
 
 def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # noqa: F811
@@ -342,3 +394,9 @@ def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # no
     run_tasks(conn.pk)
     with tenant_scope(tenant):
         assert first.messages.count() == 3 and Ticket.objects.count() == 2
+    # A new email naming the merged ticket's number (no thread headers) lands there too.
+    deliver(sandbox, "support@acme.test", f"Still broken [#{second.number}]")
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert first.messages.count() == 4 and second.messages.count() == 0
+        assert Ticket.objects.count() == 2

@@ -370,6 +370,32 @@ def test_the_suppression_list_holds_lower_case_addresses_only(tenant):
                                          reason="manual")
 
 
+def test_retry_sends_a_bounced_reply_again_under_a_new_message_id(
+        conversation, tenant, admin_user):  # noqa: F811
+    sandbox, conn, ticket = conversation
+    message = reply(tenant, ticket, admin_user)
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    deliver_raw(sandbox, "support@acme.test", a_dsn(message, "maria@customer.example",
+                                                    "4.2.2"))  # mailbox full, for now
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+        assert message.delivery_status == DeliveryStatus.BOUNCED
+        assert outbound.reply_retry(message=message)
+    # Gmail has the bounced copy under the old Message-ID: it must not pass for this one.
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    first, second = (mime_of(sent) for sent in sent_mail(sandbox))
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+    assert second["Message-ID"] == f"<{message.message_id_header}>" != first["Message-ID"]
+    assert second["In-Reply-To"] == first["In-Reply-To"] and second["To"] == first["To"]
+    deliver(sandbox, "support@acme.test", "Re: Printer on fire",
+            headers={"In-Reply-To": first["Message-ID"]})  # an answer to the first copy
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
+
+
 def test_only_an_explicit_permanent_status_is_a_hard_bounce():
     from channels_email.mime import BounceRecipient
 
