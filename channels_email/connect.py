@@ -7,7 +7,8 @@ Contract:
   URL is fixed (``/oauth/<provider>/callback/``), not tenant-scoped, as providers require.
 - ``oauth_complete`` checks all of that (a replayed, foreign, stale or tampered state, or
   a state from another session, changes nothing), exchanges the code, reads the mailbox
-  address, and creates the connection or, on reconnect, updates it; credentials are
+  address, and creates the connection or, on reconnect, updates it (connecting an address
+  this workspace disconnected earlier reconnects that connection); credentials are
   stored encrypted; a new connection starts from the mailbox's current cursor (mail
   already in the inbox is not imported) and gets its watch. A mailbox connected in another
   tenant (or another connection of this one) is refused. Each outcome that changes
@@ -115,9 +116,13 @@ def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
     reconnect_id = state.get("r")
     if reconnect_id:
         return _reconnect(request, tenant, reconnect_id, address, credentials, client)
-    if EmailConnection.objects.filter(provider=provider, address=address).exclude(
-            status=ConnectionStatus.DISCONNECTED).exists():
+    known = {c.status: c.pk for c in EmailConnection.objects.filter(
+        tenant=tenant, provider=provider, address=address).order_by("updated_at")}
+    if set(known) - {ConnectionStatus.DISCONNECTED}:
         raise ConnectError(f"{address} is already connected in this workspace.")
+    if known:  # connected here before: that connection (tickets, settings) comes back
+        return _reconnect(request, tenant, known[ConnectionStatus.DISCONNECTED], address,
+                          credentials, client)
     return _create(request, tenant, provider, address, credentials, client)
 
 

@@ -73,12 +73,14 @@ def record_success(connection: EmailConnection, *, synced: bool = False) -> None
 
 
 def reactivate(connection: EmailConnection, *, credentials: dict | None = None) -> None:
-    """After a Reconnect: the fresh ``credentials`` stored (when given), Active again,
-    errors cleared, in one UPDATE. Raises IntegrityError when the mailbox is connected in
-    another workspace meanwhile (run it in a transaction)."""
+    """After a Reconnect (from any status, Disconnected included): the fresh
+    ``credentials`` stored (when given), Active again, errors cleared, in one UPDATE.
+    Raises IntegrityError when the mailbox is connected in another workspace meanwhile
+    (run it in a transaction)."""
     fields = {"credentials": credentials} if credentials is not None else {}
-    _live(connection).update(status=ConnectionStatus.ACTIVE, consecutive_errors=0,
-                             rate_limited_until=None, updated_at=timezone.now(), **fields)
+    EmailConnection.objects.filter(pk=connection.pk).update(
+        status=ConnectionStatus.ACTIVE, consecutive_errors=0, rate_limited_until=None,
+        updated_at=timezone.now(), **fields)
     _refresh(connection)
 
 

@@ -324,6 +324,41 @@ def test_disconnect_stops_revokes_and_ignores_later_pushes(gmail, admin_client, 
         assert InboundEmail.objects.count() == 0
 
 
+def test_a_disconnected_mailbox_comes_back_with_its_tickets_and_settings(
+        gmail, admin_client, tenant):
+    sandbox, _ = gmail
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    deliver(sandbox, "support@acme.test", "Before")
+    run_tasks(conn.pk)
+    page = f"/{tenant.slug}/settings/email/{conn.pk}/"
+    assert "/disconnect/" in admin_client.get(page).content.decode()
+    admin_client.post(page + "disconnect/")
+    deliver(sandbox, "support@acme.test", "While disconnected")
+    settings_page = admin_client.get(page).content.decode()
+    assert "/reconnect/" in settings_page and "/disconnect/" not in settings_page
+
+    # Reconnect from its settings page: the same connection, Active, and the mail that
+    # arrived while it was disconnected is fetched.
+    reconnect = admin_client.post(page + "reconnect/")
+    location = urllib.parse.urlsplit(consent(reconnect["Location"], "support@acme.test"))
+    assert admin_client.get(location.path + "?" + location.query).status_code == 302
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert list(EmailConnection.objects.values_list("pk", "status")) == [
+            (conn.pk, ConnectionStatus.ACTIVE)]
+        assert set(Ticket.objects.values_list("title", flat=True)) == {
+            "Before", "While disconnected"}
+
+    # Connecting the address again after another disconnect brings back that connection
+    # too, instead of a second one its old tickets would not reply through.
+    admin_client.post(page + "disconnect/")
+    assert connect_mailbox(admin_client, tenant, "support@acme.test").status_code == 302
+    with tenant_scope(tenant):
+        assert list(EmailConnection.objects.values_list("pk", "status")) == [
+            (conn.pk, ConnectionStatus.ACTIVE)]
+        assert AuditEvent.objects.filter(action="email_connection.reconnected").count() == 2
+
+
 def test_watches_close_to_expiry_are_renewed(gmail, admin_client, tenant):
     from datetime import timedelta
 
