@@ -152,22 +152,34 @@ class Request:
 
 
 def _split_multipart(content_type: str, body: bytes):
-    """Yield (name, filename|None, content type, exact bytes) of multipart/form-data parts."""
+    """Yield (name, filename|None, content type, exact bytes) of the parts of a multipart
+    body: form-data from browsers (CRLF) or related uploads from google-api-python-client
+    (its generator writes bare LF around the parts)."""
     header = BytesParser(policy=default_policy).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n", headersonly=True)
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n", headersonly=True)
     boundary = header.get_param("boundary")
     if not boundary:
         return
     for chunk in body.split(b"--" + boundary.encode())[1:]:
         if chunk.startswith(b"--"):
             break
-        head, _, data = chunk.lstrip(b"\r\n").partition(b"\r\n\r\n")
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk[chunk.startswith(b"\n"):]
+        ends = [i for i in (chunk.find(b"\r\n\r\n"), chunk.find(b"\n\n")) if i >= 0]
+        if not ends:
+            continue
+        cut = min(ends)
+        head = chunk[:cut]
+        data = chunk[cut + (4 if chunk.startswith(b"\r\n\r\n", cut) else 2):]
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") \
+            else data
         part = BytesParser(policy=default_policy).parsebytes(head + b"\r\n\r\n",
                                                              headersonly=True)
         name = part.get_param("name", header="content-disposition")
         yield name, part.get_filename(), part.get_content_type(), data
+
+
+JSON_PAYLOAD_LIMIT = 5 * 1024 * 1024  # a non-upload request body
+UPLOAD_LIMIT = 36700160  # messages.send's media upload maxSize (35 MB)
 
 
 def _route(pattern: str):
@@ -199,6 +211,8 @@ class SandboxApp:
             ("GET", _route(r"/gmail/v1/users/([^/]+)/history"), self.history_list),
             ("GET", _route(r"/gmail/v1/users/([^/]+)/messages"), self.messages_list),
             ("POST", _route(r"/gmail/v1/users/([^/]+)/messages/send"), self.messages_send),
+            ("POST", _route(r"/upload/gmail/v1/users/([^/]+)/messages/send"),
+             self.messages_send_upload),
             ("GET", _route(r"/gmail/v1/users/([^/]+)/messages/([^/]+)/attachments/([^/]+)"),
              self.attachments_get),
             ("GET", _route(r"/gmail/v1/users/([^/]+)/messages/([^/]+)"), self.messages_get),
@@ -798,9 +812,14 @@ class SandboxApp:
                               "data": gmail.b64url_encode(data)})
 
     def messages_send(self, request: Request, user_id: str) -> Response:
+        """The JSON form: ``{"raw": base64url, "threadId"}``. Like Google, a request body
+        above the non-upload payload limit is refused: big mail goes through /upload."""
         mailbox, error = self._gmail_auth(request, user_id, "messages.send", SEND)
         if error:
             return error
+        if len(request.body) > JSON_PAYLOAD_LIMIT:
+            return google_error(400, "Request payload size exceeds the limit: "
+                                     f"{JSON_PAYLOAD_LIMIT} bytes.", "badRequest")
         body = request.json()
         if not body.get("raw"):
             return google_error(400, "Recipient address required", "invalidArgument")
@@ -808,7 +827,32 @@ class SandboxApp:
             raw = gmail.b64_decode_tolerant(body["raw"])
         except ValueError:
             return google_error(400, "Invalid value for ByteString: raw", "invalidArgument")
-        thread_id = body.get("threadId")
+        return self._send(mailbox, raw, body.get("threadId"))
+
+    def messages_send_upload(self, request: Request, user_id: str) -> Response:
+        """The media-upload form: ``uploadType=media`` (the message is the body) or
+        ``multipart`` (multipart/related: JSON metadata, then the message), up to 35 MB."""
+        mailbox, error = self._gmail_auth(request, user_id, "messages.send", SEND)
+        if error:
+            return error
+        upload_type = request.arg("uploadType", "")
+        if len(request.body) > UPLOAD_LIMIT:
+            return google_error(413, f"Media larger than {UPLOAD_LIMIT} bytes.",
+                                "uploadTooLarge")
+        if upload_type == "media":
+            metadata, raw = {}, request.body
+        elif upload_type == "multipart":
+            parts = [(ctype, data) for _, _, ctype, data
+                     in _split_multipart(request.content_type, request.body)]
+            if len(parts) != 2 or not parts[1][0].startswith("message/"):
+                return google_error(400, "Multipart upload needs metadata and a message/* "
+                                         "part.", "badRequest")
+            metadata, raw = json.loads(parts[0][1] or b"{}"), parts[1][1]
+        else:
+            return google_error(400, f"Unsupported uploadType: {upload_type!r}", "badRequest")
+        return self._send(mailbox, raw, metadata.get("threadId"))
+
+    def _send(self, mailbox: str, raw: bytes, thread_id: str | None) -> Response:
         if thread_id and not re.fullmatch(r"[0-9a-f]{1,16}", thread_id):
             return google_error(400, "Invalid thread_id value", "invalidArgument")
         try:

@@ -86,6 +86,7 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
                                             addresses=[*to, *shown_cc]).values()),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),
+        "reply_total_mb": settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES // (1024 * 1024),
         "statuses": TicketStatus.choices,
         "priorities": TicketPriority.choices,
         "teams": Team.objects.filter(tenant=request.tenant),
@@ -130,10 +131,16 @@ def ticket_reply_view(request, number: int):
     form = ReplyForm(request.POST)
     files = request.FILES.getlist("attachments")
     too_big = [f.name for f in files if f.size > settings.REPLY_ATTACHMENT_MAX_BYTES]
+    total = sum(f.size for f in files)
     if too_big:
         limit = settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024)
         form.add_error(None, f"{', '.join(too_big)}: attachments are limited to {limit} MB "
                              "each. Nothing was sent.")
+    elif total > settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES:
+        mb = 1024 * 1024
+        form.add_error(None, f"The attachments add up to {total / mb:.1f} MB; one reply can "
+                             f"carry {settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES / mb:.1f} MB. "
+                             "Nothing was sent.")
     if not form.is_valid():
         return render(request, "tickets/ticket_detail.html",
                       _detail_context(request, ticket, form), status=400)

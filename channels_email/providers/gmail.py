@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
+import io
 import json
 import logging
 import re
@@ -38,8 +40,10 @@ from django.conf import settings
 from google.auth.transport.requests import Request as GoogleAuthRequest
 from google.oauth2 import id_token as google_id_token
 from google.oauth2.credentials import Credentials
-from googleapiclient.discovery import build
+from googleapiclient.discovery import build_from_document
+from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import HttpError
+from googleapiclient.http import MediaIoBaseUpload
 
 from channels_email.mime import normalize_message_id
 from channels_email.providers import register
@@ -66,6 +70,10 @@ RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 SCOPE_REASONS = frozenset({"insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"})
 PUSH_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
 PAGE_SIZE = 500
+# messages.send: a JSON body (base64 raw) is refused above a payload limit that has been
+# seen as low as 1 MB; bigger mail goes through the media upload, up to its maxSize.
+JSON_SEND_MAX_BYTES = 512 * 1024
+SEND_MAX_BYTES = 36700160
 
 
 # --------------------------------------------------------------------------- helpers
@@ -172,13 +180,23 @@ def _access_token(credentials: dict | None) -> str:
     return token
 
 
+@functools.lru_cache(maxsize=4)
+def _discovery(endpoint: str) -> str:
+    """The library's static Gmail discovery document rooted at ``endpoint``. Rooting the
+    document (rather than the ``api_endpoint`` client option, which moves only the host
+    of media-upload URLs and keeps their https scheme) sends uploads there too."""
+    document = json.loads(get_static_doc("gmail", "v1"))
+    document["rootUrl"] = endpoint
+    document["baseUrl"] = endpoint + document["servicePath"]
+    return json.dumps(document)
+
+
 def _service(credentials: dict | None):
     """A Gmail client over an access token only, with our timeout and no auth retries."""
     creds = Credentials(token=_access_token(credentials))
     http = google_auth_httplib2.AuthorizedHttp(
         creds, http=httplib2.Http(timeout=_timeout()), refresh_status_codes=())
-    return build("gmail", "v1", http=http, static_discovery=True, cache_discovery=False,
-                 client_options={"api_endpoint": settings.GMAIL_API_ENDPOINT})
+    return build_from_document(_discovery(settings.GMAIL_API_ENDPOINT), http=http)
 
 
 def _token_set(body: dict, *, keep_refresh: bool = True) -> TokenSet:
@@ -606,10 +624,19 @@ class GmailProvider:
     # -- send -----------------------------------------------------------------------------
     def send(self, connection, raw_mime: bytes, thread_id: str = "") -> SentMessage:
         service = _service(connection.credentials)
-        body = {"raw": base64.urlsafe_b64encode(raw_mime).decode("ascii")}
-        if thread_id:
-            body["threadId"] = thread_id
-        answer = _execute(service.users().messages().send(userId="me", body=body))
+        metadata = {"threadId": thread_id} if thread_id else {}
+        if len(raw_mime) <= JSON_SEND_MAX_BYTES:
+            request = service.users().messages().send(userId="me", body={
+                **metadata, "raw": base64.urlsafe_b64encode(raw_mime).decode("ascii")})
+        else:  # Google refuses big JSON bodies: the message goes to the /upload endpoint
+            if len(raw_mime) > SEND_MAX_BYTES:
+                raise PermanentError(f"The message is {len(raw_mime) // 2**20} MB; Gmail "
+                                     f"sends at most {SEND_MAX_BYTES // 2**20} MB.",
+                                     reason="messageTooLarge")
+            media = MediaIoBaseUpload(io.BytesIO(raw_mime), mimetype="message/rfc822")
+            request = service.users().messages().send(userId="me", body=metadata or None,
+                                                      media_body=media)
+        answer = _execute(request)
         sent_id = str(answer.get("id") or "")
         sent_thread = str(answer.get("threadId") or "")
         try:

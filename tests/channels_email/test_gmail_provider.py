@@ -357,6 +357,27 @@ def test_send_in_thread_and_find_sent(google, provider, connected):
             provider.changes_since(connected, cursor).messages] == [ref.provider_message_id]
 
 
+def test_big_mail_is_sent_by_upload_and_too_big_mail_is_refused_unsent(google, provider,
+                                                                       connected):
+    big = reply_mime("Re: Order 42", "<cust-1@example.net>", "big-1@helpdesk.test") + \
+        b"x" * (6 * 1024 * 1024)  # above the JSON body limit, as a raw body
+    # Google refuses such a body as JSON (the sandbox does too)...
+    answer = requests.post(google + "/gmail/v1/users/me/messages/send", json={
+        "raw": base64.urlsafe_b64encode(big).decode()},
+        headers={"Authorization": f"Bearer {gmail_module._access_token(connected.credentials)}"},
+        timeout=10)
+    assert answer.status_code == 400 and "payload size exceeds" in answer.text
+    # ...so the provider uploads it.
+    sent = provider.send(connected, big)
+    assert sent.message_id_header == "big-1@helpdesk.test"
+    with pytest.raises(PermanentError) as caught:
+        provider.send(connected, b"x" * (gmail_module.SEND_MAX_BYTES + 1))
+    assert caught.value.reason == "messageTooLarge"
+    outbox = requests.get(google + "/_sandbox/sent", params={"mailbox": MAILBOX},
+                          timeout=5).json()
+    assert len(outbox["messages"]) == 1
+
+
 # ------------------------------------------------------------------------------ faults
 
 

@@ -4,6 +4,7 @@ status, retries, permanent failures, and no second copy after a crash."""
 from __future__ import annotations
 
 import base64
+import time
 from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default
@@ -84,6 +85,27 @@ def test_reply_reaches_the_mailbox_threaded_and_delivered(conversation, tenant, 
     run_tasks(conn.pk)
     with tenant_scope(tenant):
         assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
+
+
+def test_a_reply_with_a_large_attachment_goes_through_the_upload_endpoint(
+        conversation, tenant, admin_user):
+    sandbox, _, ticket = conversation
+    scan = bytes(range(256)) * (8 * 1024)  # 2 MB with every byte value
+    message = reply(tenant, ticket, admin_user,
+                    attachments=[("scan.pdf", scan, "application/pdf")])
+    started = time.time()
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+    [sent] = sent_mail(sandbox)
+    mime = message_from_bytes(base64.b64decode(sent["raw"]), policy=default)
+    [attachment] = mime.iter_attachments()
+    assert attachment.get_filename() == "scan.pdf" and attachment.get_content() == scan
+    assert mime["Message-ID"] == f"<{message.message_id_header}>"
+    assert sent["threadId"] == ticket_thread(tenant, ticket)
+    sends = [(r["path"], set(r["query"].split("&"))) for r in requests.get(
+        sandbox + "/_sandbox/requests", timeout=5).json()["requests"]
+        if r["path"].endswith("/messages/send") and r["at"] >= started]
+    assert sends == [("/upload/gmail/v1/users/me/messages/send",
+                      {"uploadType=multipart", "alt=json"})]
 
 
 def test_two_server_errors_then_delivered_with_three_attempts(conversation, tenant,
@@ -301,6 +323,15 @@ def test_too_large_attachment_is_refused_with_a_clear_error(conversation, client
         "attachments": [SimpleUploadedFile("big.log", b"x" * (1024 * 1024 + 1))]})
     assert answer.status_code == 400
     assert "big.log: attachments are limited to 1 MB" in answer.content.decode()
+
+    # Files each under the limit, together over what one email can carry.
+    settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES = 3 * 1024 * 1024 // 2
+    answer = client.post(f"/{tenant.slug}/tickets/{ticket.number}/reply/", {
+        "mode": "reply", "body": "Here are the logs.",
+        "attachments": [SimpleUploadedFile(f"{n}.log", b"x" * 1024 * 1024) for n in (1, 2)]})
+    assert answer.status_code == 400
+    assert "The attachments add up to 2.0 MB; one reply can carry 1.5 MB" in \
+        answer.content.decode()
     with tenant_scope(tenant):
         assert not ticket.messages.filter(kind="outbound").exists()
 
