@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from django import forms
+from django.core.validators import validate_email
 
 from channels_email.models import (
     ACKNOWLEDGEMENT_PLACEHOLDERS,
@@ -13,7 +14,7 @@ from channels_email.models import (
     RoutingMode,
 )
 from channels_email.selectors import connections_for_tenant
-from channels_email.services import SETTINGS_FIELDS
+from channels_email.services import FILTER_FIELDS, SETTINGS_FIELDS
 from routing.models import Flow, Team
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
@@ -100,3 +101,109 @@ class ConnectionSettingsForm(forms.ModelForm):
                                       if mode == RoutingMode.FLOW else None)
         self.instance.reply_connection = self.cleaned_data["reply_connection"]
         return super().save(commit=commit)
+
+
+class LinesField(forms.CharField):
+    """A list edited as text, one item a line; ``clean_item`` checks and normalises each
+    item and raises ValidationError naming it."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def __init__(self, *, clean_item, max_items: int = 200, **kwargs):
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+        self.clean_item, self.max_items = clean_item, max_items
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, list | tuple) else value
+
+    def to_python(self, value) -> list[str]:
+        items = [line.strip() for line in (value or "").splitlines()]
+        items = list(dict.fromkeys(self.clean_item(item) for item in items if item))
+        if len(items) > self.max_items:
+            raise forms.ValidationError(f"At most {self.max_items} lines.")
+        return items
+
+
+def _address(item: str) -> str:
+    try:
+        validate_email(item)
+    except forms.ValidationError as exc:
+        raise forms.ValidationError(f"{item} is not an email address.") from exc
+    return item.lower()
+
+
+def _pattern(item: str) -> str:
+    if len(item) > 300:
+        raise forms.ValidationError(f"{item[:40]}...: a pattern is at most 300 characters.")
+    if len(item) > 2 and item.startswith("/") and item.endswith("/"):
+        try:
+            re.compile(item[1:-1])
+        except re.error as exc:
+            raise forms.ValidationError(f"{item} is not a valid regular expression "
+                                        f"({exc}).") from exc
+    return item
+
+
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9-]{1,63}\.)+[a-z0-9-]{2,63}")
+
+
+def _domain(item: str) -> str:
+    domain = item.lower().lstrip("@").rstrip(".")
+    if not _DOMAIN.fullmatch(domain):
+        raise forms.ValidationError(f"{item} is not a domain name (like example.com).")
+    return domain
+
+
+class ConnectionFiltersForm(forms.ModelForm):
+    """What a connection lets through: aliases (mail from them is ours: a loop), automatic
+    replies, a block list, allowed sender domains, new threads or replies, anyone or known
+    contacts, CC import, HTML or text body, and the per-sender rate that counts as a loop.
+    Each refused email is kept, skipped with the rule that refused it."""
+
+    alias_addresses = LinesField(
+        clean_item=_address, label="Aliases of this mailbox",
+        help_text="Other addresses that deliver here, one a line. Mail from them counts as "
+                  "ours (a loop); replies never copy them.")
+    block_list = LinesField(
+        clean_item=_pattern, label="Block list",
+        help_text="One a line, matched against the sender and the subject: exact text, a "
+                  "wildcard like *@spam.example, or a regular expression between slashes "
+                  "like /^win a prize/.")
+    allowed_sender_domains = LinesField(
+        clean_item=_domain, label="Only these sender domains",
+        help_text="One a line, like example.com (subdomains included). Empty: every domain.")
+
+    field_order = list(FILTER_FIELDS)
+
+    class Meta:
+        model = EmailConnection
+        fields = list(FILTER_FIELDS)
+        labels = {"skip_auto_replies": "Skip automatic replies",
+                  "allowed_emails": "Accept", "allowed_senders": "From",
+                  "import_cc": "Keep the CC addresses of incoming mail on the ticket",
+                  "body_preference": "Ticket body from",
+                  "sender_rate_limit": "Loop guard: mails from one sender",
+                  "sender_rate_window_minutes": "within minutes"}
+        help_texts = {
+            "skip_auto_replies": "Out-of-office answers, challenge-response requests and "
+                                 "other automatic mail make no ticket.",
+            "allowed_senders": "Known contacts: senders who already are contacts of this "
+                               "workspace.",
+            "sender_rate_limit": "More mail than this from one sender within the window "
+                                 "counts as a mail loop and is skipped.",
+        }
+        widgets = {"sender_rate_limit": forms.NumberInput(attrs={"min": 1}),
+                   "sender_rate_window_minutes": forms.NumberInput(attrs={"min": 1})}
+
+    def clean_sender_rate_limit(self):
+        value = self.cleaned_data["sender_rate_limit"]
+        if value < 1:
+            raise forms.ValidationError("At least 1.")
+        return value
+
+    def clean_sender_rate_window_minutes(self):
+        value = self.cleaned_data["sender_rate_window_minutes"]
+        if not 1 <= value <= 1440:
+            raise forms.ValidationError("Between 1 and 1440 minutes.")
+        return value

@@ -100,23 +100,28 @@ def inbound_email_reset_for_reprocess(*, inbound_email: InboundEmail, actor: Use
 SETTINGS_FIELDS = ("display_name", "routing_mode", "routing_team", "routing_flow",
                    "reply_connection", "is_default", "send_acknowledgement",
                    "acknowledgement_text")
+# The inbound filters, edited in their own form on the same page.
+FILTER_FIELDS = ("alias_addresses", "skip_auto_replies", "block_list",
+                 "allowed_sender_domains", "allowed_emails", "allowed_senders", "import_cc",
+                 "body_preference", "sender_rate_limit", "sender_rate_window_minutes")
 
 
 def connection_settings_save(*, connection: EmailConnection, actor: User | None,
-                             changed: list[str]) -> EmailConnection:
-    """Save a connection's edited settings (audited); only the settings columns are
-    written, so health, cursor and credentials that a worker changed meanwhile stay.
-    Making it the workspace's default mailbox takes that role from the previous one in the
-    same transaction (a partial unique constraint allows one default per tenant); the
-    tenant's mailboxes are locked first, so two admins doing it at once serialise instead
-    of one hitting the constraint."""
+                             changed: list[str],
+                             fields: tuple[str, ...] = SETTINGS_FIELDS) -> EmailConnection:
+    """Save a connection's edited ``fields`` (the settings, or the FILTER_FIELDS; audited);
+    only those columns are written, so health, cursor and credentials that a worker
+    changed meanwhile stay. Making it the workspace's default mailbox takes that role from
+    the previous one in the same transaction (a partial unique constraint allows one
+    default per tenant); the tenant's mailboxes are locked first, so two admins doing it at
+    once serialise instead of one hitting the constraint."""
     with transaction.atomic():
-        if connection.is_default:
+        if "is_default" in fields and connection.is_default:
             list(EmailConnection.objects.filter(tenant_id=connection.tenant_id)
                  .select_for_update().values_list("pk", flat=True))
             EmailConnection.objects.filter(tenant_id=connection.tenant_id, is_default=True) \
                 .exclude(pk=connection.pk).update(is_default=False)
-        connection.save(update_fields=[*SETTINGS_FIELDS, "updated_at"])
+        connection.save(update_fields=[*fields, "updated_at"])
         if changed:
             audit_record(tenant=connection.tenant, actor=actor,
                          action="email_connection.settings_changed", target=connection,

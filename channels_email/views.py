@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from channels_email import connect
-from channels_email.forms import ConnectionSettingsForm
+from channels_email.forms import ConnectionFiltersForm, ConnectionSettingsForm
 from channels_email.ingest import inbound_email_ingest
 from channels_email.models import EmailConnection, InboundEmail, InboundState, Provider
 from channels_email.selectors import (
@@ -24,6 +24,8 @@ from channels_email.selectors import (
     suppressions_for_tenant,
 )
 from channels_email.services import (
+    FILTER_FIELDS,
+    SETTINGS_FIELDS,
     connection_settings_save,
     inbound_email_raw_read,
     inbound_email_reset_for_reprocess,
@@ -160,17 +162,31 @@ def connection_disconnect_view(request, connection_id: int):
 
 
 def connection_detail(request, connection_id: int):
-    """A connection's settings: routing (Team or Flow and its target; applies to new mail
-    only), the reply mailbox, default mailbox and acknowledgement."""
+    """A connection's settings (routing: Team or Flow and its target, applying to new mail
+    only; the reply mailbox, default mailbox and acknowledgement) and, in a form of their
+    own (``section=filters``), its inbound filters."""
     conn = _connection(request, connection_id)
-    form = ConnectionSettingsForm(request.POST or None, instance=conn, tenant=request.tenant)
-    if request.method == "POST" and form.is_valid():
-        connection_settings_save(connection=form.save(commit=False), actor=request.user,
-                                 changed=form.changed_data)
-        messages.success(request, "Settings saved. Routing applies to mail that arrives from "
-                                  "now on.")
-        return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
-    return render(request, "channels_email/connection.html", {"connection": conn, "form": form})
+    filters_posted = request.method == "POST" and request.POST.get("section") == "filters"
+    settings_posted = request.method == "POST" and not filters_posted
+    form = ConnectionSettingsForm(request.POST if settings_posted else None, instance=conn,
+                                  tenant=request.tenant)
+    filters_form = ConnectionFiltersForm(request.POST if filters_posted else None,
+                                         instance=conn, prefix="filters")
+    posted, fields = (form, SETTINGS_FIELDS) if settings_posted else \
+        (filters_form, FILTER_FIELDS)
+    if request.method == "POST":
+        if posted.is_valid():
+            connection_settings_save(connection=posted.save(commit=False),
+                                     actor=request.user, changed=posted.changed_data,
+                                     fields=fields)
+            messages.success(request, "Filters saved; they apply to mail that arrives from "
+                                      "now on." if filters_posted else
+                                      "Settings saved. Routing applies to mail that arrives "
+                                      "from now on.")
+            return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
+    context = {"connection": conn, "form": form, "filters_form": filters_form}
+    return render(request, "channels_email/connection.html", context,
+                  status=400 if request.method == "POST" else 200)
 
 
 @login_required

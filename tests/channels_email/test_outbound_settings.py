@@ -239,11 +239,61 @@ def test_settings_refuse_unknown_placeholders_and_another_workspaces_mailbox(
                                      "send_acknowledgement": "on",
                                      "acknowledgement_text": "Hi {name.__class__} {nmber}"})
     page = answer.content.decode()
-    assert answer.status_code == 200
+    assert answer.status_code == 400
     assert "Select a valid choice" in page and "Unknown placeholder" in page
     with tenant_scope(tenant):
         conn.refresh_from_db()
         assert conn.reply_connection_id is None and not conn.send_acknowledgement
+
+
+def test_admins_set_a_mailboxs_filters_and_refused_mail_is_kept_with_the_rule(
+        gmail, admin_client, tenant):  # noqa: F811
+    sandbox, _ = gmail
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    url = f"/{tenant.slug}/settings/email/{conn.pk}/"
+    filters = {"section": "filters", "filters-skip_auto_replies": "on",
+               "filters-import_cc": "on", "filters-allowed_emails": "both",
+               "filters-allowed_senders": "anyone", "filters-body_preference": "html",
+               "filters-sender_rate_limit": "20", "filters-sender_rate_window_minutes": "10"}
+    refused = admin_client.post(url, {
+        **filters, "filters-alias_addresses": "help@acme.test\nnot an address",
+        "filters-block_list": "/([unclosed/", "filters-allowed_sender_domains": "@@",
+        "filters-sender_rate_window_minutes": "0"})
+    page = refused.content.decode()
+    assert refused.status_code == 400
+    for error in ("not an address is not an email address", "/([unclosed/ is not a valid "
+                  "regular expression", "@@ is not a domain name", "Between 1 and 1440"):
+        assert error in page
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.alias_addresses == [] and conn.block_list == []
+
+    saved = admin_client.post(url, {
+        **filters, "filters-alias_addresses": "Help@Acme.test\r\nhelp@acme.test\r\n",
+        "filters-block_list": "*@spam.example\r\n/win a prize/",
+        "filters-allowed_sender_domains": "@Customer.Example"})
+    assert saved.status_code == 302
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.alias_addresses == ["help@acme.test"]
+        assert conn.block_list == ["*@spam.example", "/win a prize/"]
+        assert conn.allowed_sender_domains == ["customer.example"]
+        assert conn.display_name == "" and conn.routing_mode == "none"  # other form's
+        assert AuditEvent.objects.filter(action="email_connection.settings_changed").exists()
+    page = admin_client.get(url).content.decode()
+    assert "help@acme.test" in page and "*@spam.example" in page
+
+    deliver(sandbox, "support@acme.test", "You may win a prize")  # Maria, customer.example
+    deliver(sandbox, "support@acme.test", "Order 7", **{"from": "bob@elsewhere.example"})
+    deliver(sandbox, "support@acme.test", "Printer on fire")
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        assert list(Ticket.objects.values_list("title", flat=True)) == ["Printer on fire"]
+        reasons = sorted(InboundEmail.objects.filter(state="skipped")
+                         .values_list("reason", flat=True))
+    assert len(reasons) == 2
+    assert reasons[0].startswith("blocked") and "win a prize" in reasons[0]
+    assert reasons[1].startswith("domain") and "elsewhere.example" in reasons[1]
 
 
 # ------------------------------------------------------------------ suppression

@@ -42,7 +42,7 @@ def test_admin_connects_gmail_in_the_browser_and_mail_reaches_the_team_queue(
         expect(page.locator(".badge")).to_have_text("Active")
         page.select_option("select[name=routing_mode]", "team")
         page.select_option("select[name=routing_team]", str(billing.pk))
-        page.get_by_role("button", name="Save").click()
+        page.get_by_role("button", name="Save", exact=True).click()
         expect(page.locator("table.list")).to_contain_text("Team: Billing")
 
         requests.post(sandbox + "/_sandbox/deliver", json={
