@@ -74,17 +74,17 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
     from channels_email.selectors import reply_connection_for, reply_recipients, suppressed_among
 
     to, cc = reply_recipients(ticket=ticket)
-    shown_cc = getattr(form, "cleaned_data", {}).get("cc", cc) if form is not None else cc
+    posted = getattr(form, "cleaned_data", {}) if form is not None else {}
+    shown_to, shown_cc = posted.get("to", to), posted.get("cc", cc)
     return {
         "ticket": ticket,
         "timeline": ticket_timeline(ticket=ticket),
         "other_tickets": tickets_for_contact(tenant=request.tenant,
                                              contact_id=ticket.contact_id).exclude(pk=ticket.pk)[:10],
-        "reply_form": form or ReplyForm(initial={"cc": ", ".join(cc)}),
-        "reply_to": to,
+        "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc)}),
         "reply_from": reply_connection_for(ticket=ticket),
         "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
-                                            addresses=[*to, *shown_cc]).values()),
+                                            addresses=[*shown_to, *shown_cc]).values()),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),
         "reply_total_mb": settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES // (1024 * 1024),
         "statuses": TicketStatus.choices,
@@ -102,11 +102,15 @@ class ReplyForm(forms.Form):
                                       ("note", "Internal note (never emailed)")],
                              initial="reply", widget=forms.RadioSelect)
     body = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), max_length=100_000)
+    to = forms.CharField(required=False, max_length=2000, label="To",
+                         help_text="Comma-separated addresses")
     cc = forms.CharField(required=False, max_length=2000, label="CC",
                          help_text="Comma-separated addresses")
 
-    def clean_cc(self):
-        addresses = [a.strip().lower() for a in self.cleaned_data["cc"].split(",") if a.strip()]
+    @staticmethod
+    def _addresses(text: str) -> list[str]:
+        addresses = list(dict.fromkeys(a.strip().lower() for a in text.split(",")
+                                       if a.strip()))
         validator = EmailValidator()
         for address in addresses:
             try:
@@ -114,6 +118,19 @@ class ReplyForm(forms.Form):
             except ValidationError as exc:
                 raise ValidationError(f"{address} is not an email address.") from exc
         return addresses
+
+    def clean_to(self):
+        return self._addresses(self.cleaned_data["to"])
+
+    def clean_cc(self):
+        return self._addresses(self.cleaned_data["cc"])
+
+    def clean(self):
+        data = super().clean()
+        # A post without the field (not from this page) takes the default recipients.
+        if data.get("mode") == "reply" and "to" in self.data and data.get("to") == []:
+            self.add_error("to", "Add the address the reply goes to.")
+        return data
 
 
 def _ticket_or_404(request, number: int) -> Ticket:
@@ -154,7 +171,9 @@ def ticket_reply_view(request, number: int):
     else:
         try:
             reply_create(ticket=ticket, author=request.user,
-                         body_text=form.cleaned_data["body"], cc=form.cleaned_data["cc"],
+                         body_text=form.cleaned_data["body"],
+                         to=form.cleaned_data["to"] if "to" in request.POST else None,
+                         cc=form.cleaned_data["cc"],
                          attachments=attachments)
         except ValueError as exc:
             form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")

@@ -310,6 +310,19 @@ def test_agent_replies_and_notes_from_the_ticket_view(conversation, client, tena
         assert ticket.messages.filter(kind="note").count() == 1
         assert ticket.messages.filter(kind="outbound").count() == 1
 
+    # To is prefilled and editable (say, after a bounce showed a typo); never left empty.
+    assert 'name="to" value="maria@customer.example"' in client.get(url).content.decode()
+    empty = client.post(url + "reply/", {"mode": "reply", "body": "Hello?", "to": " ",
+                                         "cc": ""})
+    assert empty.status_code == 400
+    assert "Add the address the reply goes to." in empty.content.decode()
+    assert client.post(url + "reply/", {
+        "mode": "reply", "body": "Resent.", "to": "Maria.Lopez@Customer.Example, support@acme.test",
+        "cc": ""}).status_code == 302
+    with tenant_scope(tenant):
+        resent = ticket.messages.filter(kind="outbound").latest("created_at")
+    assert resent.to_addresses == ["maria.lopez@customer.example"]  # never our own mailbox
+
 
 def test_too_large_attachment_is_refused_with_a_clear_error(conversation, client, tenant,
                                                             agent, settings):
