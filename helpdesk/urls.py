@@ -38,4 +38,5 @@ urlpatterns = [
          include((notification_patterns, "notifications"))),
     path("<slug:tenant_slug>/contacts/", include("contacts.urls")),
     path("<slug:tenant_slug>/settings/email/", include("channels_email.urls")),
+    path("<slug:tenant_slug>/settings/routing/", include("routing.urls")),
 ]

@@ -13,8 +13,9 @@ from django.db import transaction
 from django.db.models import Max
 
 from helpdesk.models import Tenant
+from helpdesk.services import audit_record
 from routing.engine import action_problem, condition_problem
-from routing.models import Flow, MatchMode, Rule, Team
+from routing.models import Flow, MatchMode, Rule, Team, TeamMember
 
 
 def rule_validate(conditions: Any, actions: Any) -> None:
@@ -77,3 +78,113 @@ def rule_create(
             conditions=conditions, actions=actions, stop_processing=stop_processing,
             position=position,
         )
+
+
+# ------------------------------------------------------------- admin pages' writes
+# Each write is audited ("routing changes", DESIGN section 3) and runs in the caller's
+# tenant scope; objects come from the caller's scoped lookups.
+
+
+def _in_use(*, team: Team | None = None, flow: Flow | None = None) -> list[str]:
+    """What still points at ``team`` or ``flow``, named for the admin."""
+    from channels_email.models import EmailConnection
+
+    mailboxes = EmailConnection.objects.exclude(status="disconnected")
+    if team is not None:
+        users = [f"mailbox {a}" for a in mailboxes.filter(
+            routing_mode="team", routing_team=team).values_list("address", flat=True)]
+        users += [f"flow {n}" for n in Flow.objects.filter(
+            fallback_team=team).values_list("name", flat=True)]
+        return users
+    return [f"mailbox {a}" for a in mailboxes.filter(
+        routing_mode="flow", routing_flow=flow).values_list("address", flat=True)]
+
+
+def team_save(*, team: Team, member_ids: list[int], actor, created: bool = False) -> Team:
+    """Create or update ``team`` (its name) and set its members to ``member_ids`` (ids of
+    the tenant's active members; the caller's form offers only those)."""
+    with transaction.atomic():
+        team.save()
+        current = set(TeamMember.objects.filter(team=team).values_list("user_id", flat=True))
+        wanted = set(member_ids)
+        TeamMember.objects.filter(team=team, user_id__in=current - wanted).delete()
+        TeamMember.objects.bulk_create([TeamMember(tenant_id=team.tenant_id, team=team,
+                                                   user_id=u) for u in wanted - current])
+        audit_record(tenant=team.tenant, actor=actor,
+                     action="team.created" if created else "team.changed", target=team,
+                     details={"name": team.name, "members": sorted(wanted)})
+    return team
+
+
+def team_delete(*, team: Team, actor) -> list[str]:
+    """Delete ``team`` (its tickets keep their history and lose the team) unless a mailbox
+    or a flow still routes to it; returns what uses it (empty when deleted)."""
+    with transaction.atomic():
+        users = _in_use(team=team)
+        if not users:
+            audit_record(tenant=team.tenant, actor=actor, action="team.deleted",
+                         details={"name": team.name, "id": team.pk})
+            team.delete()
+    return users
+
+
+def flow_save(*, flow: Flow, actor, created: bool = False) -> Flow:
+    with transaction.atomic():
+        flow.save()
+        audit_record(tenant=flow.tenant, actor=actor,
+                     action="flow.created" if created else "flow.changed", target=flow,
+                     details={"name": flow.name, "active": flow.is_active,
+                              "fallback_team": flow.fallback_team_id})
+    return flow
+
+
+def flow_delete(*, flow: Flow, actor) -> list[str]:
+    """Delete ``flow`` and its rules unless a mailbox routes through it; returns what uses
+    it (empty when deleted)."""
+    with transaction.atomic():
+        users = _in_use(flow=flow)
+        if not users:
+            audit_record(tenant=flow.tenant, actor=actor, action="flow.deleted",
+                         details={"name": flow.name, "id": flow.pk})
+            flow.delete()
+    return users
+
+
+def rule_save(*, rule: Rule, actor) -> Rule:
+    """Validate and store ``rule`` (a new one goes last in its flow)."""
+    rule_validate(rule.conditions, rule.actions)
+    created = rule.pk is None
+    with transaction.atomic():
+        if created:
+            last = Rule.objects.filter(flow=rule.flow).aggregate(m=Max("position"))["m"]
+            rule.position = 0 if last is None else last + 1
+        rule.save()
+        audit_record(tenant=rule.flow.tenant, actor=actor,
+                     action="rule.created" if created else "rule.changed", target=rule,
+                     details={"flow": rule.flow_id, "conditions": rule.conditions,
+                              "actions": rule.actions, "match": rule.match})
+    return rule
+
+
+def rule_delete(*, rule: Rule, actor) -> None:
+    with transaction.atomic():
+        audit_record(tenant=rule.flow.tenant, actor=actor, action="rule.deleted",
+                     details={"flow": rule.flow_id, "name": rule.name, "id": rule.pk})
+        rule.delete()
+
+
+def rule_move(*, rule: Rule, step: int, actor) -> None:
+    """Move ``rule`` one place up (step -1) or down (+1) in its flow's order."""
+    with transaction.atomic():
+        rules = list(Rule.objects.select_for_update().filter(flow_id=rule.flow_id)
+                     .order_by("position", "id"))
+        index = next(i for i, r in enumerate(rules) if r.pk == rule.pk)
+        other = index + step
+        if not 0 <= other < len(rules):
+            return
+        rules[index], rules[other] = rules[other], rules[index]
+        for position, item in enumerate(rules):
+            if item.position != position:
+                Rule.objects.filter(pk=item.pk).update(position=position)
+        audit_record(tenant=rule.flow.tenant, actor=actor, action="rule.moved", target=rule,
+                     details={"flow": rule.flow_id, "position": other})

@@ -15,10 +15,13 @@ from tests.factories import (
     AttachmentFactory,
     ContactFactory,
     EmailConnectionFactory,
+    FlowFactory,
     InboundEmailFactory,
     InvitationFactory,
     MembershipFactory,
     MessageFactory,
+    RuleFactory,
+    TeamFactory,
     TicketFactory,
     UserFactory,
 )
@@ -60,6 +63,7 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
     """
     # Several tickets so that the number used does not exist in the attacker's tenant.
     tickets = [TicketFactory(tenant=victim) for _ in range(3)]
+    flow = FlowFactory(tenant=victim, fallback_team=TeamFactory(tenant=victim))
     return {
         "number": tickets[-1].number,
         "contact_id": ContactFactory(tenant=victim).pk,
@@ -72,6 +76,9 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
                                      delivery_status="failed").pk,
         "suppression_id": SuppressedAddress.objects.create(
             tenant=victim, email="bounced@example.net", reason="hard_bounce").pk,
+        "team_id": flow.fallback_team_id,
+        "flow_id": flow.pk,
+        "rule_id": RuleFactory(tenant=victim, flow=flow).pk,
         # Not an object, but a URL word: an unknown provider must be a 404 too.
         "provider": "no-such-provider",
     }
@@ -118,6 +125,11 @@ def test_member_of_a_gets_404_for_every_object_of_b(client):
 
         assert Invitation.objects.filter(pk=b_objects["invitation_id"]).exists()
         assert SuppressedAddress.objects.filter(pk=b_objects["suppression_id"]).exists()
+        from routing.models import Flow, Rule, Team
+
+        assert Team.objects.filter(pk=b_objects["team_id"]).exists()
+        assert Flow.objects.filter(pk=b_objects["flow_id"]).exists()
+        assert Rule.objects.filter(pk=b_objects["rule_id"]).exists()
 
 
 @pytest.mark.django_db

@@ -1,0 +1,144 @@
+"""Routing admin pages: teams (queues and their members), flows and their rules. Tenant
+admins only; every lookup goes through the tenant's scope, so another workspace's team,
+flow or rule is a 404."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from routing.forms import PRIORITY_WORDS, STATUS_WORDS, FlowForm, RuleForm, TeamForm
+from routing.models import Flow, Rule, Team
+from routing.services import (
+    flow_delete,
+    flow_save,
+    rule_delete,
+    rule_move,
+    rule_save,
+    team_delete,
+    team_save,
+)
+
+
+def _admin(request) -> None:
+    if not request.membership.is_admin:
+        raise PermissionDenied("Only workspace admins can change routing.")
+
+
+def _back(request, flow: Flow | None = None):
+    if flow is not None:
+        return redirect("routing:flow", tenant_slug=request.tenant.slug, flow_id=flow.pk)
+    return redirect("routing:index", tenant_slug=request.tenant.slug)
+
+
+def routing_index(request):
+    _admin(request)
+    team_form = TeamForm(tenant=request.tenant, prefix="team")
+    flow_form = FlowForm(tenant=request.tenant, prefix="flow")
+    if request.method == "POST":
+        if request.POST.get("kind") == "team":
+            team_form = TeamForm(request.POST, tenant=request.tenant, prefix="team",
+                                 instance=Team(tenant=request.tenant))
+            if team_form.is_valid():
+                team = team_save(team=team_form.save(commit=False), actor=request.user,
+                                 member_ids=team_form.member_ids(), created=True)
+                messages.success(request, f"Team {team.name} created.")
+                return _back(request)
+        else:
+            flow_form = FlowForm(request.POST, tenant=request.tenant, prefix="flow",
+                                 instance=Flow(tenant=request.tenant))
+            if flow_form.is_valid():
+                flow = flow_save(flow=flow_form.save(commit=False), actor=request.user,
+                                 created=True)
+                messages.success(request, f"Flow {flow.name} created; add its rules.")
+                return _back(request, flow)
+    teams = Team.objects.filter(tenant=request.tenant).prefetch_related("members")
+    flows = Flow.objects.filter(tenant=request.tenant).select_related("fallback_team")
+    return render(request, "routing/index.html", {
+        "teams": teams, "flows": flows, "team_form": team_form, "flow_form": flow_form,
+    }, status=400 if request.method == "POST" else 200)
+
+
+def team_detail(request, team_id: int):
+    team = get_object_or_404(Team, tenant=request.tenant, pk=team_id)
+    _admin(request)
+    form = TeamForm(request.POST or None, tenant=request.tenant, instance=team)
+    if request.method == "POST" and form.is_valid():
+        team_save(team=form.save(commit=False), member_ids=form.member_ids(),
+                  actor=request.user)
+        messages.success(request, f"Team {team.name} saved.")
+        return _back(request)
+    return render(request, "routing/team.html", {"team": team, "form": form},
+                  status=400 if request.method == "POST" else 200)
+
+
+@require_POST
+def team_delete_view(request, team_id: int):
+    team = get_object_or_404(Team, tenant=request.tenant, pk=team_id)
+    _admin(request)
+    users = team_delete(team=team, actor=request.user)
+    if users:
+        messages.error(request, f"Team {team.name} is still used by {', '.join(users)}; "
+                                "route those elsewhere first.")
+    else:
+        messages.success(request, f"Team {team.name} deleted; its tickets stay, unassigned "
+                                  "to a team.")
+    return _back(request)
+
+
+def flow_detail(request, flow_id: int):
+    flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
+    _admin(request)
+    form = FlowForm(request.POST or None, tenant=request.tenant, instance=flow)
+    if request.method == "POST" and form.is_valid():
+        flow_save(flow=form.save(commit=False), actor=request.user)
+        messages.success(request, f"Flow {flow.name} saved.")
+        return _back(request, flow)
+    return render(request, "routing/flow.html", {
+        "flow": flow, "form": form, "rules": Rule.objects.filter(flow=flow)
+        .order_by("position", "id")}, status=400 if request.method == "POST" else 200)
+
+
+@require_POST
+def flow_delete_view(request, flow_id: int):
+    flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
+    _admin(request)
+    users = flow_delete(flow=flow, actor=request.user)
+    if users:
+        messages.error(request, f"Flow {flow.name} is still used by {', '.join(users)}; "
+                                "route those elsewhere first.")
+        return _back(request, flow)
+    messages.success(request, f"Flow {flow.name} deleted.")
+    return _back(request)
+
+
+def rule_detail(request, flow_id: int, rule_id: int | None = None):
+    """Add a rule to a flow (no ``rule_id``) or edit one."""
+    flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
+    rule = (get_object_or_404(Rule, tenant=request.tenant, flow=flow, pk=rule_id)
+            if rule_id is not None else Rule(tenant=request.tenant, flow=flow))
+    _admin(request)
+    form = RuleForm(request.POST or None, tenant=request.tenant, instance=rule)
+    if request.method == "POST" and form.is_valid():
+        rule_save(rule=form.save(commit=False), actor=request.user)
+        messages.success(request, f"Rule {rule.name} saved; it applies to new tickets.")
+        return _back(request, flow)
+    return render(request, "routing/rule.html", {
+        "flow": flow, "rule": rule, "form": form, "priorities": PRIORITY_WORDS,
+        "statuses": STATUS_WORDS}, status=400 if request.method == "POST" else 200)
+
+
+@require_POST
+def rule_action_view(request, flow_id: int, rule_id: int):
+    """Delete a rule, or move it up or down (``do`` = delete | up | down)."""
+    rule = get_object_or_404(Rule, tenant=request.tenant, flow_id=flow_id, pk=rule_id)
+    _admin(request)
+    do = request.POST.get("do")
+    if do == "delete":
+        rule_delete(rule=rule, actor=request.user)
+        messages.success(request, f"Rule {rule.name} deleted.")
+    elif do in ("up", "down"):
+        rule_move(rule=rule, step=-1 if do == "up" else 1, actor=request.user)
+    return _back(request, rule.flow)

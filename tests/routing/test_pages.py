@@ -1,0 +1,157 @@
+"""Routing admin pages: an admin builds teams and a flow in the browser-facing pages, and
+the mail that arrives afterwards is routed by exactly what they built."""
+
+from __future__ import annotations
+
+import pytest
+
+from channels_email.ingest import inbound_email_ingest
+from channels_email.services import connection_create_manual, inbound_email_receive
+from helpdesk.models import AuditEvent
+from helpdesk.tenancy import tenant_scope
+from routing.models import Flow, Rule, Team
+from tests.channels_email.mail_builder import build_email
+from tests.factories import MembershipFactory, UserFactory
+from tickets.models import Ticket
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+def rule_rows(conditions=(), actions=(), **extra) -> dict:
+    data = {"name": "Billing mail", "match": "all", "is_active": "on", **extra}
+    for i, (name, op, value) in enumerate(conditions):
+        data.update({f"cond_{i}_field": name, f"cond_{i}_op": op, f"cond_{i}_value": value})
+    for i, (kind, value) in enumerate(actions):
+        data.update({f"act_{i}_type": kind, f"act_{i}_value": value})
+    return data
+
+
+def test_an_admin_builds_teams_and_a_flow_that_routes_new_mail(admin, tenant, agent):
+    base = f"/{tenant.slug}/settings/routing/"
+    assert admin.post(base, {"kind": "team", "team-name": "Billing",
+                             "team-members": [agent.pk]}).status_code == 302
+    assert admin.post(base, {"kind": "team", "team-name": "General"}).status_code == 302
+    duplicate = admin.post(base, {"kind": "team", "team-name": "billing"})
+    assert duplicate.status_code == 400 and "A team named billing exists" in \
+        duplicate.content.decode()
+    with tenant_scope(tenant):
+        billing, general = Team.objects.get(name="Billing"), Team.objects.get(name="General")
+        assert list(billing.members.all()) == [agent]
+
+    answer = admin.post(base, {"kind": "flow", "flow-name": "Triage",
+                               "flow-fallback_team": general.pk, "flow-is_active": "on"})
+    with tenant_scope(tenant):
+        flow = Flow.objects.get(name="Triage")
+    assert answer.status_code == 302 and answer["Location"].endswith(f"/flows/{flow.pk}/")
+
+    rules = f"{base}flows/{flow.pk}/rules/"
+    assert admin.post(rules + "new/", rule_rows(
+        conditions=[("subject", "contains", "invoice"), ("has_attachments", "is", "yes")],
+        actions=[("assign_team", "billing"), ("set_priority", "High"),
+                 ("assign_agent", agent.email.upper())])).status_code == 302
+    assert admin.post(rules + "new/", rule_rows(
+        name="Urgent words", match="any",
+        conditions=[("body", "matches", r"\burgent\b")],
+        actions=[("add_tag", "urgent")])).status_code == 302
+    with tenant_scope(tenant):
+        first, second = Rule.objects.filter(flow=flow).order_by("position")
+    assert first.conditions == [
+        {"field": "subject", "op": "contains", "value": "invoice"},
+        {"field": "has_attachments", "op": "is", "value": True}]
+    assert first.actions == [{"type": "assign_team", "value": billing.pk},
+                             {"type": "set_priority", "value": "high"},
+                             {"type": "assign_agent", "value": agent.pk}]
+    # The edit page shows the rule as the admin wrote it.
+    page = admin.get(f"{rules}{first.pk}/").content.decode()
+    assert 'value="Billing"' in page and f'value="{agent.email}"' in page and \
+        'value="yes"' in page
+
+    # Order: the second rule moves up.
+    admin.post(f"{rules}{second.pk}/action/", {"do": "up"})
+    with tenant_scope(tenant):
+        assert list(Rule.objects.filter(flow=flow).order_by("position")
+                    .values_list("name", flat=True)) == ["Urgent words", "Billing mail"]
+        assert AuditEvent.objects.filter(action__in=[
+            "team.created", "flow.created", "rule.created", "rule.moved"]).count() == 6
+
+    # A mailbox routes through the flow: new mail follows the rules the admin built.
+    with tenant_scope(tenant):
+        conn = connection_create_manual(tenant=tenant, address="support@company.example")
+    settings_page = f"/{tenant.slug}/settings/email/{conn.pk}/"
+    assert admin.post(settings_page, {"display_name": "", "routing_mode": "flow",
+                                      "routing_flow": flow.pk,
+                                      "acknowledgement_text": "x"}).status_code == 302
+    for subject, attachments in (("Invoice 7 is wrong", [("a.pdf", b"%PDF", "application/pdf")]),
+                                 ("Printer on fire", [])):
+        with tenant_scope(tenant):
+            conn.refresh_from_db()
+            row, _ = inbound_email_receive(connection=conn, raw=build_email(
+                subject=subject, attachments=attachments), provider_message_id=subject)
+        inbound_email_ingest(inbound_email_id=row.pk)
+    with tenant_scope(tenant):
+        invoice = Ticket.objects.get(title="Invoice 7 is wrong")
+        printer = Ticket.objects.get(title="Printer on fire")
+    assert (invoice.team, invoice.priority, invoice.assignee) == (billing, "high", agent)
+    assert printer.team == general  # no rule assigned one: the fallback team
+
+    # In use: neither the flow nor its fallback team can be deleted yet.
+    refused = admin.post(f"{base}flows/{flow.pk}/delete/", follow=True).content.decode()
+    assert "is still used by mailbox support@company.example" in refused
+    refused = admin.post(f"{base}teams/{general.pk}/delete/", follow=True).content.decode()
+    assert "is still used by flow Triage" in refused
+    with tenant_scope(tenant):
+        assert Flow.objects.filter(pk=flow.pk).exists() and Team.objects.count() == 2
+
+
+def test_a_rule_that_cannot_run_is_refused_naming_the_problem(admin, tenant, agent):
+    with tenant_scope(tenant):
+        flow = Flow.objects.create(tenant=tenant, name="Triage")
+    url = f"/{tenant.slug}/settings/routing/flows/{flow.pk}/rules/new/"
+    outsider = UserFactory(email="stranger@elsewhere.example")
+    MembershipFactory(user=outsider)  # a member of another workspace
+    cases = [
+        (rule_rows(conditions=[("subject", "matches", "([")], actions=[("add_tag", "x")]),
+         "invalid regular expression"),
+        (rule_rows(conditions=[("contact_is_new", "is", "maybe")], actions=[("stop", "")]),
+         "Sender is a new contact: answer yes or no."),
+        (rule_rows(actions=[("assign_team", "Nobody")]), "No team named Nobody."),
+        (rule_rows(actions=[("assign_agent", outsider.email)]),
+         "stranger@elsewhere.example is not an active member&#x27;s email."),
+        (rule_rows(actions=[("set_priority", "whenever")]), "priority must be one of"),
+        (rule_rows(conditions=[("subject", "contains", "x")]),
+         "Give the rule at least one action."),
+    ]
+    for data, error in cases:
+        answer = admin.post(url, data)
+        assert answer.status_code == 400, error
+        assert error in answer.content.decode(), error
+    with tenant_scope(tenant):
+        assert not Rule.objects.exists()
+
+
+def test_only_admins_change_routing(client, tenant, agent):
+    client.force_login(agent)
+    base = f"/{tenant.slug}/settings/routing/"
+    assert client.get(base).status_code == 403
+    assert client.post(base, {"kind": "team", "team-name": "Sneaky"}).status_code == 403
+    with tenant_scope(tenant):
+        assert not Team.objects.exists()
+
+
+def test_a_team_nothing_routes_to_is_deleted_and_its_tickets_stay(admin, tenant):
+    from tests.factories import TeamFactory, TicketFactory
+
+    team = TeamFactory(tenant=tenant, name="Old")
+    ticket = TicketFactory(tenant=tenant, team=team)
+    answer = admin.post(f"/{tenant.slug}/settings/routing/teams/{team.pk}/delete/", follow=True)
+    assert "Team Old deleted" in answer.content.decode()
+    with tenant_scope(tenant):
+        ticket.refresh_from_db()
+        assert ticket.team is None and not Team.objects.exists()
+        assert AuditEvent.objects.filter(action="team.deleted").exists()
