@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from django import forms
-from django.core.validators import validate_email
 
 from channels_email.models import (
     ACKNOWLEDGEMENT_PLACEHOLDERS,
@@ -15,6 +14,8 @@ from channels_email.models import (
 )
 from channels_email.selectors import connections_for_tenant
 from channels_email.services import FILTER_FIELDS, SETTINGS_FIELDS
+from helpdesk.forms import clean_address
+from helpdesk.patterns import pattern_problem
 from routing.models import Flow, Team
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
@@ -125,23 +126,13 @@ class LinesField(forms.CharField):
         return items
 
 
-def _address(item: str) -> str:
-    try:
-        validate_email(item)
-    except forms.ValidationError as exc:
-        raise forms.ValidationError(f"{item} is not an email address.") from exc
-    return item.lower()
-
-
 def _pattern(item: str) -> str:
     if len(item) > 300:
         raise forms.ValidationError(f"{item[:40]}...: a pattern is at most 300 characters.")
     if len(item) > 2 and item.startswith("/") and item.endswith("/"):
-        try:
-            re.compile(item[1:-1])
-        except re.error as exc:
-            raise forms.ValidationError(f"{item} is not a valid regular expression "
-                                        f"({exc}).") from exc
+        problem = pattern_problem(item[1:-1])
+        if problem:
+            raise forms.ValidationError(f"{item}: {problem}.")
     return item
 
 
@@ -162,7 +153,7 @@ class ConnectionFiltersForm(forms.ModelForm):
     Each refused email is kept, skipped with the rule that refused it."""
 
     alias_addresses = LinesField(
-        clean_item=_address, label="Aliases of this mailbox",
+        clean_item=clean_address, label="Aliases of this mailbox",
         help_text="Other addresses that deliver here, one a line. Mail from them counts as "
                   "ours (a loop); replies never copy them.")
     block_list = LinesField(

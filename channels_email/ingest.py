@@ -306,7 +306,7 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
                                                  inbound_email=row)
                           if skip.code == "bounce" else
                           complaint_record(tenant=row.tenant, complaint=parsed.complaint,
-                                           inbound_email=row))
+                                           dmarc=parsed.dmarc, inbound_email=row))
                 head["details"][skip.code]["outbound_messages"] = marked
                 if marked:
                     # The report stays linked to (the first of) the messages it is about.
@@ -380,9 +380,7 @@ def _ticket_by_token(row: InboundEmail, parsed: ParsedEmail) -> Ticket | None:
     sender = parsed.from_.email
     if sender != ticket.contact.email and sender not in ticket.cc_addresses:
         return None
-    for _ in range(10):  # a merged ticket's mail goes to the ticket it was merged into
-        if ticket.merged_into_id is None:
-            break
+    if ticket.merged_into_id is not None:  # its mail goes to the ticket it was merged into
         ticket = Ticket.objects.get(tenant_id=row.tenant_id, pk=ticket.merged_into_id)
     return ticket
 

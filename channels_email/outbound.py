@@ -60,16 +60,21 @@ from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
 from tickets.services import attachments_add
 
 
-def _outbound_referenced(*, tenant: Tenant, ids: list[str]) -> list[int]:
-    """Our outbound messages among the Message-IDs a report carries."""
+def _outbound_referenced(*, tenant: Tenant, ids: list[str],
+                         current_round: bool = False) -> list[int]:
+    """Our outbound messages among the Message-IDs a report carries. With
+    ``current_round``, only ids of the message's latest sending count: after Retry sent a
+    bounced message again under a new id, a late report about the old copy is history,
+    not news about the new one."""
     ids = [i for i in dict.fromkeys(ids) if i]
     if not ids:
         return []
-    return list(
-        EmailThreadRef.objects.filter(tenant=tenant, message_id_header__in=ids,
-                                      message__kind=MessageKind.OUTBOUND)
-        .values_list("message_id", flat=True)
-    )
+    refs = EmailThreadRef.objects.filter(tenant=tenant, message_id_header__in=ids,
+                                         message__kind=MessageKind.OUTBOUND)
+    if current_round:
+        refs = refs.filter(Q(message__retried_at__isnull=True)
+                           | Q(created_at__gte=F("message__retried_at")))
+    return list(dict.fromkeys(refs.values_list("message_id", flat=True)))
 
 
 def _sent_to(message_ids: list[int]) -> set[str]:
@@ -102,7 +107,8 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
     Runs inside the caller's transaction and tenant scope. Returns the message ids marked.
     """
     message_ids = _outbound_referenced(
-        tenant=tenant, ids=[bounce.original_message_id, *bounce.referenced_message_ids])
+        tenant=tenant, ids=[bounce.original_message_id, *bounce.referenced_message_ids],
+        current_round=True)
     if not message_ids:
         return []
     details = "; ".join(
@@ -131,20 +137,27 @@ def is_hard_bounce(recipient: BounceRecipient) -> bool:
     return recipient.status.strip().startswith("5")
 
 
-def complaint_record(*, tenant: Tenant, complaint: ComplaintInfo,
+COMPLAINT_TYPES = ("", "abuse", "fraud")  # "" for the non-ARF loops (JMRP)
+
+
+def complaint_record(*, tenant: Tenant, complaint: ComplaintInfo, dmarc: str,
                      inbound_email: InboundEmail | None = None) -> list[int]:
     """A recipient reported one of our outbound messages as spam: put them on the
     suppression list, so no automatic email (acknowledgement) goes to them again.
 
-    The complainer is the report's Original-Rcpt-To when it names one we wrote to; when
-    the report redacts it (most mailbox providers do), the message's only recipient. A
-    message that went to several people with no named complainer suppresses nobody.
-    Delivery status is left alone: the message was delivered. Returns the messages
-    the report is about. Runs inside the caller's transaction and tenant scope.
+    Only a report that passed DMARC (a feedback loop signs its reports; a recipient of a
+    later reply who read our earlier Message-IDs in its References could forge one) and
+    says abuse or fraud (not "not-spam", an authentication-failure report or a virus
+    notice) suppresses anybody. The complainer is the report's Original-Rcpt-To when it
+    names one we wrote to; when the report redacts it (most mailbox providers do), the
+    message's only recipient. A message that went to several people with no named
+    complainer suppresses nobody. Delivery status is left alone: the message was
+    delivered. Returns the messages the report is about (the report is linked to them
+    either way). Runs inside the caller's transaction and tenant scope.
     """
     message_ids = _outbound_referenced(tenant=tenant, ids=complaint.referenced_message_ids)
-    if not message_ids:
-        return []
+    if not message_ids or dmarc != "pass" or complaint.feedback_type not in COMPLAINT_TYPES:
+        return message_ids
     sent_to = _sent_to(message_ids)
     complainers = [a for a in complaint.recipients if a in sent_to]
     if not complainers and len(sent_to) == 1:
@@ -241,6 +254,7 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
 # ------------------------------------------------------------ acknowledgements
 
 ACK_WINDOW = timedelta(hours=1)
+ACK_MAX_AGE = timedelta(days=1)
 ROBOT_LOCAL_PARTS = re.compile(
     r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?|notifications?)([+\-.]|$)",
     re.IGNORECASE)
@@ -252,8 +266,8 @@ def acknowledgement_skip_reason(*, ticket: Ticket, parsed: ParsedEmail, address:
 
     Never to an auto-submitted sender (RFC 3834), a loop suspect (our own loop header,
     one of our own addresses, a robot mailbox, or an address acknowledged within the past
-    hour), a suppressed address, or a sender whose DMARC verdict is fail (the From is
-    likely forged: we would be mailing a bystander)."""
+    hour), a suppressed address, a sender whose DMARC verdict is fail (the From is
+    likely forged: we would be mailing a bystander), or mail dated over a day ago."""
     if parsed.is_auto_reply:
         return f"auto-submitted sender ({parsed.auto_reply_reason or 'auto-reply'})"
     # RFC 3834 section 2: never answer list traffic (an answer would go to every member).
@@ -265,6 +279,10 @@ def acknowledgement_skip_reason(*, ticket: Ticket, parsed: ParsedEmail, address:
         return "loop suspect"
     if parsed.dmarc == "fail":
         return "the sender failed DMARC"
+    if parsed.date is not None and parsed.date < timezone.now() - ACK_MAX_AGE:
+        # Mail fetched late (a catch-up after a reconnect): a "we got it" days later helps
+        # nobody and may repeat one sent while the mailbox was elsewhere.
+        return "old mail (written more than a day before it was fetched)"
     if suppressed_among(tenant_id=ticket.tenant_id, addresses=[address]):
         return "the address is on the suppression list"
     recent = Message.objects.filter(
@@ -373,13 +391,22 @@ def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, st
     return mime.as_bytes(policy=smtp_policy), thread_id
 
 
+def _this_round(message: Message) -> dict:
+    """The filter that finds ``message`` only while it is in the sending round this copy of
+    the task loaded: a Retry since then (a new round, maybe a new Message-ID) is left to
+    its own task."""
+    return {"pk": message.pk, "message_id_header": message.message_id_header,
+            "retried_at": message.retried_at}
+
+
 def _delivered(message: Message, sent) -> None:
-    # A bounce ingested while the send was in flight has the last word on the status.
-    pending = Q(delivery_status=DeliveryStatus.PENDING)
-    Message.objects.filter(pk=message.pk).update(
-        delivery_status=Case(When(pending, then=Value(DeliveryStatus.DELIVERED)),
-                             default=F("delivery_status"), output_field=CharField()),
-        delivery_error=Case(When(pending, then=Value("")), default=F("delivery_error"),
+    # The provider accepted it: Delivered, whatever another copy of the task wrote
+    # meanwhile, except a bounce ingested while the send was in flight (the last word).
+    bounced = Q(delivery_status=DeliveryStatus.BOUNCED)
+    Message.objects.filter(**_this_round(message)).update(
+        delivery_status=Case(When(bounced, then=F("delivery_status")),
+                             default=Value(DeliveryStatus.DELIVERED), output_field=CharField()),
+        delivery_error=Case(When(bounced, then=F("delivery_error")), default=Value(""),
                             output_field=TextField()),
         delivered_at=timezone.now(), provider_message_id=sent.provider_message_id[:255])
     stored = normalize_message_id(sent.message_id_header or "")
@@ -391,8 +418,8 @@ def _delivered(message: Message, sent) -> None:
 
 
 def _failed(message: Message, reason: str) -> None:
-    Message.objects.filter(pk=message.pk, delivery_status=DeliveryStatus.PENDING).update(
-        delivery_status=DeliveryStatus.FAILED, delivery_error=reason[:2000])
+    Message.objects.filter(**_this_round(message), delivery_status=DeliveryStatus.PENDING) \
+        .update(delivery_status=DeliveryStatus.FAILED, delivery_error=reason[:2000])
 
 
 def deliver(message_pk: int) -> str:
@@ -421,7 +448,7 @@ def deliver(message_pk: int) -> str:
         # Claim this attempt: of two copies of the task running at once (a retry and the
         # redrive sweep's), only the one whose UPDATE matches sends; the other leaves it.
         claimed = Message.objects.filter(
-            pk=message.pk, delivery_status=DeliveryStatus.PENDING,
+            **_this_round(message), delivery_status=DeliveryStatus.PENDING,
             attempts=message.attempts).update(attempts=attempts)
         if not claimed:
             return DeliveryStatus.PENDING

@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib.auth import password_validation
+from django.core.validators import validate_email
 
 from helpdesk.models import Role
 
@@ -37,3 +38,13 @@ class AcceptInvitationForm(forms.Form):
             except forms.ValidationError as exc:
                 self.add_error("password1", exc)
         return data
+
+
+def clean_address(text: str) -> str:
+    """One email address as typed in a form, lower-cased; a ValidationError naming it."""
+    address = text.strip()
+    try:
+        validate_email(address)
+    except forms.ValidationError as exc:
+        raise forms.ValidationError(f"{address} is not an email address.") from exc
+    return address.lower()

@@ -22,13 +22,12 @@ checks rules against it before they are stored.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from helpdesk.models import Membership
+from helpdesk.patterns import pattern_problem, pattern_search
 from routing.models import Flow, MatchMode, Rule, Team
 from tickets.models import TicketPriority, TicketStatus
 
@@ -38,7 +37,6 @@ if TYPE_CHECKING:
 # Regexes run on at most this many characters of a field: a rule author's pattern must not
 # make a long body (or a hostile one) expensive.
 MAX_TEXT = 20_000
-MAX_PATTERN = 500
 MAX_TAG = 50
 
 TEXT_FIELDS = ("subject", "body", "sender", "sender_domain", "recipient")
@@ -103,20 +101,10 @@ class RoutingDecision:
 # ---------------------------------------------------------------------------- conditions
 
 
-@functools.lru_cache(maxsize=512)
-def compile_pattern(pattern: str) -> re.Pattern[str] | None:
-    """The compiled case-insensitive pattern, or None if it does not compile."""
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except (re.error, TypeError, ValueError, RecursionError, OverflowError):
-        return None
-
-
 def _text_test(op: str, text: str, value: str) -> bool:
     text = text[:MAX_TEXT]
     if op == "matches":
-        pattern = compile_pattern(value)
-        return bool(pattern and pattern.search(text))
+        return pattern_search(value, text)
     text, value = text.casefold(), value.casefold()
     if op == "contains":
         return value in text
@@ -157,12 +145,7 @@ def condition_problem(condition: Any) -> str | None:
         if not isinstance(value, str) or not value:
             return f"value for field {name!r} must be a non-empty string"
         if op == "matches":
-            if len(value) > MAX_PATTERN:
-                return f"regular expression is longer than {MAX_PATTERN} characters"
-            try:
-                re.compile(value, re.IGNORECASE)
-            except re.error as exc:
-                return f"invalid regular expression {value!r}: {exc}"
+            return pattern_problem(value)
         return None
     if op not in VALUE_OPS:
         return f"unknown op {op!r} for field {name!r} (expected one of: {', '.join(VALUE_OPS)})"

@@ -1106,6 +1106,8 @@ def build_message(spec: dict) -> bytes:
     msg["Date"] = email.utils.formatdate(localtime=False)
     msg["Message-ID"] = spec.get("message_id") or email.utils.make_msgid(domain="example.net")
     for name, value in (spec.get("headers") or {}).items():
+        if name.lower() in ("from", "to", "subject", "date", "message-id"):
+            del msg[name]  # the spec's own value replaces the default
         msg[name] = value
     msg.set_content(spec.get("body") or "")
     if spec.get("html"):

@@ -5,13 +5,12 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.core.validators import EmailValidator
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from helpdesk.forms import clean_address
 from helpdesk.models import User
 from helpdesk.selectors import assignable_members, tenant_members
 from routing.models import Team
@@ -109,15 +108,7 @@ class ReplyForm(forms.Form):
 
     @staticmethod
     def _addresses(text: str) -> list[str]:
-        addresses = list(dict.fromkeys(a.strip().lower() for a in text.split(",")
-                                       if a.strip()))
-        validator = EmailValidator()
-        for address in addresses:
-            try:
-                validator(address)
-            except ValidationError as exc:
-                raise ValidationError(f"{address} is not an email address.") from exc
-        return addresses
+        return list(dict.fromkeys(clean_address(a) for a in text.split(",") if a.strip()))
 
     def clean_to(self):
         return self._addresses(self.cleaned_data["to"])

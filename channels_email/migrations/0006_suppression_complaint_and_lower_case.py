@@ -17,6 +17,19 @@ class Migration(migrations.Migration):
             name='reason',
             field=models.CharField(choices=[('hard_bounce', 'Hard bounce'), ('complaint', 'Spam complaint'), ('manual', 'Added by an admin')], max_length=12),
         ),
+        # Every writer lower-cases already; rows from before that rule are folded first
+        # (a duplicate keeps its oldest entry), so the constraint cannot fail the deploy.
+        migrations.RunSQL(
+            sql=[
+                "DELETE FROM channels_email_suppressedaddress s "
+                "USING channels_email_suppressedaddress k "
+                "WHERE s.tenant_id = k.tenant_id AND lower(s.email) = lower(k.email) "
+                "AND s.id > k.id",
+                "UPDATE channels_email_suppressedaddress SET email = lower(email) "
+                "WHERE email <> lower(email)",
+            ],
+            reverse_sql=migrations.RunSQL.noop,
+        ),
         migrations.AddConstraint(
             model_name='suppressedaddress',
             constraint=models.CheckConstraint(condition=models.Q(('email', django.db.models.functions.text.Lower('email'))), name='suppressed_address_email_lower_case'),

@@ -185,8 +185,11 @@ def _discovery(endpoint: str) -> str:
     """The library's static Gmail discovery document rooted at ``endpoint``. Rooting the
     document (rather than the ``api_endpoint`` client option, which moves only the host
     of media-upload URLs and keeps their https scheme) sends uploads there too."""
+    endpoint = endpoint.rstrip("/") + "/"
     document = json.loads(get_static_doc("gmail", "v1"))
-    document["rootUrl"] = endpoint
+    # The mTLS root too: with GOOGLE_API_USE_MTLS_ENDPOINT=always the library would
+    # otherwise leave the configured endpoint for Google's.
+    document["rootUrl"] = document["mtlsRootUrl"] = endpoint
     document["baseUrl"] = endpoint + document["servicePath"]
     return json.dumps(document)
 

@@ -393,25 +393,40 @@ def test_retry_gives_a_failed_reply_a_new_round_of_attempts(conversation, tenant
 
 
 def test_a_bounce_recorded_while_the_send_was_in_flight_keeps_the_last_word(
-        conversation, tenant, admin_user, monkeypatch):
-    from channels_email.providers.gmail import GmailProvider
+        conversation, tenant, admin_user):
+    import threading
 
-    _, _, ticket = conversation
+    from django.db import connection as db_connection
+
+    from channels_email.mime import BounceInfo, BounceRecipient
+
+    sandbox, _, ticket = conversation
     message = reply(tenant, ticket, admin_user)
-    accept = GmailProvider.send
+    # Gmail stores the reply, then holds its answer; the bounce is recorded meanwhile.
+    requests.post(sandbox + "/_sandbox/faults", json={
+        "kind": "slow_after_send", "count": 1, "delay": 2}, timeout=5).raise_for_status()
 
-    def accept_then_bounce(self, *args):
-        sent = accept(self, *args)
-        Message.objects.filter(pk=message.pk).update(  # the DSN was ingested meanwhile
-            delivery_status=DeliveryStatus.BOUNCED, delivery_error="Bounced: 5.1.1")
-        return sent
+    def send():
+        try:
+            outbound.deliver(message.pk)
+        finally:
+            db_connection.close()
 
-    monkeypatch.setattr(GmailProvider, "send", accept_then_bounce)
-    outbound.deliver(message.pk)
+    sender = threading.Thread(target=send)
+    sender.start()
+    deadline = time.time() + 10
+    while not sent_mail(sandbox) and time.time() < deadline:
+        time.sleep(0.05)
+    with tenant_scope(tenant):
+        assert outbound.delivery_bounce_record(tenant=tenant, bounce=BounceInfo(
+            original_message_id=message.message_id_header,
+            recipients=[BounceRecipient("maria@customer.example", "5.1.1", "no such user")],
+        )) == [message.pk]
+    sender.join(timeout=30)
     with tenant_scope(tenant):
         message.refresh_from_db()
     assert message.delivery_status == DeliveryStatus.BOUNCED
-    assert message.delivery_error == "Bounced: 5.1.1" and message.provider_message_id
+    assert "5.1.1" in message.delivery_error and message.provider_message_id
 
 
 def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # noqa: F811

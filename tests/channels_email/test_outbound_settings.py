@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from email import message_from_bytes
 from email.policy import default
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -261,7 +262,7 @@ def test_admins_set_a_mailboxs_filters_and_refused_mail_is_kept_with_the_rule(
         "filters-sender_rate_window_minutes": "0"})
     page = refused.content.decode()
     assert refused.status_code == 400
-    for error in ("not an address is not an email address", "/([unclosed/ is not a valid "
+    for error in ("not an address is not an email address", "/([unclosed/: invalid "
                   "regular expression", "@@ is not a domain name", "Between 1 and 1440"):
         assert error in page
     with tenant_scope(tenant):
@@ -351,17 +352,21 @@ def test_a_hard_bounce_suppresses_the_address_and_the_composer_warns(
         in page
 
 
-def an_abuse_report(message_id_header: str, *, complainer: str = "") -> bytes:
+def an_abuse_report(message_id_header: str, *, complainer: str = "",
+                    kind: str = "abuse", dmarc: str = "pass") -> bytes:
     """An RFC 5965 feedback report about the message, the way mailbox providers send
-    them: the reported message embedded, the complainer named or (usually) redacted."""
+    them: signed (DMARC passes), the reported message embedded, the complainer named or
+    (usually) redacted."""
     named = f"Original-Rcpt-To: <{complainer}>\r\n" if complainer else ""
     return (
+        f"Authentication-Results: mx.google.com; dkim=pass header.i=@fbl.mailbox.example; "
+        f"dmarc={dmarc} header.from=fbl.mailbox.example\r\n"
         "From: Feedback Loop <feedback@fbl.mailbox.example>\r\n"
         "To: support@acme.test\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/report; report-type=feedback-report; boundary="F"\r\n\r\n'
         "--F\r\nContent-Type: text/plain\r\n\r\nA recipient marked this as spam.\r\n"
         "--F\r\nContent-Type: message/feedback-report\r\n\r\n"
-        f"Feedback-Type: abuse\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n{named}"
+        f"Feedback-Type: {kind}\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n{named}"
         "\r\n--F\r\nContent-Type: message/rfc822\r\n\r\n"
         "From: support@acme.test\r\nTo: redacted@mailbox.example\r\n"
         f"Message-ID: <{message_id_header}>\r\nSubject: Re: Printer on fire\r\n\r\n"
@@ -378,16 +383,21 @@ def test_a_spam_complaint_about_our_reply_suppresses_the_complainer(
     for message in (alone, copied):
         assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
     # Reports that suppress nobody: one about a message that is not ours, a redacted one
-    # about the reply two people got, and one naming somebody we never wrote to.
+    # about the reply two people got, one naming somebody we never wrote to, a forged one
+    # (DMARC fails: anybody who saw our Message-ID could write it) and a "not spam" one.
     deliver_raw(sandbox, "support@acme.test", an_abuse_report("spam.1@elsewhere.example",
                                                               complainer="maria@customer.example"))
     deliver_raw(sandbox, "support@acme.test", an_abuse_report(copied.message_id_header))
     deliver_raw(sandbox, "support@acme.test", an_abuse_report(
         copied.message_id_header, complainer="stranger@elsewhere.example"))
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report(
+        alone.message_id_header, complainer="maria@customer.example", dmarc="fail"))
+    deliver_raw(sandbox, "support@acme.test", an_abuse_report(
+        alone.message_id_header, complainer="maria@customer.example", kind="not-spam"))
     run_tasks(conn.pk)
     with tenant_scope(tenant):
         assert not SuppressedAddress.objects.exists()
-        assert InboundEmail.objects.filter(reason__startswith="complaint").count() == 3
+        assert InboundEmail.objects.filter(reason__startswith="complaint").count() == 5
 
     # Redacted, about the reply only Maria got: Maria. Named, about the copied one: Ops.
     deliver_raw(sandbox, "support@acme.test", an_abuse_report(alone.message_id_header))
@@ -397,7 +407,7 @@ def test_a_spam_complaint_about_our_reply_suppresses_the_complainer(
     with tenant_scope(tenant):
         entries = {s.email: s for s in SuppressedAddress.objects.all()}
         report = InboundEmail.objects.filter(reason__startswith="complaint",
-                                             message=alone).get()
+                                             message=alone).latest("id")
         alone.refresh_from_db()
         assert Ticket.objects.count() == 1 and ticket.messages.count() == 3
     assert sorted(entries) == ["maria@customer.example", "ops@customer.example"]
@@ -432,6 +442,13 @@ def test_retry_sends_a_bounced_reply_again_under_a_new_message_id(
         message.refresh_from_db()
         assert message.delivery_status == DeliveryStatus.BOUNCED
         assert outbound.reply_retry(message=message)
+    first_copy = SimpleNamespace(message_id_header=message.message_id_header,
+                                 subject=message.subject)
+    # A second report about the first copy (Bob's, say) arrives after the Retry: it is
+    # about the old copy and must not stop the new one.
+    deliver_raw(sandbox, "support@acme.test", a_dsn(first_copy, "bob@customer.example",
+                                                    "5.1.1"))
+    run_tasks(conn.pk)
     # Gmail has the bounced copy under the old Message-ID: it must not pass for this one.
     assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
     first, second = (mime_of(sent) for sent in sent_mail(sandbox))
@@ -439,6 +456,12 @@ def test_retry_sends_a_bounced_reply_again_under_a_new_message_id(
         message.refresh_from_db()
     assert second["Message-ID"] == f"<{message.message_id_header}>" != first["Message-ID"]
     assert second["In-Reply-To"] == first["In-Reply-To"] and second["To"] == first["To"]
+    deliver_raw(sandbox, "support@acme.test", a_dsn(first_copy, "maria@customer.example",
+                                                    "4.2.2"))  # the old id, once more
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        message.refresh_from_db()
+    assert message.delivery_status == DeliveryStatus.DELIVERED
     deliver(sandbox, "support@acme.test", "Re: Printer on fire",
             headers={"In-Reply-To": first["Message-ID"]})  # an answer to the first copy
     run_tasks(conn.pk)
@@ -512,6 +535,7 @@ def test_a_new_ticket_is_acknowledged_once_marked_auto_submitted(acknowledging, 
                                  "Reply-To": "users@lists.example"}, "mailing list"),
     ("poster@customer.example", {"List-Unsubscribe": "<mailto:leave@lists.example>"},
      "mailing list"),
+    ("late@customer.example", {"Date": "Wed, 01 Jan 2020 09:00:00 +0000"}, "old mail"),
 ])
 def test_no_acknowledgement_to_automatic_forged_robot_or_suppressed_senders(
         acknowledging, tenant, sender, headers, why):
@@ -578,6 +602,7 @@ def test_an_acknowledgement_that_cannot_be_addressed_never_fails_the_ticket(
     # From one of our own mailboxes, with the loop checks handed nothing to compare with:
     # the last guard (no recipient outside our mailboxes) refuses without raising.
     parsed = parse_email(build_email(sender="Support <support@acme.test>"))
+    parsed.date = None  # the builder's fixed Date would read as mail fetched late
     with tenant_scope(tenant):
         message, why = outbound.acknowledgement_create(
             ticket=ticket, connection=conn, parsed=parsed, tenant_addresses=set())

@@ -521,3 +521,14 @@ def test_ticket_view_shows_team_routing(agent_client, tenant):
     page = agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
     panel = page.split('aria-label="Routing"', 1)[1]
     assert "Team" in panel and "Frontline" in panel
+
+
+def test_a_catastrophic_pattern_gives_up_and_matches_nothing():
+    # Without the time limit this search would run for days (2**40 backtracking steps).
+    facts = make_facts(subject="a" * 40 + "!")
+    assert evaluate_condition(cond("subject", "matches", r"(a+)+$"), facts)[0] is False
+    assert evaluate_condition(cond("subject", "matches", r"a{40}!"), facts)[0] is True
+    from channels_email.filters import pattern_matches
+
+    assert pattern_matches("/(a+)+$/", facts.subject) is False
+    assert pattern_matches("/^A{40}/", facts.subject) is True
