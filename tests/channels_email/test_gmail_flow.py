@@ -359,6 +359,38 @@ def test_a_disconnected_mailbox_comes_back_with_its_tickets_and_settings(
         assert AuditEvent.objects.filter(action="email_connection.reconnected").count() == 2
 
 
+def test_bringing_a_mailbox_back_never_crosses_workspaces(gmail, admin_client, tenant,
+                                                          other_tenant):
+    from django.test import Client
+
+    from helpdesk.models import Role
+    from tests.factories import MembershipFactory, UserFactory
+
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/disconnect/")
+    other = Client()
+    other.force_login(MembershipFactory(tenant=other_tenant, user=UserFactory(),
+                                        role=Role.ADMIN).user)
+    # Another workspace connects the address: a connection of its own, not ours revived.
+    assert connect_mailbox(other, other_tenant, "support@acme.test").status_code == 302
+    with unscoped():
+        rows = list(EmailConnection.objects.order_by("pk").values_list("tenant_id", "status"))
+    assert rows == [(tenant.pk, ConnectionStatus.DISCONNECTED),
+                    (other_tenant.pk, ConnectionStatus.ACTIVE)]
+    # While it has the mailbox, ours cannot come back, by Connect or by Reconnect.
+    answer = connect_mailbox(admin_client, tenant, "support@acme.test")
+    assert "connected in another workspace" in admin_client.get(
+        answer["Location"]).content.decode()
+    reconnect = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/reconnect/")
+    location = urllib.parse.urlsplit(consent(reconnect["Location"], "support@acme.test"))
+    answer = admin_client.get(location.path + "?" + location.query)
+    assert "connected in another workspace" in admin_client.get(
+        answer["Location"]).content.decode()
+    with unscoped():
+        assert list(EmailConnection.objects.order_by("pk").values_list(
+            "tenant_id", "status")) == rows
+
+
 def test_watches_close_to_expiry_are_renewed(gmail, admin_client, tenant):
     from datetime import timedelta
 
