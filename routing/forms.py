@@ -17,6 +17,8 @@ from routing.models import Flow, Rule, Team
 from routing.services import rule_validate
 from tickets.models import TicketPriority, TicketStatus
 
+# Rows shown: at least these, and always one more than a stored rule has (a rule made
+# elsewhere, e.g. in Django's admin, keeps every condition and action when edited here).
 CONDITION_ROWS = 4
 ACTION_ROWS = 3
 
@@ -100,13 +102,15 @@ class RuleForm(forms.ModelForm):
     def __init__(self, *args, tenant, **kwargs):
         super().__init__(*args, **kwargs)
         self.tenant = tenant
+        self.condition_count = max(CONDITION_ROWS, len(self.instance.conditions or []) + 1)
+        self.action_count = max(ACTION_ROWS, len(self.instance.actions or []) + 1)
         field_choices = [("", "—"), *((f, FIELD_LABELS[f]) for f in engine.FIELDS)]
         op_choices = [(op, engine._OP_WORDS[op]) for op in (*engine.TEXT_OPS, "is", "is_not")]
         action_choices = [("", "—"), *((a, ACTION_LABELS[a]) for a in engine.ACTION_TYPES)]
         def named(text):
             return {"aria-label": text}
 
-        for i in range(CONDITION_ROWS):
+        for i in range(self.condition_count):
             n = i + 1
             self.fields[f"cond_{i}_field"] = forms.ChoiceField(
                 choices=field_choices, required=False, label="If",
@@ -117,7 +121,7 @@ class RuleForm(forms.ModelForm):
             self.fields[f"cond_{i}_value"] = forms.CharField(
                 required=False, label="", max_length=500,
                 widget=forms.TextInput(attrs=named(f"Condition {n}: value")))
-        for i in range(ACTION_ROWS):
+        for i in range(self.action_count):
             n = i + 1
             self.fields[f"act_{i}_type"] = forms.ChoiceField(
                 choices=action_choices, required=False, label="Then",
@@ -133,12 +137,12 @@ class RuleForm(forms.ModelForm):
     def _prefill(self) -> None:
         teams = dict(Team.objects.filter(tenant=self.tenant).values_list("pk", "name"))
         emails = {m.user_id: m.user.email for m in assignable_members(tenant=self.tenant)}
-        for i, c in enumerate(self.instance.conditions[:CONDITION_ROWS]):
+        for i, c in enumerate(self.instance.conditions):
             value = c.get("value")
             self.initial.update({f"cond_{i}_field": c.get("field"), f"cond_{i}_op": c.get("op"),
                                  f"cond_{i}_value": ("yes" if value else "no")
                                  if isinstance(value, bool) else value})
-        for i, a in enumerate(self.instance.actions[:ACTION_ROWS]):
+        for i, a in enumerate(self.instance.actions):
             value = a.get("value")
             shown = {"assign_team": teams, "assign_agent": emails}.get(a.get("type"), {})
             self.initial.update({f"act_{i}_type": a.get("type"),
@@ -146,10 +150,11 @@ class RuleForm(forms.ModelForm):
 
     def condition_rows(self):
         return [(self[f"cond_{i}_field"], self[f"cond_{i}_op"], self[f"cond_{i}_value"])
-                for i in range(CONDITION_ROWS)]
+                for i in range(self.condition_count)]
 
     def action_rows(self):
-        return [(self[f"act_{i}_type"], self[f"act_{i}_value"]) for i in range(ACTION_ROWS)]
+        return [(self[f"act_{i}_type"], self[f"act_{i}_value"])
+                for i in range(self.action_count)]
 
     def _condition(self, i: int) -> dict | None:
         name = self.cleaned_data.get(f"cond_{i}_field")
@@ -194,8 +199,8 @@ class RuleForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        conditions = [c for c in map(self._condition, range(CONDITION_ROWS)) if c]
-        actions = [a for a in map(self._action, range(ACTION_ROWS)) if a]
+        conditions = [c for c in map(self._condition, range(self.condition_count)) if c]
+        actions = [a for a in map(self._action, range(self.action_count)) if a]
         if self.errors:
             return data
         if not actions:

@@ -155,3 +155,30 @@ def test_a_team_nothing_routes_to_is_deleted_and_its_tickets_stay(admin, tenant)
         ticket.refresh_from_db()
         assert ticket.team is None and not Team.objects.exists()
         assert AuditEvent.objects.filter(action="team.deleted").exists()
+
+
+def test_editing_a_rule_made_elsewhere_keeps_every_condition_and_action(admin, tenant, agent):
+    from routing.forms import RuleForm
+
+    with tenant_scope(tenant):
+        team = Team.objects.create(tenant=tenant, name="Billing")
+        flow = Flow.objects.create(tenant=tenant, name="Triage")
+        conditions = [{"field": "subject", "op": "contains", "value": f"word{n}"}
+                      for n in range(5)] + [{"field": "contact_is_new", "op": "is",
+                                              "value": False}]
+        actions = [{"type": "add_tag", "value": f"t{n}"} for n in range(3)] + [
+            {"type": "assign_team", "value": team.pk},
+            {"type": "assign_agent", "value": agent.pk}]
+        rule = Rule.objects.create(tenant=tenant, flow=flow, name="Big", conditions=conditions,
+                                   actions=actions)  # as Django's admin or an import would
+        form = RuleForm(instance=rule, tenant=tenant)
+        assert len(form.condition_rows()) == 7 and len(form.action_rows()) == 6
+        # Saving the page as shown changes nothing.
+        data = {name: form[name].value() for name in form.fields}
+        data = {k: v for k, v in data.items() if v not in (None, False)}
+    answer = admin.post(f"/{tenant.slug}/settings/routing/flows/{flow.pk}/rules/{rule.pk}/",
+                        {**data, "is_active": "on"})
+    assert answer.status_code == 302
+    with tenant_scope(tenant):
+        rule.refresh_from_db()
+    assert rule.conditions == conditions and rule.actions == actions
