@@ -71,8 +71,9 @@ def _outbound_referenced(*, tenant: Tenant, ids: list[str],
         return []
     refs = EmailThreadRef.objects.filter(tenant=tenant, message_id_header__in=ids,
                                          message__kind=MessageKind.OUTBOUND)
-    if current_round:
+    if current_round:  # the message's own id, or one registered since its last Retry
         refs = refs.filter(Q(message__retried_at__isnull=True)
+                           | Q(message_id_header=F("message__message_id_header"))
                            | Q(created_at__gte=F("message__retried_at")))
     return list(dict.fromkeys(refs.values_list("message_id", flat=True)))
 

@@ -144,9 +144,12 @@ class RuleForm(forms.ModelForm):
                                  if isinstance(value, bool) else value})
         for i, a in enumerate(self.instance.actions):
             value = a.get("value")
-            shown = {"assign_team": teams, "assign_agent": emails}.get(a.get("type"), {})
-            self.initial.update({f"act_{i}_type": a.get("type"),
-                                 f"act_{i}_value": shown.get(value, value) if shown else value})
+            kind = a.get("type")
+            if kind in ("assign_team", "assign_agent"):
+                known = teams if kind == "assign_team" else emails
+                gone = "deleted team" if kind == "assign_team" else "former member"
+                value = known.get(value, f"({gone} #{value}; choose another)")
+            self.initial.update({f"act_{i}_type": kind, f"act_{i}_value": value})
 
     def condition_rows(self):
         return [(self[f"cond_{i}_field"], self[f"cond_{i}_op"], self[f"cond_{i}_value"])

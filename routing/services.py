@@ -86,15 +86,21 @@ def rule_create(
 
 
 def _in_use(*, team: Team | None = None, flow: Flow | None = None) -> list[str]:
-    """What still points at ``team`` or ``flow``, named for the admin."""
+    """What still points at ``team`` or ``flow``, named for the admin: mailboxes (a
+    disconnected one too: it would come back routing nowhere), flows falling back to the
+    team, and rules assigning to it."""
     from channels_email.models import EmailConnection
 
-    mailboxes = EmailConnection.objects.exclude(status="disconnected")
+    mailboxes = EmailConnection.objects.all()
     if team is not None:
         users = [f"mailbox {a}" for a in mailboxes.filter(
             routing_mode="team", routing_team=team).values_list("address", flat=True)]
         users += [f"flow {n}" for n in Flow.objects.filter(
             fallback_team=team).values_list("name", flat=True)]
+        users += [f"rule {r} of flow {f}" for r, f in Rule.objects.filter(
+            flow__tenant_id=team.tenant_id,
+            actions__contains=[{"type": "assign_team", "value": team.pk}],
+        ).values_list("name", "flow__name")]
         return users
     return [f"mailbox {a}" for a in mailboxes.filter(
         routing_mode="flow", routing_flow=flow).values_list("address", flat=True)]
@@ -105,11 +111,14 @@ def team_save(*, team: Team, member_ids: list[int], actor, created: bool = False
     the tenant's active members; the caller's form offers only those)."""
     with transaction.atomic():
         team.save()
+        # One editor of the team's members at a time.
+        list(Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True))
         current = set(TeamMember.objects.filter(team=team).values_list("user_id", flat=True))
         wanted = set(member_ids)
         TeamMember.objects.filter(team=team, user_id__in=current - wanted).delete()
         TeamMember.objects.bulk_create([TeamMember(tenant_id=team.tenant_id, team=team,
-                                                   user_id=u) for u in wanted - current])
+                                                   user_id=u) for u in wanted - current],
+                                       ignore_conflicts=True)
         audit_record(tenant=team.tenant, actor=actor,
                      action="team.created" if created else "team.changed", target=team,
                      details={"name": team.name, "members": sorted(wanted)})
@@ -158,7 +167,10 @@ def rule_save(*, rule: Rule, actor) -> Rule:
         if created:
             last = Rule.objects.filter(flow=rule.flow).aggregate(m=Max("position"))["m"]
             rule.position = 0 if last is None else last + 1
-        rule.save()
+            rule.save()
+        else:  # its place is rule_move's: an edit keeps a move made meanwhile
+            rule.save(update_fields=["name", "match", "conditions", "actions",
+                                     "stop_processing", "is_active"])
         audit_record(tenant=rule.flow.tenant, actor=actor,
                      action="rule.created" if created else "rule.changed", target=rule,
                      details={"flow": rule.flow_id, "conditions": rule.conditions,
@@ -178,8 +190,8 @@ def rule_move(*, rule: Rule, step: int, actor) -> None:
     with transaction.atomic():
         rules = list(Rule.objects.select_for_update().filter(flow_id=rule.flow_id)
                      .order_by("position", "id"))
-        index = next(i for i, r in enumerate(rules) if r.pk == rule.pk)
-        other = index + step
+        index = next((i for i, r in enumerate(rules) if r.pk == rule.pk), None)
+        other = -1 if index is None else index + step  # deleted meanwhile: nothing to do
         if not 0 <= other < len(rules):
             return
         rules[index], rules[other] = rules[other], rules[index]

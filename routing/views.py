@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -42,18 +43,26 @@ def routing_index(request):
             team_form = TeamForm(request.POST, tenant=request.tenant, prefix="team",
                                  instance=Team(tenant=request.tenant))
             if team_form.is_valid():
-                team = team_save(team=team_form.save(commit=False), actor=request.user,
-                                 member_ids=team_form.member_ids(), created=True)
-                messages.success(request, f"Team {team.name} created.")
-                return _back(request)
+                try:
+                    team = team_save(team=team_form.save(commit=False), actor=request.user,
+                                     member_ids=team_form.member_ids(), created=True)
+                except IntegrityError:  # the same name, created a moment ago
+                    team_form.add_error("name", "A team with this name exists already.")
+                else:
+                    messages.success(request, f"Team {team.name} created.")
+                    return _back(request)
         else:
             flow_form = FlowForm(request.POST, tenant=request.tenant, prefix="flow",
                                  instance=Flow(tenant=request.tenant))
             if flow_form.is_valid():
-                flow = flow_save(flow=flow_form.save(commit=False), actor=request.user,
-                                 created=True)
-                messages.success(request, f"Flow {flow.name} created; add its rules.")
-                return _back(request, flow)
+                try:
+                    flow = flow_save(flow=flow_form.save(commit=False), actor=request.user,
+                                     created=True)
+                except IntegrityError:  # the same name, created a moment ago
+                    flow_form.add_error("name", "A flow with this name exists already.")
+                else:
+                    messages.success(request, f"Flow {flow.name} created; add its rules.")
+                    return _back(request, flow)
     teams = Team.objects.filter(tenant=request.tenant).prefetch_related("members")
     flows = Flow.objects.filter(tenant=request.tenant).select_related("fallback_team")
     return render(request, "routing/index.html", {

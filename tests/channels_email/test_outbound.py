@@ -390,6 +390,16 @@ def test_retry_gives_a_failed_reply_a_new_round_of_attempts(conversation, tenant
         message.refresh_from_db()
     assert message.attempts == 2 and message.retried_at is not None
     assert len(sent_mail(sandbox)) == 1
+    # Retried under the same Message-ID, it can still bounce.
+    from channels_email.mime import BounceInfo, BounceRecipient
+
+    with tenant_scope(tenant):
+        assert outbound.delivery_bounce_record(tenant=tenant, bounce=BounceInfo(
+            original_message_id=message.message_id_header,
+            recipients=[BounceRecipient("maria@customer.example", "5.1.1", "no such user")],
+        )) == [message.pk]
+        message.refresh_from_db()
+    assert message.delivery_status == DeliveryStatus.BOUNCED
 
 
 def test_a_bounce_recorded_while_the_send_was_in_flight_keeps_the_last_word(

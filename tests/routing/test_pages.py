@@ -34,8 +34,10 @@ def rule_rows(conditions=(), actions=(), **extra) -> dict:
 
 def test_an_admin_builds_teams_and_a_flow_that_routes_new_mail(admin, tenant, agent):
     base = f"/{tenant.slug}/settings/routing/"
+    with tenant_scope(tenant):
+        membership = agent.memberships.get(tenant=tenant)
     assert admin.post(base, {"kind": "team", "team-name": "Billing",
-                             "team-members": [agent.pk]}).status_code == 302
+                             "team-members": [membership.pk]}).status_code == 302
     assert admin.post(base, {"kind": "team", "team-name": "General"}).status_code == 302
     duplicate = admin.post(base, {"kind": "team", "team-name": "billing"})
     assert duplicate.status_code == 400 and "A team named billing exists" in \
@@ -105,6 +107,8 @@ def test_an_admin_builds_teams_and_a_flow_that_routes_new_mail(admin, tenant, ag
     assert "is still used by mailbox support@company.example" in refused
     refused = admin.post(f"{base}teams/{general.pk}/delete/", follow=True).content.decode()
     assert "is still used by flow Triage" in refused
+    refused = admin.post(f"{base}teams/{billing.pk}/delete/", follow=True).content.decode()
+    assert "is still used by rule Billing mail of flow Triage" in refused
     with tenant_scope(tenant):
         assert Flow.objects.filter(pk=flow.pk).exists() and Team.objects.count() == 2
 
