@@ -125,18 +125,6 @@ def team_save(*, team: Team, member_ids: list[int], actor, created: bool = False
     return team
 
 
-def team_delete(*, team: Team, actor) -> list[str]:
-    """Delete ``team`` (its tickets keep their history and lose the team) unless a mailbox
-    or a flow still routes to it; returns what uses it (empty when deleted)."""
-    with transaction.atomic():
-        users = _in_use(team=team)
-        if not users:
-            audit_record(tenant=team.tenant, actor=actor, action="team.deleted",
-                         details={"name": team.name, "id": team.pk})
-            team.delete()
-    return users
-
-
 def flow_save(*, flow: Flow, actor, created: bool = False) -> Flow:
     with transaction.atomic():
         flow.save()
@@ -147,15 +135,17 @@ def flow_save(*, flow: Flow, actor, created: bool = False) -> Flow:
     return flow
 
 
-def flow_delete(*, flow: Flow, actor) -> list[str]:
-    """Delete ``flow`` and its rules unless a mailbox routes through it; returns what uses
-    it (empty when deleted)."""
+def routing_delete(*, target: Team | Flow, actor) -> list[str]:
+    """Delete a team (its tickets keep their history and lose the team) or a flow (with
+    its rules) unless something still routes to it; returns what uses it (empty when
+    deleted)."""
+    kind = "team" if isinstance(target, Team) else "flow"
     with transaction.atomic():
-        users = _in_use(flow=flow)
+        users = _in_use(**{kind: target})
         if not users:
-            audit_record(tenant=flow.tenant, actor=actor, action="flow.deleted",
-                         details={"name": flow.name, "id": flow.pk})
-            flow.delete()
+            audit_record(tenant=target.tenant, actor=actor, action=f"{kind}.deleted",
+                         details={"name": target.name, "id": target.pk})
+            target.delete()
     return users
 
 

@@ -13,12 +13,11 @@ from django.views.decorators.http import require_POST
 from routing.forms import PRIORITY_WORDS, STATUS_WORDS, FlowForm, RuleForm, TeamForm
 from routing.models import Flow, Rule, Team
 from routing.services import (
-    flow_delete,
     flow_save,
+    routing_delete,
     rule_delete,
     rule_move,
     rule_save,
-    team_delete,
     team_save,
 )
 
@@ -83,18 +82,24 @@ def team_detail(request, team_id: int):
                   status=400 if request.method == "POST" else 200)
 
 
+def _delete(request, target: Team | Flow):
+    """The delete buttons: refused, naming what still uses it, or done."""
+    kind = "Team" if isinstance(target, Team) else "Flow"
+    users = routing_delete(target=target, actor=request.user)
+    if users:
+        messages.error(request, f"{kind} {target.name} is still used by {', '.join(users)}; "
+                                "route those elsewhere first.")
+        return _back(request, target if kind == "Flow" else None)
+    messages.success(request, f"{kind} {target.name} deleted" + (
+        "; its tickets stay, without a team." if kind == "Team" else "."))
+    return _back(request)
+
+
 @require_POST
 def team_delete_view(request, team_id: int):
     team = get_object_or_404(Team, tenant=request.tenant, pk=team_id)
     _admin(request)
-    users = team_delete(team=team, actor=request.user)
-    if users:
-        messages.error(request, f"Team {team.name} is still used by {', '.join(users)}; "
-                                "route those elsewhere first.")
-    else:
-        messages.success(request, f"Team {team.name} deleted; its tickets stay, unassigned "
-                                  "to a team.")
-    return _back(request)
+    return _delete(request, team)
 
 
 def flow_detail(request, flow_id: int):
@@ -114,13 +119,7 @@ def flow_detail(request, flow_id: int):
 def flow_delete_view(request, flow_id: int):
     flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
     _admin(request)
-    users = flow_delete(flow=flow, actor=request.user)
-    if users:
-        messages.error(request, f"Flow {flow.name} is still used by {', '.join(users)}; "
-                                "route those elsewhere first.")
-        return _back(request, flow)
-    messages.success(request, f"Flow {flow.name} deleted.")
-    return _back(request)
+    return _delete(request, flow)
 
 
 def rule_detail(request, flow_id: int, rule_id: int | None = None):
