@@ -28,6 +28,14 @@ def inbound_email_get(*, tenant: Tenant, inbound_email_id: int) -> InboundEmail:
                                                                  pk=inbound_email_id)
 
 
+def addresses_needing_reconnect(*, tenant: Tenant) -> list[str]:
+    """The tenant's mailboxes that lost their sign-in (Token Expired): nothing is fetched
+    or sent for them until an admin reconnects."""
+    return list(EmailConnection.objects.filter(
+        tenant=tenant, status=ConnectionStatus.TOKEN_EXPIRED)
+        .order_by("address").values_list("address", flat=True))
+
+
 def connections_for_tenant(*, tenant: Tenant) -> QuerySet[EmailConnection]:
     return EmailConnection.objects.filter(tenant=tenant).order_by("address")
 

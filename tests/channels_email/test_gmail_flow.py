@@ -268,6 +268,18 @@ def test_rate_limit_then_active_and_invalid_grant_then_reconnect(gmail, admin_cl
         conn.refresh_from_db()
         assert conn.status == ConnectionStatus.TOKEN_EXPIRED
         assert run_tasks(conn.pk).state == "skipped"
+    # Every page tells the workspace's admins (not its agents) until someone reconnects.
+    banner = "support@acme.test</strong> lost its sign-in"
+    assert banner in admin_client.get(f"/{tenant.slug}/tickets/").content.decode()
+    from django.test import Client
+
+    from helpdesk.models import Role
+    from tests.factories import MembershipFactory, UserFactory
+
+    agent_browser = Client()
+    agent_browser.force_login(MembershipFactory(tenant=tenant, user=UserFactory(),
+                                                role=Role.AGENT).user)
+    assert banner not in agent_browser.get(f"/{tenant.slug}/tickets/").content.decode()
     # Reconnect: Active again, and what arrived meanwhile is ingested.
     reconnect = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/reconnect/")
     location = urllib.parse.urlsplit(consent(reconnect["Location"], "support@acme.test"))
@@ -278,6 +290,7 @@ def test_rate_limit_then_active_and_invalid_grant_then_reconnect(gmail, admin_cl
         assert conn.status == ConnectionStatus.ACTIVE
         assert Ticket.objects.filter(title="While disconnected").exists()
         assert AuditEvent.objects.filter(action="email_connection.reconnected").exists()
+    assert "lost its sign-in" not in admin_client.get(f"/{tenant.slug}/tickets/").content.decode()
 
 
 def test_token_is_refreshed_before_expiry_and_rotation_kept(gmail, admin_client, tenant):
