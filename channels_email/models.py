@@ -59,6 +59,9 @@ DEFAULT_ACKNOWLEDGEMENT = (
 ACKNOWLEDGEMENT_PLACEHOLDERS = ("name", "number", "subject")
 
 
+FAILING_AFTER = 5  # consecutive errors before the health page flags a mailbox as failing
+
+
 class EmailConnection(TenantOwnedModel):
     """One connected mailbox and its settings, health and sync state.
 
@@ -160,6 +163,13 @@ class EmailConnection(TenantOwnedModel):
     def pushes_missing(self) -> bool:
         return self.missed_push_at is not None and (
             self.last_push_at is None or self.missed_push_at > self.last_push_at)
+
+    @property
+    def failing(self) -> bool:
+        """Errors keep coming (FAILING_AFTER in a row) while the status says nothing worse:
+        provider outages or bugs the backoff rides out, but that an admin should see."""
+        return (self.status in (ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED)
+                and self.consecutive_errors >= FAILING_AFTER)
 
     @property
     def own_addresses(self) -> set[str]:

@@ -463,6 +463,30 @@ def test_quiet_pushes_and_expired_watches_show_on_the_health_page(gmail, admin_c
     assert "Pushes missing" in page and "Watch expired" in page
 
 
+def test_a_mailbox_whose_errors_keep_coming_is_flagged_failing_until_a_sync_works(
+        gmail, admin_client, tenant):
+    from channels_email.models import FAILING_AFTER
+    from channels_email.providers import TransientError
+
+    sandbox, _ = gmail
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    requests.post(sandbox + "/_sandbox/faults", json={
+        "kind": "server_error", "count": FAILING_AFTER}, timeout=5).raise_for_status()
+    for attempt in range(FAILING_AFTER):
+        page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+        assert "Failing" not in page, attempt
+        with pytest.raises(TransientError):
+            run_tasks(conn.pk)
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "Failing</span>" in page and f"{FAILING_AFTER} errors in a row" in page
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.ACTIVE  # still fetching, with backoff
+    run_tasks(conn.pk)
+    assert "Failing</span>" not in admin_client.get(
+        f"/{tenant.slug}/settings/email/").content.decode()
+
+
 def test_mail_stored_already_is_not_a_missed_push_and_reconnect_is_not_a_push(
         gmail, admin_client, tenant):
     sandbox, _ = gmail
