@@ -52,6 +52,7 @@ from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
 from helpdesk import sql
 from helpdesk.models import Tenant
+from helpdesk.patterns import pattern_budget
 from helpdesk.tenancy import tenant_scope
 from routing.engine import RoutingFacts, decide_routing, ticket_fields
 from routing.models import Flow, Team
@@ -155,7 +156,7 @@ def inbound_email_ingest(*, inbound_email_id: int,
     if row.state in FINAL_STATES:
         return IngestOutcome(state=row.state, reason=row.reason, ticket_id=row.ticket_id,
                              message_pk=row.message_id)
-    with tenant_scope(row.tenant):
+    with tenant_scope(row.tenant), pattern_budget():
         try:
             return _ingest(row, limits)
         except (FetchDeferred, *TRANSIENT_DB_ERRORS):

@@ -420,3 +420,18 @@ def test_inbound_emails_command_lists_downloads_and_reprocesses(tmp_path, conn, 
     with tenant_scope(tenant):
         actions = set(AuditEvent.objects.values_list("action", flat=True))
         assert {"inbound_email.downloaded", "inbound_email.reprocessed"} <= actions
+
+
+def test_slow_block_list_patterns_share_one_budget_per_email_and_lose_nothing(
+        conn, tenant, caplog):
+    # Ten patterns that backtrack exponentially on this subject: each search would stop at
+    # its own limit, but together they get the email's budget, then count as no match.
+    with tenant_scope(tenant):
+        conn.block_list = [f"/(x+x+)+y{n}/" for n in range(10)]
+        conn.save()
+    with caplog.at_level("WARNING", logger="helpdesk.patterns"):
+        outcome, _ = ingest(conn, build_email(subject="x" * 1900))
+    events = [r.getMessage().split(" ")[0] for r in caplog.records]
+    assert "pattern.timeout" in events and "pattern.budget_spent" in events
+    assert len([e for e in events if e == "pattern.timeout"]) < 10
+    assert outcome.state == "processed"  # not blocked, not lost
