@@ -202,18 +202,33 @@ class RuleForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        conditions = [c for c in map(self._condition, range(self.condition_count)) if c]
-        actions = [a for a in map(self._action, range(self.action_count)) if a]
+        # (row number on the page, item) for the filled rows only.
+        conditions = [(i + 1, c) for i, c in enumerate(
+            map(self._condition, range(self.condition_count))) if c]
+        actions = [(i + 1, a) for i, a in enumerate(
+            map(self._action, range(self.action_count))) if a]
         if self.errors:
             return data
         if not actions:
             raise ValidationError("Give the rule at least one action.")
         try:
-            rule_validate(conditions, actions)
+            rule_validate([c for _, c in conditions], [a for _, a in actions])
         except ValidationError as exc:
-            raise ValidationError([m for messages in exc.message_dict.values()
-                                   for m in messages]) from exc
-        self.instance.conditions, self.instance.actions = conditions, actions
+            # "conditions[1]: ..." counts filled rows; the page numbers every row.
+            rows = {"conditions": ("Condition", [n for n, _ in conditions]),
+                    "actions": ("Action", [n for n, _ in actions])}
+
+            def on_page(key: str, message: str) -> str:
+                label, numbers = rows[key]
+                index, _, problem = message.partition("]: ")
+                if problem and index.startswith(f"{key}["):
+                    return f"{label} {numbers[int(index[len(key) + 1:])]}: {problem}"
+                return message
+
+            raise ValidationError([on_page(key, m) for key, messages
+                                   in exc.message_dict.items() for m in messages]) from exc
+        self.instance.conditions = [c for _, c in conditions]
+        self.instance.actions = [a for _, a in actions]
         return data
 
 

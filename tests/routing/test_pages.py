@@ -121,13 +121,18 @@ def test_a_rule_that_cannot_run_is_refused_naming_the_problem(admin, tenant, age
     MembershipFactory(user=outsider)  # a member of another workspace
     cases = [
         (rule_rows(conditions=[("subject", "matches", "([")], actions=[("add_tag", "x")]),
-         "invalid regular expression"),
+         "Condition 1: invalid regular expression"),
+        # Errors name the row on the page, empty rows before it included.
+        ({**rule_rows(actions=[("add_tag", "x")]), "cond_2_field": "subject",
+          "cond_2_op": "matches", "cond_2_value": "(["},
+         "Condition 3: invalid regular expression"),
         (rule_rows(conditions=[("contact_is_new", "is", "maybe")], actions=[("stop", "")]),
          "Sender is a new contact: answer yes or no."),
         (rule_rows(actions=[("assign_team", "Nobody")]), "No team named Nobody."),
         (rule_rows(actions=[("assign_agent", outsider.email)]),
          "stranger@elsewhere.example is not an active member&#x27;s email."),
-        (rule_rows(actions=[("set_priority", "whenever")]), "priority must be one of"),
+        (rule_rows(actions=[("add_tag", "x"), ("set_priority", "whenever")]),
+         "Action 2: priority must be one of"),
         (rule_rows(conditions=[("subject", "contains", "x")]),
          "Give the rule at least one action."),
     ]
