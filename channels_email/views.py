@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.core.validators import validate_email
 from django.http import Http404, HttpResponse
@@ -33,7 +33,9 @@ from channels_email.services import (
     suppression_remove,
 )
 from helpdesk.selectors import membership_for
-from helpdesk.tenancy import tenant_scope
+from helpdesk.tenancy import require_admin, tenant_scope
+
+CHANNEL_ADMIN = "manage email channels"  # what the 403 says a non-admin cannot do
 
 
 def _admin_row(request, inbound_email_id: int) -> InboundEmail:
@@ -41,14 +43,12 @@ def _admin_row(request, inbound_email_id: int) -> InboundEmail:
         row = inbound_email_get(tenant=request.tenant, inbound_email_id=inbound_email_id)
     except InboundEmail.DoesNotExist as exc:
         raise Http404("No such email") from exc
-    if not request.membership.is_admin:
-        raise PermissionDenied("Only workspace admins can do this.")
+    require_admin(request)
     return row
 
 
 def inbound_attention_list(request):
-    if not request.membership.is_admin:
-        raise PermissionDenied("Only workspace admins can see this page.")
+    require_admin(request, "see this page")
     state = request.GET.get("state", "")
     page = Paginator(inbound_emails_needing_attention(tenant=request.tenant, state=state),
                      50).get_page(request.GET.get("page"))
@@ -81,13 +81,8 @@ def inbound_reprocess(request, inbound_email_id: int):
 # --------------------------------------------------------------- Channels > Email
 
 
-def _require_admin(request) -> None:
-    if not request.membership.is_admin:
-        raise PermissionDenied("Only workspace admins can manage email channels.")
-
-
 def _connection(request, connection_id: int) -> EmailConnection:
-    _require_admin(request)
+    require_admin(request, CHANNEL_ADMIN)
     conn = EmailConnection.objects.filter(pk=connection_id).select_related(
         "routing_team", "routing_flow").first()
     if conn is None:
@@ -97,7 +92,7 @@ def _connection(request, connection_id: int) -> EmailConnection:
 
 def email_channels(request):
     """Every connection of the workspace with its health, and Add Email Account."""
-    _require_admin(request)
+    require_admin(request, CHANNEL_ADMIN)
     return render(request, "channels_email/channels.html", {
         "connections": connections_for_tenant(tenant=request.tenant)
         .select_related("routing_team", "routing_flow", "reply_connection"),
@@ -108,7 +103,7 @@ def email_channels(request):
 
 @require_POST
 def suppression_add_view(request):
-    _require_admin(request)
+    require_admin(request, CHANNEL_ADMIN)
     address = request.POST.get("email", "").strip()
     try:
         validate_email(address)
@@ -126,7 +121,7 @@ def suppression_add_view(request):
 
 @require_POST
 def suppression_remove_view(request, suppression_id: int):
-    _require_admin(request)
+    require_admin(request, CHANNEL_ADMIN)
     if not suppression_remove(tenant=request.tenant, suppression_id=suppression_id,
                               actor=request.user):
         raise Http404("No such address on the suppression list")
@@ -136,7 +131,7 @@ def suppression_remove_view(request, suppression_id: int):
 
 @require_POST
 def connect_start(request, provider: str):
-    _require_admin(request)
+    require_admin(request, CHANNEL_ADMIN)
     if provider not in Provider.values or provider == Provider.MANUAL:
         raise Http404("No such provider")
     if provider != Provider.GMAIL or not settings.GOOGLE_CLIENT_ID:

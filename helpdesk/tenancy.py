@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django_scopes import ScopedManager, get_scope, scope, scopes_disabled
 from django_scopes.exceptions import ScopeError
@@ -80,3 +81,10 @@ def active_tenant() -> Tenant | None:
     if not current.get("_enabled", False):
         return None
     return current.get("tenant")
+
+
+def require_admin(request, doing: str = "do this") -> None:
+    """PermissionDenied (403) unless the request's member is an admin of its workspace;
+    views look their object up first, so another workspace's object stays a 404."""
+    if not request.membership.is_admin:
+        raise PermissionDenied(f"Only workspace admins can {doing}.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -25,6 +25,7 @@ from helpdesk.services import (
     invitation_create,
     invitation_revoke,
 )
+from helpdesk.tenancy import require_admin
 
 
 @login_required
@@ -39,15 +40,10 @@ def tenant_home(request):
     return redirect("tickets:list", tenant_slug=request.tenant.slug)
 
 
-def _require_admin(request) -> None:
-    if not request.membership.is_admin:
-        raise PermissionDenied("Only workspace admins can do this.")
-
-
 def members(request):
     form = InvitationForm()
     if request.method == "POST":
-        _require_admin(request)
+        require_admin(request)
         form = InvitationForm(request.POST)
         if form.is_valid():
             try:
@@ -68,7 +64,7 @@ def members(request):
 @require_POST
 def invitation_revoke_view(request, invitation_id: int):
     invitation = get_object_or_404(Invitation, tenant=request.tenant, pk=invitation_id)
-    _require_admin(request)
+    require_admin(request)
     invitation_revoke(invitation=invitation, actor=request.user)
     messages.success(request, f"Invitation for {invitation.email} revoked.")
     return redirect("tenant:members", tenant_slug=request.tenant.slug)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from helpdesk.models import Tenant
@@ -91,14 +91,15 @@ def _in_use(*, team: Team | None = None, flow: Flow | None = None) -> list[str]:
     team, and rules assigning to it."""
     from channels_email.models import EmailConnection
 
-    mailboxes = EmailConnection.objects.all()
+    tenant_id = (team or flow).tenant_id
+    mailboxes = EmailConnection.objects.filter(tenant_id=tenant_id)
     if team is not None:
         users = [f"mailbox {a}" for a in mailboxes.filter(
             routing_mode="team", routing_team=team).values_list("address", flat=True)]
         users += [f"flow {n}" for n in Flow.objects.filter(
-            fallback_team=team).values_list("name", flat=True)]
+            tenant_id=tenant_id, fallback_team=team).values_list("name", flat=True)]
         users += [f"rule {r} of flow {f}" for r, f in Rule.objects.filter(
-            flow__tenant_id=team.tenant_id,
+            tenant_id=tenant_id,
             actions__contains=[{"type": "assign_team", "value": team.pk}],
         ).values_list("name", "flow__name")]
         return users
@@ -106,32 +107,48 @@ def _in_use(*, team: Team | None = None, flow: Flow | None = None) -> list[str]:
         routing_mode="flow", routing_flow=flow).values_list("address", flat=True)]
 
 
+def _name_taken(kind: str, name: str) -> ValidationError:
+    # Two admins naming a team or flow alike at once: the constraint decides, politely.
+    return ValidationError({"name": [f"A {kind} named {name} exists already."]})
+
+
 def team_save(*, team: Team, member_ids: list[int], actor, created: bool = False) -> Team:
     """Create or update ``team`` (its name) and set its members to ``member_ids`` (ids of
-    the tenant's active members; the caller's form offers only those)."""
-    with transaction.atomic():
-        team.save()
-        # One editor of the team's members at a time.
-        list(Team.objects.select_for_update().filter(pk=team.pk).values_list("pk", flat=True))
-        current = set(TeamMember.objects.filter(team=team).values_list("user_id", flat=True))
-        wanted = set(member_ids)
-        TeamMember.objects.filter(team=team, user_id__in=current - wanted).delete()
-        TeamMember.objects.bulk_create([TeamMember(tenant_id=team.tenant_id, team=team,
-                                                   user_id=u) for u in wanted - current],
-                                       ignore_conflicts=True)
-        audit_record(tenant=team.tenant, actor=actor,
-                     action="team.created" if created else "team.changed", target=team,
-                     details={"name": team.name, "members": sorted(wanted)})
+    the tenant's active members; the caller's form offers only those). ValidationError
+    when another team took the name meanwhile."""
+    wanted = set(member_ids)
+    try:
+        with transaction.atomic():
+            team.save()
+            # One editor of the team's members at a time.
+            list(Team.objects.select_for_update().filter(pk=team.pk)
+                 .values_list("pk", flat=True))
+            current = set(TeamMember.objects.filter(team=team)
+                          .values_list("user_id", flat=True))
+            TeamMember.objects.filter(team=team, user_id__in=current - wanted).delete()
+            TeamMember.objects.bulk_create(
+                [TeamMember(tenant_id=team.tenant_id, team=team, user_id=u)
+                 for u in wanted - current], ignore_conflicts=True)
+            audit_record(tenant=team.tenant, actor=actor,
+                         action="team.created" if created else "team.changed", target=team,
+                         details={"name": team.name, "members": sorted(wanted)})
+    except IntegrityError as exc:
+        raise _name_taken("team", team.name) from exc
     return team
 
 
 def flow_save(*, flow: Flow, actor, created: bool = False) -> Flow:
-    with transaction.atomic():
-        flow.save()
-        audit_record(tenant=flow.tenant, actor=actor,
-                     action="flow.created" if created else "flow.changed", target=flow,
-                     details={"name": flow.name, "active": flow.is_active,
-                              "fallback_team": flow.fallback_team_id})
+    """Create or update ``flow``. ValidationError when another flow took the name
+    meanwhile."""
+    try:
+        with transaction.atomic():
+            flow.save()
+            audit_record(tenant=flow.tenant, actor=actor,
+                         action="flow.created" if created else "flow.changed", target=flow,
+                         details={"name": flow.name, "active": flow.is_active,
+                                  "fallback_team": flow.fallback_team_id})
+    except IntegrityError as exc:
+        raise _name_taken("flow", flow.name) from exc
     return flow
 
 

@@ -5,11 +5,11 @@ flow or rule is a 404."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
-from django.db import IntegrityError
+from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from helpdesk.tenancy import require_admin
 from routing.forms import PRIORITY_WORDS, STATUS_WORDS, FlowForm, RuleForm, TeamForm
 from routing.models import Flow, Rule, Team
 from routing.services import (
@@ -21,10 +21,7 @@ from routing.services import (
     team_save,
 )
 
-
-def _admin(request) -> None:
-    if not request.membership.is_admin:
-        raise PermissionDenied("Only workspace admins can change routing.")
+ROUTING_ADMIN = "change routing"  # what the 403 says a non-admin cannot do
 
 
 def _back(request, flow: Flow | None = None):
@@ -33,35 +30,38 @@ def _back(request, flow: Flow | None = None):
     return redirect("routing:index", tenant_slug=request.tenant.slug)
 
 
+def _saved(form, save):
+    """What ``save`` stores from ``form`` when it is valid; None (the errors on the form,
+    a name taken meanwhile included) otherwise."""
+    if not form.is_valid():
+        return None
+    try:
+        return save(form.save(commit=False))
+    except ValidationError as exc:
+        form.add_error(None, exc)
+        return None
+
+
 def routing_index(request):
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     team_form = TeamForm(tenant=request.tenant, prefix="team")
     flow_form = FlowForm(tenant=request.tenant, prefix="flow")
-    if request.method == "POST":
-        if request.POST.get("kind") == "team":
-            team_form = TeamForm(request.POST, tenant=request.tenant, prefix="team",
-                                 instance=Team(tenant=request.tenant))
-            if team_form.is_valid():
-                try:
-                    team = team_save(team=team_form.save(commit=False), actor=request.user,
-                                     member_ids=team_form.member_ids(), created=True)
-                except IntegrityError:  # the same name, created a moment ago
-                    team_form.add_error("name", "A team with this name exists already.")
-                else:
-                    messages.success(request, f"Team {team.name} created.")
-                    return _back(request)
-        else:
-            flow_form = FlowForm(request.POST, tenant=request.tenant, prefix="flow",
-                                 instance=Flow(tenant=request.tenant))
-            if flow_form.is_valid():
-                try:
-                    flow = flow_save(flow=flow_form.save(commit=False), actor=request.user,
-                                     created=True)
-                except IntegrityError:  # the same name, created a moment ago
-                    flow_form.add_error("name", "A flow with this name exists already.")
-                else:
-                    messages.success(request, f"Flow {flow.name} created; add its rules.")
-                    return _back(request, flow)
+    if request.method == "POST" and request.POST.get("kind") == "team":
+        team_form = TeamForm(request.POST, tenant=request.tenant, prefix="team",
+                             instance=Team(tenant=request.tenant))
+        team = _saved(team_form, lambda t: team_save(
+            team=t, member_ids=team_form.member_ids(), actor=request.user, created=True))
+        if team:
+            messages.success(request, f"Team {team.name} created.")
+            return _back(request)
+    elif request.method == "POST":
+        flow_form = FlowForm(request.POST, tenant=request.tenant, prefix="flow",
+                             instance=Flow(tenant=request.tenant))
+        flow = _saved(flow_form, lambda f: flow_save(flow=f, actor=request.user,
+                                                     created=True))
+        if flow:
+            messages.success(request, f"Flow {flow.name} created; add its rules.")
+            return _back(request, flow)
     teams = Team.objects.filter(tenant=request.tenant).prefetch_related("members")
     flows = Flow.objects.filter(tenant=request.tenant).select_related("fallback_team")
     return render(request, "routing/index.html", {
@@ -71,11 +71,10 @@ def routing_index(request):
 
 def team_detail(request, team_id: int):
     team = get_object_or_404(Team, tenant=request.tenant, pk=team_id)
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     form = TeamForm(request.POST or None, tenant=request.tenant, instance=team)
-    if request.method == "POST" and form.is_valid():
-        team_save(team=form.save(commit=False), member_ids=form.member_ids(),
-                  actor=request.user)
+    if request.method == "POST" and _saved(form, lambda t: team_save(
+            team=t, member_ids=form.member_ids(), actor=request.user)):
         messages.success(request, f"Team {team.name} saved.")
         return _back(request)
     return render(request, "routing/team.html", {"team": team, "form": form},
@@ -98,16 +97,16 @@ def _delete(request, target: Team | Flow):
 @require_POST
 def team_delete_view(request, team_id: int):
     team = get_object_or_404(Team, tenant=request.tenant, pk=team_id)
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     return _delete(request, team)
 
 
 def flow_detail(request, flow_id: int):
     flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     form = FlowForm(request.POST or None, tenant=request.tenant, instance=flow)
-    if request.method == "POST" and form.is_valid():
-        flow_save(flow=form.save(commit=False), actor=request.user)
+    if request.method == "POST" and _saved(form, lambda f: flow_save(flow=f,
+                                                                      actor=request.user)):
         messages.success(request, f"Flow {flow.name} saved.")
         return _back(request, flow)
     return render(request, "routing/flow.html", {
@@ -118,7 +117,7 @@ def flow_detail(request, flow_id: int):
 @require_POST
 def flow_delete_view(request, flow_id: int):
     flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     return _delete(request, flow)
 
 
@@ -127,7 +126,7 @@ def rule_detail(request, flow_id: int, rule_id: int | None = None):
     flow = get_object_or_404(Flow, tenant=request.tenant, pk=flow_id)
     rule = (get_object_or_404(Rule, tenant=request.tenant, flow=flow, pk=rule_id)
             if rule_id is not None else Rule(tenant=request.tenant, flow=flow))
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     form = RuleForm(request.POST or None, tenant=request.tenant, instance=rule)
     if request.method == "POST" and form.is_valid():
         rule_save(rule=form.save(commit=False), actor=request.user)
@@ -142,7 +141,7 @@ def rule_detail(request, flow_id: int, rule_id: int | None = None):
 def rule_action_view(request, flow_id: int, rule_id: int):
     """Delete a rule, or move it up or down (``do`` = delete | up | down)."""
     rule = get_object_or_404(Rule, tenant=request.tenant, flow_id=flow_id, pk=rule_id)
-    _admin(request)
+    require_admin(request, ROUTING_ADMIN)
     do = request.POST.get("do")
     if do == "delete":
         rule_delete(rule=rule, actor=request.user)
