@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import get_object_or_404, redirect, render
@@ -74,7 +75,7 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
 
     to, cc = reply_recipients(ticket=ticket)
     posted = getattr(form, "cleaned_data", {}) if form is not None else {}
-    shown_to, shown_cc = posted.get("to", to), posted.get("cc", cc)
+    shown_to, shown_cc = posted.get("to") or to, posted.get("cc", cc)
     return {
         "ticket": ticket,
         "timeline": ticket_timeline(ticket=ticket),
@@ -110,18 +111,34 @@ class ReplyForm(forms.Form):
     def _addresses(text: str) -> list[str]:
         return list(dict.fromkeys(clean_address(a) for a in text.split(",") if a.strip()))
 
-    def clean_to(self):
-        return self._addresses(self.cleaned_data["to"])
+    def clean_to(self) -> list[str] | None:
+        # A post without the field (not from this page) takes the default recipients: None.
+        return self._addresses(self.cleaned_data["to"]) if "to" in self.data else None
 
     def clean_cc(self):
         return self._addresses(self.cleaned_data["cc"])
 
     def clean(self):
         data = super().clean()
-        # A post without the field (not from this page) takes the default recipients.
-        if data.get("mode") == "reply" and "to" in self.data and data.get("to") == []:
+        if data.get("mode") == "reply" and data.get("to") == []:
             self.add_error("to", "Add the address the reply goes to.")
+        files = self.files.getlist("attachments")
+        too_big = [f.name for f in files if f.size > settings.REPLY_ATTACHMENT_MAX_BYTES]
+        total = sum(f.size for f in files)
+        mb = 1024 * 1024
+        if too_big:
+            raise ValidationError(
+                f"{', '.join(too_big)}: attachments are limited to "
+                f"{settings.REPLY_ATTACHMENT_MAX_BYTES // mb} MB each. Nothing was sent.")
+        if total > settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES:
+            raise ValidationError(
+                f"The attachments add up to {total / mb:.1f} MB; one reply can carry "
+                f"{settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES / mb:.1f} MB. Nothing was sent.")
         return data
+
+    def attachments(self) -> list[tuple[str, bytes, str]]:
+        return [(f.name, f.read(), f.content_type or "application/octet-stream")
+                for f in self.files.getlist("attachments")]
 
 
 def _ticket_or_404(request, number: int) -> Ticket:
@@ -136,24 +153,11 @@ def ticket_reply_view(request, number: int):
     from channels_email.outbound import reply_create
 
     ticket = _ticket_or_404(request, number)
-    form = ReplyForm(request.POST)
-    files = request.FILES.getlist("attachments")
-    too_big = [f.name for f in files if f.size > settings.REPLY_ATTACHMENT_MAX_BYTES]
-    total = sum(f.size for f in files)
-    if too_big:
-        limit = settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024)
-        form.add_error(None, f"{', '.join(too_big)}: attachments are limited to {limit} MB "
-                             "each. Nothing was sent.")
-    elif total > settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES:
-        mb = 1024 * 1024
-        form.add_error(None, f"The attachments add up to {total / mb:.1f} MB; one reply can "
-                             f"carry {settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES / mb:.1f} MB. "
-                             "Nothing was sent.")
+    form = ReplyForm(request.POST, request.FILES)
     if not form.is_valid():
         return render(request, "tickets/ticket_detail.html",
                       _detail_context(request, ticket, form), status=400)
-    attachments = [(f.name, f.read(), f.content_type or "application/octet-stream")
-                   for f in files]
+    attachments = form.attachments()
     # Each service is one transaction of its own.
     if form.cleaned_data["mode"] == "note":
         note_add(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
@@ -163,7 +167,7 @@ def ticket_reply_view(request, number: int):
         try:
             reply_create(ticket=ticket, author=request.user,
                          body_text=form.cleaned_data["body"],
-                         to=form.cleaned_data["to"] if "to" in request.POST else None,
+                         to=form.cleaned_data["to"],
                          cc=form.cleaned_data["cc"],
                          attachments=attachments)
         except ValueError as exc:
