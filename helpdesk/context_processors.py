@@ -13,30 +13,20 @@ def tenancy(request):
     if user is None or not user.is_authenticated:
         return {}
     tenant = getattr(request, "tenant", None)
+    from channels_email.selectors import addresses_needing_reconnect
+    from tickets.notifications import notification_unread_count
+
     return {
         "current_tenant": tenant,
         "current_membership": getattr(request, "membership", None),
         "user_memberships": lambda: memberships_for_user(user=user),
-        "notification_unread_count": _unread_count(tenant, user) if tenant else 0,
-        "mailboxes_needing_reconnect": _needing_reconnect(tenant) if tenant else list,
+        "notification_unread_count":
+            _once(notification_unread_count, tenant=tenant, user=user) if tenant else 0,
+        "mailboxes_needing_reconnect":
+            _once(addresses_needing_reconnect, tenant=tenant) if tenant else list,
     }
 
 
-def _needing_reconnect(tenant):
-    from channels_email.selectors import addresses_needing_reconnect
-
-    @functools.cache
-    def addresses() -> list[str]:
-        return addresses_needing_reconnect(tenant=tenant)
-
-    return addresses
-
-
-def _unread_count(tenant, user):
-    from tickets.notifications import notification_unread_count
-
-    @functools.cache
-    def count() -> int:
-        return notification_unread_count(tenant=tenant, user=user)
-
-    return count
+def _once(selector, **kwargs):
+    """``selector(**kwargs)`` as a callable the template calls: run on first use only."""
+    return functools.cache(functools.partial(selector, **kwargs))
