@@ -43,11 +43,7 @@ from channels_email.models import (
     InboundState,
     RoutingMode,
 )
-from channels_email.outbound import (
-    acknowledgement_create,
-    complaint_record,
-    delivery_bounce_record,
-)
+from channels_email.outbound import acknowledgement_create, report_record
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
 from helpdesk import sql
@@ -303,11 +299,7 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
         linked: dict = {}
         with transaction.atomic():
             if skip.code in ("bounce", "complaint"):
-                marked = (delivery_bounce_record(tenant=row.tenant, bounce=parsed.bounce,
-                                                 inbound_email=row)
-                          if skip.code == "bounce" else
-                          complaint_record(tenant=row.tenant, complaint=parsed.complaint,
-                                           dmarc=parsed.dmarc, inbound_email=row))
+                marked = report_record(tenant=row.tenant, parsed=parsed, inbound_email=row)
                 head["details"][skip.code]["outbound_messages"] = marked
                 if marked:
                     # The report stays linked to (the first of) the messages it is about.
@@ -375,15 +367,14 @@ def _ticket_by_token(row: InboundEmail, parsed: ParsedEmail) -> Ticket | None:
     if not match or parsed.from_ is None:
         return None
     ticket = (Ticket.objects.filter(tenant_id=row.tenant_id, number=int(match.group(1)))
-              .select_related("contact").first())
+              .select_related("contact", "merged_into").first())
     if ticket is None:
         return None
     sender = parsed.from_.email
     if sender != ticket.contact.email and sender not in ticket.cc_addresses:
         return None
-    if ticket.merged_into_id is not None:  # its mail goes to the ticket it was merged into
-        ticket = Ticket.objects.get(tenant_id=row.tenant_id, pk=ticket.merged_into_id)
-    return ticket
+    # A merged ticket's mail goes to the ticket it was merged into.
+    return ticket.merged_into or ticket
 
 
 def _store(row: InboundEmail, ticket: Ticket, message: Message, parsed: ParsedEmail,

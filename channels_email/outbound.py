@@ -10,7 +10,7 @@ Contract:
   retry while Pending (up to 8 attempts or 24 hours), throttling waits for the connection,
   permanent errors and lost sign-ins end Failed with a readable reason. A retry first asks
   the provider for our Message-ID among the sent mail, so nothing is sent twice.
-- ``delivery_bounce_record`` is the hook inbound bounces are handed to.
+- ``report_record`` is the hook inbound bounces and spam complaints are handed to.
 """
 
 from __future__ import annotations
@@ -168,6 +168,20 @@ def complaint_record(*, tenant: Tenant, complaint: ComplaintInfo, dmarc: str,
     _suppress(tenant=tenant, reason=SuppressionReason.COMPLAINT,
               entries=dict.fromkeys(complainers, details), inbound_email=inbound_email)
     return message_ids
+
+
+def report_record(*, tenant: Tenant, parsed: ParsedEmail,
+                  inbound_email: InboundEmail | None = None) -> list[int]:
+    """A report about our outbound mail, a delivery failure or a spam complaint, recorded
+    (see ``delivery_bounce_record`` and ``complaint_record``); returns the messages it is
+    about ([] for any other mail)."""
+    if parsed.bounce is not None:
+        return delivery_bounce_record(tenant=tenant, bounce=parsed.bounce,
+                                      inbound_email=inbound_email)
+    if parsed.complaint is not None:
+        return complaint_record(tenant=tenant, complaint=parsed.complaint,
+                                dmarc=parsed.dmarc, inbound_email=inbound_email)
+    return []
 
 
 # ------------------------------------------------------------------------ replies
