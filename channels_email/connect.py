@@ -7,8 +7,9 @@ Contract:
   URL is fixed (``/oauth/<provider>/callback/``), not tenant-scoped, as providers require.
 - ``oauth_complete`` checks all of that (a replayed, foreign, stale or tampered state, or
   a state from another session, changes nothing), exchanges the code, reads the mailbox
-  address, and creates the connection or, on reconnect, updates it (connecting an address
-  this workspace disconnected earlier reconnects that connection); credentials are
+  address, and creates the connection or, on reconnect, updates it (signing in with an
+  address this workspace has already, connected, Token Expired or disconnected,
+  re-authorizes that connection, like Reconnect); credentials are
   stored encrypted; a new connection starts from the mailbox's current cursor (mail
   already in the inbox is not imported) and gets its watch. A mailbox connected in another
   tenant (or another connection of this one) is refused. Each outcome that changes
@@ -29,11 +30,13 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
+from django.db.models import Case, When
 from django.urls import reverse
 from django.utils import timezone
 
 from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection, Provider
+from channels_email.tokens import authorized
 from channels_email.webhooks import forget_mailbox
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
@@ -115,18 +118,20 @@ def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
                            "them on the consent screen.")
     reconnect_id = state.get("r")
     if reconnect_id:
-        return _reconnect(request, tenant, reconnect_id, address, credentials, client)
-    known = {c.status: c.pk for c in EmailConnection.objects.filter(
-        tenant=tenant, provider=provider, address=address).order_by("updated_at")}
-    if set(known) - {ConnectionStatus.DISCONNECTED}:
-        raise ConnectError(f"{address} is already connected in this workspace.")
-    if known:  # connected here before: that connection (tickets, settings) comes back
-        return _reconnect(request, tenant, known[ConnectionStatus.DISCONNECTED], address,
-                          credentials, client)
-    return _create(request, tenant, provider, address, credentials, client)
+        return _reconnect(request, tenant, reconnect_id, address, credentials)
+    # Signing in again with a mailbox this workspace has (connected, or Token Expired
+    # because its grant was revoked, or disconnected earlier) re-authorizes that
+    # connection, tickets and settings included, exactly as Reconnect does; a connected
+    # one wins over a disconnected one.
+    known = (EmailConnection.objects.filter(tenant=tenant, provider=provider, address=address)
+             .order_by(Case(When(status=ConnectionStatus.DISCONNECTED, then=1), default=0),
+                       "-updated_at").values_list("pk", flat=True).first())
+    if known is not None:
+        return _reconnect(request, tenant, known, address, credentials)
+    return _create(request, tenant, provider, address, credentials)
 
 
-def _create(request, tenant, provider, address, credentials, client) -> ConnectResult:
+def _create(request, tenant, provider, address, credentials) -> ConnectResult:
     try:
         with transaction.atomic():
             conn = EmailConnection.objects.create(
@@ -136,11 +141,11 @@ def _create(request, tenant, provider, address, credentials, client) -> ConnectR
     except IntegrityError as exc:
         raise ConnectError(f"{address} is already connected in another workspace. "
                            "Disconnect it there first.") from exc
-    _signed_in(request, tenant, conn, client, "email_connection.connected")
+    _signed_in(request, tenant, conn, "email_connection.connected")
     return ConnectResult(conn, True)
 
 
-def _reconnect(request, tenant, connection_id, address, credentials, client) -> ConnectResult:
+def _reconnect(request, tenant, connection_id, address, credentials) -> ConnectResult:
     conn = EmailConnection.objects.filter(pk=connection_id, tenant=tenant).first()
     if conn is None:
         raise ConnectError("That connection no longer exists.")
@@ -152,30 +157,29 @@ def _reconnect(request, tenant, connection_id, address, credentials, client) -> 
             health.reactivate(conn, credentials=credentials)
     except IntegrityError as exc:
         raise ConnectError(f"{address} is connected in another workspace now.") from exc
-    _signed_in(request, tenant, conn, client, "email_connection.reconnected",
+    _signed_in(request, tenant, conn, "email_connection.reconnected",
                keep_cursor=True)
     _queue_sync(conn)  # catch up from the last cursor
     return ConnectResult(conn, False)
 
 
-def _signed_in(request, tenant: Tenant, conn: EmailConnection, client, action: str,
+def _signed_in(request, tenant: Tenant, conn: EmailConnection, action: str,
                keep_cursor: bool = False) -> None:
     """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the push
     watch started (a failure shows on the health page; the beat task retries), audited."""
     forget_mailbox(conn.provider, conn.address)
     try:
-        watch_start(conn, client, keep_cursor=keep_cursor)
+        watch_start(conn, keep_cursor=keep_cursor)
     except providers.ProviderError as exc:
         health.record_error(conn, exc)
     audit_record(tenant=tenant, actor=request.user, action=action, target=conn,
                  details={"provider": conn.provider, "address": conn.address})
 
 
-def watch_start(conn: EmailConnection, client=None, keep_cursor: bool = False) -> None:
+def watch_start(conn: EmailConnection, keep_cursor: bool = False) -> None:
     """Start (or renew) the provider's push for ``conn`` and record its expiry; a new
     connection takes the watch's cursor, an existing one keeps its own."""
-    client = client or providers.get(conn.provider)
-    watch = client.start_watch(conn)
+    watch = authorized(conn).start_watch()
     fields = {"subscription_id": watch.subscription_id,
               "subscription_expires_at": watch.expires_at}
     if watch.cursor and not (keep_cursor and conn.cursor):
@@ -188,12 +192,9 @@ def watch_start(conn: EmailConnection, client=None, keep_cursor: bool = False) -
 def watch_renew(conn: EmailConnection) -> bool:
     """Renew the watch of ``conn`` (the beat task's unit); a failure is recorded on the
     connection's health, where the Email channels page shows it. True when renewed."""
-    from channels_email.tokens import ensure_fresh_token
-
     if not health.may_call(conn):
         return False
     try:
-        ensure_fresh_token(conn)
         watch_start(conn, keep_cursor=True)
     except providers.ProviderError as exc:
         health.record_error(conn, exc)
@@ -211,10 +212,10 @@ def connection_disconnect(*, connection: EmailConnection, actor: User | None) ->
     if connection.status == ConnectionStatus.DISCONNECTED:
         return
     if connection.provider != Provider.MANUAL and connection.credentials:
-        client = providers.get(connection.provider)
-        for step in (client.stop_watch, lambda c: client.revoke(c.credentials)):
+        client = authorized(connection)
+        for step in (client.stop_watch, lambda: client.revoke(connection.credentials)):
             try:
-                step(connection)
+                step()
             except providers.ProviderError as exc:
                 logger.warning("disconnect.provider_error connection=%s error=%s",
                                connection.pk, health.redact(str(exc)))

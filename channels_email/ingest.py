@@ -188,9 +188,10 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
     UPDATE), outside any transaction. Returns (raw, None), or (None, outcome) when the row
     reached a final state, and raises FetchDeferred when it should be tried later."""
     from channels_email import health, providers
+    from channels_email.tokens import authorized
 
     try:
-        provider = providers.get(conn.provider)
+        provider = authorized(conn)
     except KeyError:
         reason = "raw MIME is not stored and this connection cannot fetch it"
         _finish(row, InboundState.FAILED, reason)
@@ -202,7 +203,7 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
     if not health.may_call(conn):
         raise FetchDeferred(f"connection is {conn.status}", max(health.wait_seconds(conn), 60))
     try:
-        raw = provider.fetch_raw(conn, row.provider_message_id)
+        raw = provider.fetch_raw(row.provider_message_id)
     except providers.PermanentError as exc:
         health.record_error(conn, exc)
         reason = f"gone: the provider no longer has this message ({exc.reason or exc})"

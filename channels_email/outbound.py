@@ -52,7 +52,7 @@ from channels_email.selectors import (
     suppressed_among,
     tenant_addresses,
 )
-from channels_email.tokens import ensure_fresh_token
+from channels_email.tokens import authorized
 from contacts.models import normalize_email
 from helpdesk.models import Tenant, User
 from helpdesk.tenancy import tenant_scope, unscoped
@@ -437,6 +437,23 @@ def _failed(message: Message, reason: str) -> None:
         .update(delivery_status=DeliveryStatus.FAILED, delivery_error=reason[:2000])
 
 
+NO_MAILBOX_REASON = ("No mailbox to send from: connect one or set a default mailbox, then "
+                     "retry.")
+
+
+def _sending_connection(message: Message) -> EmailConnection | None:
+    """The mailbox ``message`` goes out through: its own, else (it had none, or that one
+    was deleted) the one a reply on its ticket would use now, which is then kept on it."""
+    if message.email_connection is not None:
+        return message.email_connection
+    connection = reply_connection_for(ticket=message.ticket)
+    if connection is not None:
+        Message.objects.filter(pk=message.pk, email_connection__isnull=True).update(
+            email_connection=connection)
+        message.email_connection = connection
+    return connection
+
+
 def deliver(message_pk: int) -> str:
     """Send one Pending outbound message through its connection; returns the new status.
 
@@ -445,12 +462,18 @@ def deliver(message_pk: int) -> str:
     Raises SendDeferred when the message should be tried again later.
     """
     with unscoped():  # the id names the message; everything after runs in its tenant
-        message = (Message.objects.select_related("email_connection__tenant")
+        message = (Message.objects.select_related("tenant", "email_connection")
                    .filter(pk=message_pk, kind=MessageKind.OUTBOUND).first())
     if message is None or message.delivery_status != DeliveryStatus.PENDING:
         return message.delivery_status if message else "missing"
-    connection = message.email_connection
-    with tenant_scope(connection.tenant):
+    with tenant_scope(message.tenant):
+        connection = _sending_connection(message)
+        if connection is None:
+            _failed(message, NO_MAILBOX_REASON)
+            return DeliveryStatus.FAILED
+        if not message.to_addresses:
+            _failed(message, "The reply has no recipient: add one in To, then send it again.")
+            return DeliveryStatus.FAILED
         if connection.status in (ConnectionStatus.DISCONNECTED, ConnectionStatus.TOKEN_EXPIRED):
             _failed(message, f"The mailbox is {connection.get_status_display()}: reconnect "
                              "needed, then retry.")
@@ -458,7 +481,7 @@ def deliver(message_pk: int) -> str:
         if not health.may_call(connection):
             raise SendDeferred(f"connection is {connection.status}",
                                max(health.wait_seconds(connection), 5))
-        client = providers.get(connection.provider)
+        client = authorized(connection)
         attempts = message.attempts + 1
         # Claim this attempt: of two copies of the task running at once (a retry and the
         # redrive sweep's), only the one whose UPDATE matches sends; the other leaves it.
@@ -468,12 +491,11 @@ def deliver(message_pk: int) -> str:
         if not claimed:
             return DeliveryStatus.PENDING
         try:
-            ensure_fresh_token(connection)
-            sent = client.find_sent(connection, message.message_id_header) \
+            sent = client.find_sent(message.message_id_header) \
                 if message.attempts or message.retried_at else None
             if sent is None:
                 raw, thread_id = build_mime(message, connection)
-                sent = client.send(connection, raw, thread_id)
+                sent = client.send(raw, thread_id)
         except providers.AuthError as exc:
             health.record_error(connection, exc)
             _failed(message, "The mailbox needs to be reconnected (its sign-in expired or "

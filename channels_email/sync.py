@@ -16,7 +16,9 @@ Contract of ``connection_sync(connection_id)``:
   nothing that arrives meanwhile is skipped.
 - A first sync with no cursor only records the mailbox's current cursor: mail already in
   the inbox when the mailbox was connected is not imported.
-- Provider errors are reported to ``health`` and re-raised for the task to retry.
+- Each provider call runs with a fresh token and survives one refused access token
+  (``tokens.authorized``). Provider errors are reported to ``health`` and re-raised for
+  the task to retry (an auth failure has made the connection Token Expired by then).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from django.utils import timezone
 from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection, InboundEmail, InboundState
 from channels_email.providers.base import MessageRef
+from channels_email.tokens import AuthorizedProvider, authorized
 from helpdesk import sql
 from helpdesk.coordination import redis_client, redis_key
 from helpdesk.tenancy import tenant_scope, unscoped
@@ -109,13 +112,10 @@ def connection_sync(connection_id: int, trigger: str = "push") -> SyncResult:
 def _sync(conn: EmailConnection, trigger: str) -> SyncResult:
     if not health.may_call(conn):
         return SyncResult(state="skipped", reason=f"connection is {conn.status}")
-    provider = providers.get(conn.provider)
+    provider = authorized(conn)
     try:
-        from channels_email.tokens import ensure_fresh_token
-
-        ensure_fresh_token(conn)
         if not conn.cursor:
-            cursor = provider.current_cursor(conn)
+            cursor = provider.current_cursor()
             EmailConnection.objects.filter(pk=conn.pk).update(cursor=cursor)
             health.record_success(conn, synced=True)
             return SyncResult(state="started", cursor=cursor)
@@ -134,11 +134,11 @@ def _sync(conn: EmailConnection, trigger: str) -> SyncResult:
     return SyncResult(state="synced", new_rows=new_rows, cursor=cursor, full_sync=full_sync)
 
 
-def _changes(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
+def _changes(provider: AuthorizedProvider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
     refs: list[MessageRef] = []
     page, cursor = "", conn.cursor
     for _ in range(MAX_PAGES):
-        result = provider.changes_since(conn, conn.cursor, page)
+        result = provider.changes_since(conn.cursor, page)
         refs.extend(result.messages)
         cursor = result.cursor or cursor
         if not result.next_page:
@@ -147,14 +147,14 @@ def _changes(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
     return refs, cursor
 
 
-def _full_sync(provider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
-    cursor = provider.current_cursor(conn)  # before listing: later mail comes next time
+def _full_sync(provider: AuthorizedProvider, conn: EmailConnection) -> tuple[list[MessageRef], str]:
+    cursor = provider.current_cursor()  # before listing: later mail comes next time
     since = max((conn.last_sync_at or conn.sync_start_at) - FULL_SYNC_MARGIN,
                 conn.sync_start_at)
     refs: list[MessageRef] = []
     page = ""
     for _ in range(MAX_PAGES):
-        result = provider.list_since(conn, since, page)
+        result = provider.list_since(since, page)
         refs.extend(result.messages)
         if not result.next_page:
             break

@@ -99,7 +99,7 @@ def reconcile_connections() -> int:
 @shared_task(name="maintenance.refresh_tokens")
 def refresh_tokens() -> int:
     """Refresh every access token that expires within the next quarter hour."""
-    from channels_email import providers
+    from channels_email import health, providers
     from channels_email.models import ConnectionStatus, EmailConnection
     from channels_email.tokens import BEAT_MARGIN, ensure_fresh_token
     from helpdesk.tenancy import tenant_scope
@@ -114,8 +114,11 @@ def refresh_tokens() -> int:
         with tenant_scope(conn.tenant):
             try:
                 refreshed += ensure_fresh_token(conn, BEAT_MARGIN)
-            except providers.ProviderError:
-                logger.warning("tokens.refresh_failed connection=%s", conn.pk)
+            except providers.ProviderError as exc:
+                # invalid_grant: Token Expired now, not at the next fetch.
+                status = health.record_error(conn, exc)
+                logger.warning("tokens.refresh_failed connection=%s status=%s", conn.pk,
+                               status)
     return refreshed
 
 

@@ -232,6 +232,7 @@ class SandboxApp:
             ("POST", _route(r"/_sandbox/faults/clear"), self.sb_faults_clear),
             ("GET", _route(r"/_sandbox/pushes"), self.sb_pushes),
             ("POST", _route(r"/_sandbox/revoke-all"), self.sb_revoke_all),
+            ("POST", _route(r"/_sandbox/expire-access-tokens"), self.sb_expire_access_tokens),
             ("POST", _route(r"/_sandbox/expire-history"), self.sb_expire_history),
             ("POST", _route(r"/_sandbox/clients"), self.sb_clients),
             ("GET", _route(r"/_sandbox/requests"), self.sb_requests),
@@ -1052,6 +1053,18 @@ class SandboxApp:
             for cid in clients:
                 _revoke_grant(state, cid, address)
         return Response(200, {"revoked_clients": sorted(clients)})
+
+    def sb_expire_access_tokens(self, request: Request) -> Response:
+        """Google ends a mailbox's access tokens before the expiry it announced (as it may:
+        the client must treat a 401 as "refresh and retry"); refresh tokens stay valid."""
+        address = (request.json().get("email") or "").lower()
+        ended = 0
+        with self.store.transaction() as state:
+            for record in state["access_tokens"].values():
+                if record["email"] == address and record["expires"] >= time.time():
+                    record["expires"] = time.time() - 1
+                    ended += 1
+        return Response(200, {"expired": ended})
 
     def sb_expire_history(self, request: Request) -> Response:
         address = (request.json().get("email") or "").lower()

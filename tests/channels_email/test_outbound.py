@@ -469,3 +469,47 @@ def test_merge_keeps_every_message_and_later_replies_land_in_the_survivor(  # no
     with tenant_scope(tenant):
         assert first.messages.count() == 4 and second.messages.count() == 0
         assert Ticket.objects.count() == 2
+
+
+def test_a_reply_with_no_mailbox_to_send_from_fails_with_the_reason(
+        gmail, admin_client, tenant, admin_user):  # noqa: F811
+    """Rows the composer cannot make (a ticket that did not come by email, no default
+    mailbox: the old demo seed wrote such replies) end Failed instead of crashing the
+    send task on every redrive; once a default mailbox exists, Retry sends them."""
+    from channels_email.tasks import redrive_pending_replies, send_reply
+    from tests.factories import MessageFactory, TicketFactory
+
+    with tenant_scope(tenant):
+        ticket = TicketFactory(tenant=tenant)
+        orphan = MessageFactory(ticket=ticket, kind="outbound", author_contact=None,
+                                author_user=admin_user, delivery_status="pending",
+                                to_addresses=[ticket.contact.email],
+                                message_id_header="orphan@acme.test")
+        no_one = MessageFactory(ticket=ticket, kind="outbound", author_contact=None,
+                                author_user=admin_user, delivery_status="pending",
+                                to_addresses=[], message_id_header="no-one@acme.test")
+        Message.objects.filter(pk__in=[orphan.pk, no_one.pk]).update(
+            created_at=timezone.now() - timedelta(hours=1))
+
+    assert redrive_pending_replies.run() == 2
+    assert send_reply.run(message_id=orphan.pk) == DeliveryStatus.FAILED
+    with tenant_scope(tenant):
+        orphan.refresh_from_db()
+        assert orphan.delivery_error.startswith("No mailbox to send from")
+        assert orphan.email_connection is None
+
+    # An admin connects a mailbox and makes it the default; Retry now sends through it.
+    sandbox, _ = gmail
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    with tenant_scope(tenant):
+        EmailConnection.objects.filter(pk=conn.pk).update(is_default=True)
+        assert outbound.reply_retry(message=orphan)
+    assert outbound.deliver(orphan.pk) == DeliveryStatus.DELIVERED
+    [sent] = sent_mail(sandbox)
+    assert message_from_bytes(base64.b64decode(sent["raw"]), policy=default)["To"] \
+        == ticket.contact.email
+    # A reply with no recipient at all fails by name and sends nothing.
+    assert outbound.deliver(no_one.pk) == DeliveryStatus.FAILED
+    with tenant_scope(tenant):
+        no_one.refresh_from_db()
+    assert "no recipient" in no_one.delivery_error and len(sent_mail(sandbox)) == 1
