@@ -136,7 +136,7 @@ def start_gunicorn(app: str, port: int, name: str, workload: Workload) -> subpro
         cwd=REPO, stdout=(workload.var / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_ready(port: int, proc: subprocess.Popen, body: str, token: str) -> int:
+def wait_ready(port: int, proc: subprocess.Popen, logs: Path, body: str, token: str) -> int:
     """POST one push until the server answers; return the status."""
     import requests
 
@@ -148,7 +148,7 @@ def wait_ready(port: int, proc: subprocess.Popen, body: str, token: str) -> int:
                                           "Content-Type": "application/json"}).status_code
         except requests.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"gunicorn on {port} did not start; see its log") from None
+                raise SystemExit(f"gunicorn on {port} did not start (see {logs})") from None
             time.sleep(0.2)
 
 
@@ -333,7 +333,7 @@ def main() -> None:
         requests_file.write_text(json.dumps(pairs))
         marks = [f"{PREFIX}:sync-pending:{ids[a]}" for a in addresses]
         for port, proc in ((web_port, procs["web"]), (bare_port, procs["bare"])):
-            status = wait_ready(port, proc, *pairs[0])
+            status = wait_ready(port, proc, w.var, *pairs[0])
             if status != 204:
                 raise SystemExit(f"port {port} answered {status} to a valid push "
                                  f"(see {w.var})")
