@@ -236,7 +236,7 @@ def connect_sandbox_mailbox(sandbox: str, tenant, address: str, callback: str):
         conn = EmailConnection.objects.create(
             tenant=tenant, provider="gmail", address=address, status=ConnectionStatus.ACTIVE,
             credentials=tokens.as_credentials(), sync_start_at=timezone.now())
-        watch_start(conn, gmail)
+        watch_start(conn)
     return conn
 
 
