@@ -19,10 +19,18 @@ What it does, all on real PostgreSQL, in one process:
 5. repeats step 2 in a tenant pre-filled with 100,000 tickets (each with a message and its
    thread reference).
 The last line printed is one JSON object with the headline figures.
+
+``--smoke``: the same steps on a tiny workload (40 emails, a 500-ticket pre-fill, its own
+corpus folder and scratch databases, dropped afterwards), in seconds; `make test` runs it
+(tests/bench/) so that a refactor that breaks the benchmark fails CI. Its figures say
+nothing about speed. ``--profile N``: where the time goes over the first N emails.
+Needs ../shared/bench/ beside the clone (or HELPDESK_SHARED_BENCH) and exits with a
+message naming the folder when it is absent.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -30,56 +38,95 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_BENCH = REPO.parent / "shared" / "bench"
+SHARED_BENCH = Path(os.environ.get("HELPDESK_SHARED_BENCH") or REPO.parent / "shared" / "bench")
 VAR = REPO / "var" / "bench"
-CORPUS = VAR / "corpus"
-N_EMAILS, SEED, PREFILL = 2000, 42, 100_000
+SEED = 42
 IGNORED_SQL = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+
+
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How much to ingest, and where its corpus and scratch databases live."""
+
+    emails: int
+    prefill: int
+    corpus: Path
+    database: str
+    smoke: bool = False
+
+
+FULL = Workload(emails=2000, prefill=100_000, corpus=VAR / "corpus", database="helpdesk_bench")
+SMOKE = Workload(emails=40, prefill=500, corpus=VAR / "smoke" / "corpus",
+                 database="helpdesk_bench_smoke", smoke=True)
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def scratch_database(url: str, name: str) -> str:
-    """Drop and create database ``name`` on the server of ``url``; return its URL."""
+def _admin_execute(url: str, *statements: str) -> None:
     import psycopg
 
-    parts = urlsplit(url)
-    admin = urlunsplit(parts._replace(path="/postgres"))
+    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunsplit(parts._replace(path=f"/{name}"))
+        for statement in statements:
+            conn.execute(statement)
 
 
-def ensure_corpus() -> None:
-    manifest = CORPUS / "_manifest.jsonl"
-    if manifest.exists() and sum(1 for _ in manifest.open()) == N_EMAILS:
+def scratch_database(url: str, name: str) -> str:
+    """Drop and create database ``name`` on the server of ``url``; return its URL."""
+    _admin_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                   f'CREATE DATABASE "{name}"')
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def drop_database(url: str, name: str) -> None:
+    """Drop scratch database ``name`` (a smoke run leaves nothing behind)."""
+    _admin_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_shared_bench() -> None:
+    """Exit with a message naming the folder when the shared workload is not there."""
+    missing = [name for name in ("gen_corpus.py", "reference_pipeline.py")
+               if not (SHARED_BENCH / name).is_file()]
+    if missing:
+        sys.exit(f"bench/ingest.py needs the shared workload generator and reference step "
+                 f"({', '.join(missing)}) in {SHARED_BENCH}: put ../shared/bench beside the "
+                 "clone (CI has it there) or set HELPDESK_SHARED_BENCH")
+
+
+def ensure_corpus(workload: Workload) -> None:
+    manifest = workload.corpus / "_manifest.jsonl"
+    if manifest.exists() and sum(1 for _ in manifest.open()) == workload.emails:
         return
-    log(f"generating {N_EMAILS} emails (seed {SEED}) into {CORPUS}")
-    subprocess.run([sys.executable, str(SHARED_BENCH / "gen_corpus.py"), "--n", str(N_EMAILS),
-                    "--seed", str(SEED), "--out", str(CORPUS)], check=True,
-                   stdout=subprocess.DEVNULL)
+    log(f"generating {workload.emails} emails (seed {SEED}) into {workload.corpus}")
+    subprocess.run([sys.executable, str(SHARED_BENCH / "gen_corpus.py"),
+                    "--n", str(workload.emails), "--seed", str(SEED),
+                    "--out", str(workload.corpus)], check=True, stdout=subprocess.DEVNULL)
 
 
-def load_corpus() -> tuple[list[bytes], list[dict]]:
-    names = sorted(p for p in CORPUS.iterdir() if p.suffix == ".eml")
-    manifest = [json.loads(line) for line in (CORPUS / "_manifest.jsonl").open()]
+def load_corpus(corpus: Path) -> tuple[list[bytes], list[dict]]:
+    names = sorted(p for p in corpus.iterdir() if p.suffix == ".eml")
+    manifest = [json.loads(line) for line in (corpus / "_manifest.jsonl").open()]
     return [p.read_bytes() for p in names], manifest
 
 
-def run_reference(url: str) -> dict:
-    parts = urlsplit(scratch_database(url, "helpdesk_bench_reference"))
+def run_reference(url: str, workload: Workload) -> dict:
+    parts = urlsplit(scratch_database(url, workload.database + "_reference"))
     dsn = (f"host={parts.hostname} port={parts.port or 5432} dbname={parts.path[1:]} "
            f"user={parts.username or 'postgres'}"
            + (f" password={parts.password}" if parts.password else ""))
-    env = dict(os.environ, BENCH_CORPUS=str(CORPUS), BENCH_PG_DSN=dsn,
-               BENCH_MEDIA=str(VAR / "reference_media"), BENCH_RESULTS=str(VAR / "results"))
+    scratch = workload.corpus.parent
+    env = dict(os.environ, BENCH_CORPUS=str(workload.corpus), BENCH_PG_DSN=dsn,
+               BENCH_MEDIA=str(scratch / "reference_media"),
+               BENCH_RESULTS=str(scratch / "results"))
     out = subprocess.run([sys.executable, str(SHARED_BENCH / "reference_pipeline.py"), "--json"],
                          env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -243,14 +290,22 @@ def check_threading(tenant, manifest: list[dict]) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny workload in seconds (CI); figures say nothing about speed")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="profile the first N emails instead of benchmarking")
+    args = parser.parse_args()
+    workload = SMOKE if args.smoke else FULL
     base_url = os.environ.get("DATABASE_URL")
     if not base_url:
         sys.exit("run me through `python -m helpdesk.embedded run --` or set DATABASE_URL")
-    ensure_corpus()
-    raws, manifest = load_corpus()
-    os.environ["DATABASE_URL"] = scratch_database(base_url, "helpdesk_bench")
+    require_shared_bench()
+    ensure_corpus(workload)
+    raws, manifest = load_corpus(workload.corpus)
+    os.environ["DATABASE_URL"] = scratch_database(base_url, workload.database)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
-    os.environ["MEDIA_ROOT"] = str(VAR / "media")
+    os.environ["MEDIA_ROOT"] = str(workload.corpus.parent / "media")
     # As the worker runs in production: with DEBUG on, Django also records every query.
     os.environ["DEBUG"] = "false"
     import django
@@ -260,7 +315,7 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
 
-    if "--profile" in sys.argv:
+    if args.profile:
         # Where the time goes: cProfile over the first N emails, top functions by own and
         # cumulative time, plus the SQL of one new-ticket email and one reply.
         import cProfile
@@ -268,7 +323,7 @@ def main() -> None:
 
         from django.db import connection
 
-        count = int(sys.argv[sys.argv.index("--profile") + 1])
+        count = args.profile
         timings: dict[str, list[float]] = {}
 
         def timed(execute, sql, params, many, context):
@@ -299,12 +354,18 @@ def main() -> None:
     ours = ingest_all("bench", raws)
     threading_result = check_threading(ours["tenant"], manifest)
     log("running the reference pipeline on the same corpus")
-    reference = run_reference(base_url)
+    reference = run_reference(base_url, workload)
     release(ours["connection"])
-    log("ingesting again into a tenant with 100,000 tickets")
-    big = ingest_all("bench100k", raws, prefilled=PREFILL)
+    log(f"ingesting again into a tenant with {workload.prefill:,} tickets")
+    big = ingest_all("bench-prefilled", raws, prefilled=workload.prefill)
     threading_big = check_threading(big["tenant"], manifest)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if workload.smoke:
+        from django.db import connections
+
+        connections.close_all()
+        for name in (workload.database, workload.database + "_reference"):
+            drop_database(base_url, name)
 
     ratio = ours["emails_per_s"] / reference["emails_per_s"]
     print(f"emails:              {len(raws)} ({ours['states']})")
@@ -318,10 +379,14 @@ def main() -> None:
           f"(reference: {reference.get('cpu_ms_client_per_email', 0):.2f} + "
           f"{reference.get('cpu_ms_pg_backend_per_email', 0):.2f})")
     print(f"threading:           {threading_result}")
-    print(f"with {PREFILL:,} tickets: {big['emails_per_s']:.1f} emails/s "
+    print(f"with {workload.prefill:,} tickets: {big['emails_per_s']:.1f} emails/s "
           f"({big['emails_per_s'] / ours['emails_per_s']:.2f}x), threading {threading_big['ok']}")
     print(f"peak RSS:            {peak_rss_mb:.0f} MB")
+    if workload.smoke:
+        print("smoke run:           a tiny workload; these figures say nothing about speed")
     print(json.dumps({
+        "smoke": workload.smoke,
+        "emails": len(raws),
         "emails_per_s": round(ours["emails_per_s"], 1),
         "reference_emails_per_s": round(reference["emails_per_s"], 1),
         "ratio": round(ratio, 3),
@@ -329,7 +394,8 @@ def main() -> None:
         "sql_per_email_max": ours["sql_per_email_max"],
         "commits_per_email_median": ours["commits_per_email_median"],
         "threading_ok": threading_result["ok"] and threading_big["ok"],
-        "emails_per_s_100k": round(big["emails_per_s"], 1),
+        "prefilled_tickets": workload.prefill,
+        "emails_per_s_prefilled": round(big["emails_per_s"], 1),
         "peak_rss_mb": round(peak_rss_mb, 1),
     }))
 

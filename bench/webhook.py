@@ -30,10 +30,16 @@ What it does, all on loopback, real PostgreSQL and Redis:
 The load generator is Python and shares the machine's cores with gunicorn, PostgreSQL and
 Redis: both rates are lower than a C generator would see, the same way for both targets.
 The last line printed is one JSON object with the headline figures.
+
+``--smoke``: the same steps on a tiny workload (20 mailboxes, one gunicorn worker each,
+0.5 s loops, one run each, 2 emails push-to-ticket, Redis database 12, its own scratch
+database, dropped afterwards), in seconds; `make test` runs it (tests/bench/) so that a
+refactor that breaks the benchmark fails CI. Its figures say nothing about speed.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
@@ -48,20 +54,38 @@ import sys
 import time
 import urllib.parse
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.ingest import log, process_cpu_s, scratch_database  # noqa: E402
+from bench.ingest import drop_database, log, process_cpu_s, scratch_database  # noqa: E402
 
-VAR = REPO / "var" / "bench" / "webhook"
-MAILBOXES = 1000
-CONNECTIONS = 16
-OPEN_CONNECTIONS = 32
-DURATION = 5.0
-RUNS = 3
-PUSH_EMAILS = 20
-REDIS_DB = 11
+
+@dataclass(frozen=True)
+class Workload:
+    """How hard and how long to push, and where the run keeps its state."""
+
+    mailboxes: int
+    connections: int
+    open_connections: int
+    duration: float
+    runs: int
+    push_emails: int
+    gunicorn_workers: int
+    redis_db: int
+    database: str
+    var: Path
+    smoke: bool = False
+
+
+FULL = Workload(mailboxes=1000, connections=16, open_connections=32, duration=5.0, runs=3,
+                push_emails=20, gunicorn_workers=2, redis_db=11,
+                database="helpdesk_bench_webhook", var=REPO / "var" / "bench" / "webhook")
+SMOKE = Workload(mailboxes=20, connections=4, open_connections=4, duration=0.5, runs=1,
+                 push_emails=2, gunicorn_workers=1, redis_db=12,
+                 database="helpdesk_bench_webhook_smoke",
+                 var=REPO / "var" / "bench" / "smoke" / "webhook", smoke=True)
 PREFIX = "bench-webhook"
 TOPIC = "projects/helpdesk-bench/topics/gmail"
 ACCOUNT = "pubsub-push@helpdesk-bench.iam.gserviceaccount.com"
@@ -74,43 +98,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop(*procs: subprocess.Popen | None) -> None:
+    """Terminate the running ones together, then wait for each (killed after 15 s)."""
+    running = [proc for proc in procs if proc is not None and proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def start_sandbox() -> tuple[subprocess.Popen, str, Path]:
-    root = VAR / "var"
+def start_sandbox(var: Path) -> tuple[subprocess.Popen, str, Path]:
+    root = var / "var"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     env = dict(os.environ, HELPDESK_VAR_DIR=str(root))
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"], cwd=REPO, env=env,
-                            stdout=(VAR / "sandbox.log").open("w"), stderr=subprocess.STDOUT)
+                            stdout=(var / "sandbox.log").open("w"), stderr=subprocess.STDOUT)
     info = root / "sandbox" / "server.json"
     deadline = time.monotonic() + 30
     while not info.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             stop(proc)
-            sys.exit("the sandbox did not start, see " + str(VAR / "sandbox.log"))
+            sys.exit("the sandbox did not start, see " + str(var / "sandbox.log"))
         time.sleep(0.05)
     return proc, json.loads(info.read_text())["url"].rstrip("/"), root / "sandbox"
 
 
-def start_gunicorn(app: str, port: int, name: str) -> subprocess.Popen:
+def start_gunicorn(app: str, port: int, name: str, workload: Workload) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "gunicorn", app, "--bind", f"127.0.0.1:{port}",
-         "--workers", "2", "--threads", "4", "--graceful-timeout", "5",
-         "--log-level", "warning"],
-        cwd=REPO, stdout=(VAR / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+         "--workers", str(workload.gunicorn_workers), "--threads", "4",
+         "--graceful-timeout", "5", "--log-level", "warning"],
+        cwd=REPO, stdout=(workload.var / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_ready(port: int, proc: subprocess.Popen, body: str, token: str) -> int:
+def wait_ready(port: int, proc: subprocess.Popen, logs: Path, body: str, token: str) -> int:
     """POST one push until the server answers; return the status."""
     import requests
 
@@ -122,7 +148,7 @@ def wait_ready(port: int, proc: subprocess.Popen, body: str, token: str) -> int:
                                           "Content-Type": "application/json"}).status_code
         except requests.ConnectionError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"gunicorn on {port} did not start (see {VAR})") from None
+                raise SystemExit(f"gunicorn on {port} did not start (see {logs})") from None
             time.sleep(0.2)
 
 
@@ -147,7 +173,7 @@ def queued(r, queue: str) -> int:
     return sum(r.llen(k) for k in r.scan_iter(match=f"{queue}*") if r.type(k) == b"list")
 
 
-def setup_mailboxes():
+def setup_mailboxes(count: int):
     from channels_email.models import ConnectionStatus, EmailConnection
     from helpdesk.services import tenant_create
     from helpdesk.tenancy import tenant_scope
@@ -157,7 +183,7 @@ def setup_mailboxes():
         EmailConnection.objects.bulk_create([
             EmailConnection(tenant=tenant, provider="gmail", address=f"mbox{i}@bench.example",
                             status=ConnectionStatus.ACTIVE, cursor="1")
-            for i in range(MAILBOXES)])
+            for i in range(count)])
         ids = dict(EmailConnection.objects.values_list("address", "pk"))
     return tenant, ids
 
@@ -183,7 +209,7 @@ def connect_sandbox_mailbox(sandbox: str, tenant, address: str, callback: str):
     from django.utils import timezone
 
     from channels_email import providers
-    from channels_email.connect import _start_watch
+    from channels_email.connect import watch_start
     from channels_email.models import ConnectionStatus, EmailConnection
     from helpdesk.tenancy import tenant_scope
 
@@ -210,11 +236,12 @@ def connect_sandbox_mailbox(sandbox: str, tenant, address: str, callback: str):
         conn = EmailConnection.objects.create(
             tenant=tenant, provider="gmail", address=address, status=ConnectionStatus.ACTIVE,
             credentials=tokens.as_credentials(), sync_start_at=timezone.now())
-        _start_watch(conn, gmail)
+        watch_start(conn)
     return conn
 
 
-def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path) -> list[float]:
+def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path,
+                   emails: int) -> list[float]:
     import requests
 
     from channels_email.models import EmailConnection
@@ -237,7 +264,7 @@ def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path) -> 
             raise SystemExit("the first sync never ran; see " + str(worker_log))
         time.sleep(0.05)
     latencies = []
-    for n in range(PUSH_EMAILS):
+    for n in range(emails):
         subject = f"Bench push {n} {uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
         requests.post(sandbox + "/_sandbox/deliver", json={
@@ -261,29 +288,36 @@ def pct(values: list[float], p: float) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny workload in seconds (CI); figures say nothing about speed")
+    w = SMOKE if parser.parse_args().smoke else FULL
     base_url, redis_base = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if not base_url or not redis_base:
         sys.exit("run me through `python -m helpdesk.embedded run --` or set DATABASE_URL "
                  "and REDIS_URL")
-    VAR.mkdir(parents=True, exist_ok=True)
+    w.var.mkdir(parents=True, exist_ok=True)
     import redis
 
     parts = urllib.parse.urlsplit(redis_base)
-    redis_url = urllib.parse.urlunsplit(parts._replace(path=f"/{REDIS_DB}"))
+    redis_url = urllib.parse.urlunsplit(parts._replace(path=f"/{w.redis_db}"))
     r = redis.Redis.from_url(redis_url)
     r.flushdb()
     web_port, bare_port = free_port(), free_port()
     webhook_url = f"http://127.0.0.1:{web_port}{PATH}"
     os.environ.update(
-        DATABASE_URL=scratch_database(base_url, "helpdesk_bench_webhook"),
+        DATABASE_URL=scratch_database(base_url, w.database),
         REDIS_URL=redis_url, DJANGO_SETTINGS_MODULE="helpdesk.settings", DEBUG="false",
-        CACHE_KEY_PREFIX=PREFIX, MEDIA_ROOT=str(VAR / "media"), LOG_LEVEL="WARNING",
+        CACHE_KEY_PREFIX=PREFIX, MEDIA_ROOT=str(w.var / "media"), LOG_LEVEL="WARNING",
         PUBLIC_BASE_URL=f"http://127.0.0.1:{web_port}", PUBSUB_AUDIENCE=webhook_url,
         PUBSUB_SERVICE_ACCOUNT=ACCOUNT, GMAIL_PUBSUB_TOPIC=TOPIC)
     procs: dict[str, subprocess.Popen] = {}
     try:
-        procs["sandbox"], sandbox_url, key_dir = start_sandbox()
+        procs["sandbox"], sandbox_url, key_dir = start_sandbox(w.var)
         os.environ["SANDBOX_URL"] = sandbox_url  # GOOGLE_CERTS_URL etc. derive from it
+        # The servers boot while the scratch database migrates; the first request waits.
+        procs["web"] = start_gunicorn("helpdesk.wsgi:application", web_port, "web", w)
+        procs["bare"] = start_gunicorn("bench.bare_wsgi:application", bare_port, "bare", w)
         import django
 
         django.setup()
@@ -291,27 +325,25 @@ def main() -> None:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        tenant, ids = setup_mailboxes()
-        addresses = [f"mbox{i}@bench.example" for i in range(MAILBOXES)]
-        log(f"signing {MAILBOXES} pushes with the sandbox key ({settings.GOOGLE_CERTS_URL})")
+        tenant, ids = setup_mailboxes(w.mailboxes)
+        addresses = [f"mbox{i}@bench.example" for i in range(w.mailboxes)]
+        log(f"signing {w.mailboxes} pushes with the sandbox key ({settings.GOOGLE_CERTS_URL})")
         pairs = signed_pushes(key_dir, webhook_url, addresses)
-        requests_file = VAR / "pushes.json"
+        requests_file = w.var / "pushes.json"
         requests_file.write_text(json.dumps(pairs))
         marks = [f"{PREFIX}:sync-pending:{ids[a]}" for a in addresses]
-
-        procs["web"] = start_gunicorn("helpdesk.wsgi:application", web_port, "web")
-        procs["bare"] = start_gunicorn("bench.bare_wsgi:application", bare_port, "bare")
         for port, proc in ((web_port, procs["web"]), (bare_port, procs["bare"])):
-            status = wait_ready(port, proc, *pairs[0])
+            status = wait_ready(port, proc, w.var, *pairs[0])
             if status != 204:
-                raise SystemExit(f"port {port} answered {status} to a valid push (see {VAR})")
+                raise SystemExit(f"port {port} answered {status} to a valid push "
+                                 f"(see {w.var})")
         if queued(r, "ingest") != 1 or queued(r, "maintenance") != 1:
             raise SystemExit("a valid push did not enqueue exactly one task")
         r.delete(*marks)
 
-        base = {"path": PATH, "requests": str(requests_file), "duration": DURATION}
+        base = {"path": PATH, "requests": str(requests_file), "duration": w.duration}
         web_runs, bare_runs, enqueue_shares = [], [], []
-        for run in range(RUNS):
+        for run in range(w.runs):
             # Alternate which target goes first, so a drift in the machine's load (other
             # processes) does not always favour the same one.
             for target in (("web", "bare") if run % 2 == 0 else ("bare", "web")):
@@ -321,19 +353,20 @@ def main() -> None:
                 cpu_before = server_cpu_s(procs[target])
                 if target == "web":
                     result = loadgen({**base, "port": web_port, "mode": "closed",
-                                      "connections": CONNECTIONS, "warmup": MAILBOXES,
+                                      "connections": w.connections, "warmup": w.mailboxes,
                                       "clear_marks": {"redis_url": redis_url, "keys": marks}})
-                    answered = result["statuses"].get("204", 0) + MAILBOXES
+                    answered = result["statuses"].get("204", 0) + w.mailboxes
                     enqueue_shares.append(queued(r, "ingest") / answered)
                     web_runs.append(result)
                     extra = f", enqueued {enqueue_shares[-1]:.0%}"
                 else:
                     result = loadgen({**base, "port": bare_port, "mode": "closed",
-                                      "connections": CONNECTIONS, "warmup": MAILBOXES})
+                                      "connections": w.connections,
+                                      "warmup": w.mailboxes})
                     bare_runs.append(result)
                     extra = ""
                 result["server_cpu_ms"] = ((server_cpu_s(procs[target]) - cpu_before) * 1000
-                                           / (result["completed"] + MAILBOXES))
+                                           / (result["completed"] + w.mailboxes))
                 log(f"run {run + 1} {target:4}: {result['rps']:.0f} req/s, p50 "
                     f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
                     f"statuses {result['statuses']}{extra}, gunicorn workers' CPU "
@@ -341,39 +374,43 @@ def main() -> None:
         webhook_rps = statistics.median(x["rps"] for x in web_runs)
         bare_rps = statistics.median(x["rps"] for x in bare_runs)
         rate = webhook_rps / 2
-        log(f"open loop: {rate:.0f} req/s offered to the webhook for {DURATION:.0f} s")
+        log(f"open loop: {rate:.0f} req/s offered to the webhook for {w.duration:g} s")
         opened = loadgen({**base, "port": web_port, "mode": "open", "rate": rate,
-                          "connections": OPEN_CONNECTIONS, "warmup": MAILBOXES,
+                          "connections": w.open_connections, "warmup": w.mailboxes,
                           "clear_marks": {"redis_url": redis_url, "keys": marks}})
         bad = {k: v for k, v in {**opened["statuses"], **{
             k: v for x in web_runs + bare_runs for k, v in x["statuses"].items()}}.items()
             if k != "204"}
 
         r.flushdb()  # drop the piled-up tasks before a worker starts consuming
-        worker_log = VAR / "worker.log"
+        worker_log = w.var / "worker.log"
         procs["worker"] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo",
              "-Q", "ingest", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
              "--without-heartbeat"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=worker_log.open("w"))
-        log(f"push-to-ticket: {PUSH_EMAILS} emails through sandbox -> webhook -> worker")
-        ptt = push_to_ticket(sandbox_url, tenant, webhook_url, worker_log)
+        log(f"push-to-ticket: {w.push_emails} emails through sandbox -> webhook -> worker")
+        ptt = push_to_ticket(sandbox_url, tenant, webhook_url, worker_log, w.push_emails)
     finally:
-        for name in ("worker", "web", "bare", "sandbox"):
-            stop(procs.get(name))
+        stop(*procs.values())
         r.flushdb()
+        if w.smoke:
+            from django.db import connections
+
+            connections.close_all()
+            drop_database(base_url, w.database)
 
     ratio = webhook_rps / bare_rps
     client_cpu = statistics.median(x["client_cpu_s"] / x["elapsed_s"] for x in web_runs)
-    print(f"mailboxes:              {MAILBOXES} (pushes round-robin; the 'sync pending' "
-          f"marks are deleted after each round of {MAILBOXES})")
+    print(f"mailboxes:              {w.mailboxes} (pushes round-robin; the 'sync pending' "
+          f"marks are deleted after each round of {w.mailboxes})")
     print(f"pushes that enqueued:   {min(enqueue_shares):.0%}..{max(enqueue_shares):.0%} "
           "of answered pushes (the rest coalesced within a round)")
     print(f"webhook, closed loop:   {webhook_rps:.0f} req/s (runs "
           f"{', '.join(format(x['rps'], '.0f') for x in web_runs)}), median p50 "
           f"{statistics.median(x['p50_ms'] for x in web_runs):.1f} ms, p99 "
           f"{statistics.median(x['p99_ms'] for x in web_runs):.1f} ms, "
-          f"{CONNECTIONS} connections")
+          f"{w.connections} connections")
     print(f"bare view, closed loop: {bare_rps:.0f} req/s (runs "
           f"{', '.join(format(x['rps'], '.0f') for x in bare_runs)}), median p50 "
           f"{statistics.median(x['p50_ms'] for x in bare_runs):.1f} ms, p99 "
@@ -397,7 +434,10 @@ def main() -> None:
     print(f"push-to-ticket:         p50 {pct(ptt, 0.5):.0f} ms, p95 {pct(ptt, 0.95):.0f} ms, "
           f"max {max(ptt):.0f} ms over {len(ptt)} emails, from /_sandbox/deliver to the "
           f"ticket row (target p95 < 1 s: {'met' if pct(ptt, 0.95) < 1000 else 'missed'})")
+    if w.smoke:
+        print("smoke run:              a tiny workload; these figures say nothing about speed")
     print(json.dumps({
+        "smoke": w.smoke,
         "webhook_rps": round(webhook_rps, 1),
         "bare_rps": round(bare_rps, 1),
         "ratio": round(ratio, 3),

@@ -202,8 +202,21 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if IS_PROD:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=3600)
+    # HTTPS only: plain http is redirected (SECURE_SSL_REDIRECT=false, with SECURE_COOKIES,
+    # only for trying prod on plain http locally). The container health check calls
+    # http://127.0.0.1:8000/healthz from inside (docker-compose.yml), so it stays on http.
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # HSTS, sent on https responses only: a year, subdomains included. Preload lists are
+    # hard to leave again, so that stays an explicit opt-in.
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    # X-Forwarded-Proto is believed only when a TLS-terminating proxy in front of every
+    # request sets it (overwriting the client's): without one, any client could claim
+    # https. Behind such a proxy without this, SECURE_SSL_REDIRECT would loop.
+    if env.bool("TRUSTED_PROXY_SSL_HEADER", default=False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -11,11 +11,17 @@ import pytest
 from django.conf import settings
 
 STRONG = "x" * 50
+# The caller's own values of these never reach a booted interpreter.
+TRANSPORT_ENV = ("SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+                 "SECURE_HSTS_PRELOAD", "TRUSTED_PROXY_SSL_HEADER")
 
 
-def _boot(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
+def _boot(env: dict[str, str], tmp_path, code: str = (
+        "from django.conf import settings;"
+        "print(settings.DEBUG, bool(settings.SECRET_KEY), len(settings.FERNET_KEYS))"),
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items()
-            if k not in {"SECRET_KEY", "FERNET_KEYS", "DEBUG", "DJANGO_ENV"}}
+            if k not in {"SECRET_KEY", "FERNET_KEYS", "DEBUG", "DJANGO_ENV", *TRANSPORT_ENV}}
     base.update({
         "DATABASE_URL": os.environ.get("DATABASE_URL", ""),
         "REDIS_URL": settings.REDIS_URL,
@@ -23,8 +29,7 @@ def _boot(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     })
     base.update(env)
     return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings;"
-         "print(settings.DEBUG, bool(settings.SECRET_KEY), len(settings.FERNET_KEYS))"],
+        [sys.executable, "-c", "import django; django.setup(); " + code],
         env=base, capture_output=True, text=True, timeout=60,
     )
 
@@ -70,3 +75,94 @@ def test_celery_is_configured_for_safe_delivery():
     for queue in ("webhooks", "ingest", "outbound", "maintenance"):
         route = app.amqp.router.route({}, f"{queue}.anything")
         assert route["queue"].name == queue
+
+
+TRANSPORT = ("SECURE_SSL_REDIRECT", "SECURE_REDIRECT_EXEMPT", "SECURE_HSTS_SECONDS",
+             "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER")
+
+
+def _transport(env: dict[str, str], tmp_path) -> dict:
+    """The transport settings of a fresh interpreter booted with ``env``."""
+    code = ("import json; from django.conf import settings; "
+            f"print(json.dumps({{n: getattr(settings, n) for n in {TRANSPORT!r}}}))")
+    result = _boot(env, tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_prod_is_https_only_with_a_year_of_hsts(tmp_path):
+    assert _transport(PROD, tmp_path) == {
+        "SECURE_SSL_REDIRECT": True, "SECURE_REDIRECT_EXEMPT": ["^healthz$"],
+        "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": False, "SECURE_PROXY_SSL_HEADER": None,
+    }
+
+
+def test_prod_transport_settings_come_from_the_environment(tmp_path):
+    values = _transport({**PROD, "SECURE_SSL_REDIRECT": "false", "SECURE_HSTS_SECONDS": "60",
+                         "SECURE_HSTS_INCLUDE_SUBDOMAINS": "false", "SECURE_HSTS_PRELOAD": "true",
+                         "TRUSTED_PROXY_SSL_HEADER": "true"}, tmp_path)
+    assert values["SECURE_SSL_REDIRECT"] is False
+    assert values["SECURE_HSTS_SECONDS"] == 60
+    assert values["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is False
+    assert values["SECURE_HSTS_PRELOAD"] is True
+    assert values["SECURE_PROXY_SSL_HEADER"] == ["HTTP_X_FORWARDED_PROTO", "https"]
+
+
+def test_dev_stays_on_plain_http_whatever_the_environment_says(tmp_path):
+    """The demo runs dev over http://127.0.0.1: nothing redirects it or pins it to https."""
+    values = _transport({"DJANGO_ENV": "dev", "SECURE_SSL_REDIRECT": "true",
+                         "SECURE_HSTS_SECONDS": "31536000", "TRUSTED_PROXY_SSL_HEADER": "true"},
+                        tmp_path)
+    assert values["SECURE_SSL_REDIRECT"] is False
+    assert values["SECURE_HSTS_SECONDS"] == 0
+    assert values["SECURE_PROXY_SSL_HEADER"] is None
+
+
+def test_test_profile_stays_on_plain_http():
+    assert settings.DJANGO_ENV == "test"
+    assert not settings.SECURE_SSL_REDIRECT
+    assert settings.SECURE_HSTS_SECONDS == 0
+    assert settings.SECURE_PROXY_SSL_HEADER is None
+
+
+# Requests through the whole middleware stack in a prod interpreter: (path, extra headers,
+# secure) -> status, Location, Strict-Transport-Security.
+PROD_REQUESTS = (
+    "import json; from django.test import Client; c = Client(); out = []\n"
+    "for path, headers, secure in json.loads(%r):\n"
+    "    r = c.get(path, headers=headers, secure=secure)\n"
+    "    out.append([r.status_code, r.headers.get('Location'),"
+    " r.headers.get('Strict-Transport-Security')])\n"
+    "print(json.dumps(out))"
+)
+
+
+def _prod_requests(env: dict[str, str], tmp_path, requests: list) -> list:
+    result = _boot({**PROD, "ALLOWED_HOSTS": "testserver", **env}, tmp_path,
+                   PROD_REQUESTS % json.dumps(requests))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_prod_redirects_http_sends_hsts_and_keeps_the_health_check_on_http(tmp_path):
+    spoofed = {"X-Forwarded-Proto": "https"}
+    login, health, hsts, spoof = _prod_requests({}, tmp_path, [
+        ["/accounts/login/", {}, False],
+        ["/healthz", {}, False],
+        ["/healthz", {}, True],
+        ["/accounts/login/", spoofed, False],
+    ])
+    assert login == [301, "https://testserver/accounts/login/", None]
+    assert health == [200, None, None]  # no HSTS over http
+    assert hsts == [200, None, "max-age=31536000; includeSubDomains"]
+    assert spoof[:2] == [301, "https://testserver/accounts/login/"]  # no proxy is trusted
+
+
+def test_prod_behind_a_trusted_proxy_believes_its_header(tmp_path):
+    forwarded, direct = _prod_requests({"TRUSTED_PROXY_SSL_HEADER": "true"}, tmp_path, [
+        ["/healthz", {"X-Forwarded-Proto": "https"}, False],
+        ["/accounts/login/", {}, False],
+    ])
+    assert forwarded == [200, None, "max-age=31536000; includeSubDomains"]
+    assert direct[:2] == [301, "https://testserver/accounts/login/"]
