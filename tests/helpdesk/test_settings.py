@@ -138,14 +138,22 @@ PROD_REQUESTS = (
 )
 
 
+def _test_database_url() -> str:
+    """The test database this run created (the health check queries it): the server of
+    DATABASE_URL may have no database of DATABASE_URL's own name."""
+    db = settings.DATABASES["default"]
+    return (f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
+            f"{db['PORT'] or 5432}/{db['NAME']}")
+
+
 def _prod_requests(env: dict[str, str], tmp_path, requests: list) -> list:
-    result = _boot({**PROD, "ALLOWED_HOSTS": "testserver", **env}, tmp_path,
-                   PROD_REQUESTS % json.dumps(requests))
+    result = _boot({**PROD, "ALLOWED_HOSTS": "testserver", "DATABASE_URL": _test_database_url(),
+                    **env}, tmp_path, PROD_REQUESTS % json.dumps(requests))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_prod_redirects_http_sends_hsts_and_keeps_the_health_check_on_http(tmp_path):
+def test_prod_redirects_http_sends_hsts_and_keeps_the_health_check_on_http(tmp_path, db):
     spoofed = {"X-Forwarded-Proto": "https"}
     login, health, hsts, spoof = _prod_requests({}, tmp_path, [
         ["/accounts/login/", {}, False],
@@ -159,7 +167,7 @@ def test_prod_redirects_http_sends_hsts_and_keeps_the_health_check_on_http(tmp_p
     assert spoof[:2] == [301, "https://testserver/accounts/login/"]  # no proxy is trusted
 
 
-def test_prod_behind_a_trusted_proxy_believes_its_header(tmp_path):
+def test_prod_behind_a_trusted_proxy_believes_its_header(tmp_path, db):
     forwarded, direct = _prod_requests({"TRUSTED_PROXY_SSL_HEADER": "true"}, tmp_path, [
         ["/healthz", {"X-Forwarded-Proto": "https"}, False],
         ["/accounts/login/", {}, False],
