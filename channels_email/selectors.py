@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.timesince import timesince
 
 from channels_email.models import (
     ConnectionStatus,
@@ -45,10 +46,19 @@ class ConnectionHealth:
     flags: tuple[HealthFlag, ...]
     # The last error happened before the last successful sync: history, not a problem now.
     last_error_past: bool
+    now: datetime
 
     @property
     def status_label(self) -> str:
         return self.connection.get_status_display()
+
+    @property
+    def last_sync_age(self) -> str:
+        return age_in_words(self.connection.last_sync_at, self.now)
+
+    @property
+    def last_error_age(self) -> str:
+        return age_in_words(self.connection.last_error_at, self.now)
 
     @property
     def rate_limited_until(self) -> datetime | None:
@@ -90,7 +100,16 @@ def connection_health(connection: EmailConnection, *, now: datetime | None = Non
                                 f"mail found by the sweep at {missed}; last push {last_push}"))
     return ConnectionHealth(
         connection=conn, tone=_STATUS_TONE.get(conn.status, "bad"), flags=tuple(flags),
-        last_error_past=bool(last_error and last_sync and last_sync > last_error))
+        last_error_past=bool(last_error and last_sync and last_sync > last_error), now=now)
+
+
+def age_in_words(moment: datetime | None, now: datetime) -> str:
+    """"just now", "5 minutes ago", "2 days, 3 hours ago"; empty for no moment."""
+    if moment is None:
+        return ""
+    if now - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment, now)} ago"
 
 
 # The first word of a stored reason (``code: details``), in plain words. The details after
