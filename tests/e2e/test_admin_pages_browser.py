@@ -16,6 +16,7 @@ from channels_email import health
 from channels_email.models import ConnectionStatus, EmailConnection
 from channels_email.providers import AuthError, RateLimited, TransientError
 from helpdesk.tenancy import tenant_scope
+from routing.models import Rule, Team
 from routing.services import flow_create, rule_create
 from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
 from tests.factories import PASSWORD, EmailConnectionFactory, TeamFactory
@@ -61,6 +62,8 @@ def test_admin_pages_show_health_in_colour_ask_before_disconnecting_and_read_as_
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     support, sales, _ = _mailboxes(tenant)
     team = TeamFactory(tenant=tenant, name="Billing")
+    with tenant_scope(tenant):
+        team.members.add(agent, through_defaults={"tenant": tenant})
     with tenant_scope(tenant):
         flow = flow_create(tenant=tenant, name="Triage", fallback_team=team)
         rule = rule_create(flow=flow, name="Invoices", conditions=[
@@ -160,6 +163,23 @@ def test_admin_pages_show_health_in_colour_ask_before_disconnecting_and_read_as_
         with tenant_scope(tenant):
             rule.refresh_from_db()
         assert rule.actions[-1] == {"type": "assign_agent", "value": agent.pk}
+
+        # Deleting a rule or a team asks first too; cancelled, both stay.
+        page.goto(f"{base}/routing/flows/{flow.pk}/")
+        page.locator("table.rules").get_by_role("button", name="Delete").click()
+        expect(dialog).to_contain_text("Delete the rule Invoices?")
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+        page.goto(f"{base}/routing/teams/{team.pk}/")
+        page.get_by_role("button", name="Delete team").click()
+        expect(dialog).to_contain_text("Delete the team Billing? Its tickets stay")
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+        page.screenshot(path=str(ARTIFACTS / "admin_6_team.png"), full_page=True)
+        page.wait_for_timeout(300)
+        with tenant_scope(tenant):
+            assert Rule.objects.filter(pk=rule.pk).exists()
+            assert Team.objects.filter(pk=team.pk).exists()
 
         assert native_dialogs == []  # the confirmations are ours, not window.confirm
         assert page.evaluate("window.__cspViolations") == []
