@@ -32,9 +32,11 @@ class ConnectionSettingsForm(forms.ModelForm):
     """
 
     routing_team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False,
-                                          label="Team")
+                                          label="Team", empty_label="— choose a team —",
+                                          help_text="Its queue gets every new ticket.")
     routing_flow = forms.ModelChoiceField(queryset=Flow.objects.none(), required=False,
-                                          label="Flow")
+                                          label="Flow", empty_label="— choose a flow —",
+                                          help_text="Its rules sort every new ticket.")
     reply_connection = forms.ModelChoiceField(
         queryset=EmailConnection.objects.none(), required=False,
         label="Send replies through", empty_label="This mailbox",
@@ -175,7 +177,7 @@ class ConnectionFiltersForm(forms.ModelForm):
                   "import_cc": "Keep the CC addresses of incoming mail on the ticket",
                   "body_preference": "Ticket body from",
                   "sender_rate_limit": "Loop guard: mails from one sender",
-                  "sender_rate_window_minutes": "within minutes"}
+                  "sender_rate_window_minutes": "Loop guard: within minutes"}
         help_texts = {
             "skip_auto_replies": "Out-of-office answers, challenge-response requests and "
                                  "other automatic mail make no ticket.",

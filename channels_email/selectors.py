@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
 from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 from channels_email.models import (
     ConnectionStatus,
@@ -13,11 +18,131 @@ from channels_email.models import (
 )
 from helpdesk.models import Tenant
 
-ATTENTION_STATES = (InboundState.QUARANTINED, InboundState.FAILED)
+ATTENTION_STATES = (InboundState.SKIPPED, InboundState.QUARANTINED, InboundState.FAILED)
+# No successful sync for this long while errors keep coming: the health page says the
+# mailbox is not syncing, whatever kind the errors are (pushes and the reconciliation
+# sweep both run far more often than this).
+NOT_SYNCING_AFTER = timedelta(minutes=15)
+
+# Colour of a badge: ok (green), warn (amber), bad (red).
+_STATUS_TONE = {ConnectionStatus.ACTIVE: "ok", ConnectionStatus.RATE_LIMITED: "warn",
+                ConnectionStatus.TOKEN_EXPIRED: "bad", ConnectionStatus.DISCONNECTED: "bad"}
+
+
+@dataclass(frozen=True)
+class HealthFlag:
+    label: str
+    tone: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class ConnectionHealth:
+    """What the health block shows for one connection (the list and the mailbox's page
+    render the same one, ``channels_email/_health.html``)."""
+
+    connection: EmailConnection
+    tone: str
+    flags: tuple[HealthFlag, ...]
+    # The last error happened before the last successful sync: history, not a problem now.
+    last_error_past: bool
+    now: datetime
+
+    @property
+    def status_label(self) -> str:
+        return self.connection.get_status_display()
+
+    @property
+    def last_sync_age(self) -> str:
+        return age_in_words(self.connection.last_sync_at, self.now)
+
+    @property
+    def last_error_age(self) -> str:
+        return age_in_words(self.connection.last_error_at, self.now)
+
+    @property
+    def rate_limited_until(self) -> datetime | None:
+        conn = self.connection
+        return conn.rate_limited_until if conn.status == ConnectionStatus.RATE_LIMITED \
+            else None
+
+
+def connection_health(connection: EmailConnection, *, now: datetime | None = None
+                      ) -> ConnectionHealth:
+    """The status badge, the flags (Not syncing, Failing, Watch expired, Pushes missing)
+    and whether the last error is past, from the connection's own fields (no query)."""
+    now = now or timezone.now()
+    conn, flags = connection, []
+    last_sync, last_error = conn.last_sync_at, conn.last_error_at
+    live = conn.status != ConnectionStatus.DISCONNECTED
+    # A connection that never synced counts from when it was connected.
+    good_since = last_sync or conn.created_at
+    if (live and conn.consecutive_errors and last_error is not None and good_since
+            and last_error > good_since and now - good_since > NOT_SYNCING_AFTER):
+        since = timezone.localtime(good_since).strftime("%Y-%m-%d %H:%M")
+        flags.append(HealthFlag(
+            "Not syncing", "bad",
+            f"no successful sync since {since}" if last_sync else
+            f"no successful sync since it was connected ({since})"))
+    if conn.failing:
+        flags.append(HealthFlag("Failing", "bad", f"{conn.consecutive_errors} errors in a "
+                                                  "row; it keeps retrying"))
+    if conn.watch_expired:
+        expired = timezone.localtime(conn.subscription_expires_at).strftime("%Y-%m-%d %H:%M")
+        flags.append(HealthFlag("Watch expired", "bad",
+                                f"pushes stopped at {expired}; until the watch is renewed "
+                                "the periodic sweep finds new mail"))
+    if conn.pushes_missing:
+        missed = timezone.localtime(conn.missed_push_at).strftime("%H:%M")
+        last_push = (timezone.localtime(conn.last_push_at).strftime("%Y-%m-%d %H:%M")
+                     if conn.last_push_at else "never")
+        flags.append(HealthFlag("Pushes missing", "warn",
+                                f"mail found by the sweep at {missed}; last push {last_push}"))
+    return ConnectionHealth(
+        connection=conn, tone=_STATUS_TONE.get(conn.status, "bad"), flags=tuple(flags),
+        last_error_past=bool(last_error and last_sync and last_sync > last_error), now=now)
+
+
+def age_in_words(moment: datetime | None, now: datetime) -> str:
+    """"just now", "5 minutes ago", "2 days, 3 hours ago"; empty for no moment."""
+    if moment is None:
+        return ""
+    if now - moment < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(moment, now)} ago"
+
+
+# The first word of a stored reason (``code: details``), in plain words. The details after
+# the colon are written for people already.
+REASON_WORDS = {
+    "loop": "Mail loop", "bounce": "Bounce", "delay": "Delivery delay warning",
+    "complaint": "Spam complaint", "challenge": "Challenge-response request",
+    "auto_reply": "Automatic reply", "blocked": "Block list",
+    "domain_not_allowed": "Sender domain not allowed",
+    "sender_rate_limit": "Too much mail from one sender",
+    "replies_not_allowed": "Replies not accepted",
+    "new_threads_not_allowed": "New conversations not accepted",
+    "unknown_sender": "Unknown sender", "connection_disconnected": "Mailbox disconnected",
+    "gone": "Gone from the mailbox", "duplicate": "Duplicate", "error": "Processing error",
+    "too_large": "Too large", "too_deep": "Nested too deeply", "too_slow": "Too slow to read",
+    "too_many_attachments": "Too many attachments", "unparseable": "Unreadable",
+    "no_sender": "No sender",
+}
+
+
+def reason_in_words(reason: str) -> tuple[str, str]:
+    """(heading, details) of a stored skip, quarantine or failure reason: the code in
+    plain words, and the rest; an unknown code stays as it was written."""
+    code, sep, details = (reason or "").partition(": ")
+    if sep and code in REASON_WORDS:
+        return REASON_WORDS[code], details
+    return "", reason or ""
 
 
 def inbound_emails_needing_attention(*, tenant: Tenant, state: str = "") -> QuerySet:
-    states = [state] if state in InboundState.values else list(ATTENTION_STATES)
+    """Skipped, quarantined and failed mail of the workspace, newest first; ``state`` (one
+    of those three) narrows it to one."""
+    states = [state] if state in ATTENTION_STATES else list(ATTENTION_STATES)
     return (InboundEmail.objects.filter(tenant=tenant, state__in=states)
             .select_related("connection").order_by("-received_at"))
 
@@ -38,6 +163,13 @@ def addresses_needing_reconnect(*, tenant: Tenant) -> list[str]:
 
 def connections_for_tenant(*, tenant: Tenant) -> QuerySet[EmailConnection]:
     return EmailConnection.objects.filter(tenant=tenant).order_by("address")
+
+
+def connections_with_health(*, tenant: Tenant) -> list[ConnectionHealth]:
+    """Every connection of the workspace (by address) with its health, in one query."""
+    now = timezone.now()
+    return [connection_health(c, now=now) for c in connections_for_tenant(tenant=tenant)
+            .select_related("routing_team", "routing_flow", "reply_connection")]
 
 
 def reply_connection_for(*, ticket) -> EmailConnection | None:

@@ -1,5 +1,6 @@
-"""Admin pages of the email channel: emails that need attention (quarantined or failed),
-their raw download and reprocessing. Tenant admins only; runs in the tenant scope."""
+"""Admin pages of the email channel: emails that need attention (skipped, quarantined or
+failed), their raw download and reprocessing; the connections, their health and settings.
+Tenant admins only; runs in the tenant scope."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from django.core.paginator import Paginator
 from django.core.validators import validate_email
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from channels_email import connect
@@ -18,9 +21,12 @@ from channels_email.forms import ConnectionFiltersForm, ConnectionSettingsForm
 from channels_email.ingest import inbound_email_ingest
 from channels_email.models import EmailConnection, InboundEmail, InboundState, Provider
 from channels_email.selectors import (
-    connections_for_tenant,
+    ATTENTION_STATES,
+    connection_health,
+    connections_with_health,
     inbound_email_get,
     inbound_emails_needing_attention,
+    reason_in_words,
     suppressions_for_tenant,
 )
 from channels_email.services import (
@@ -52,8 +58,10 @@ def inbound_attention_list(request):
     state = request.GET.get("state", "")
     page = Paginator(inbound_emails_needing_attention(tenant=request.tenant, state=state),
                      50).get_page(request.GET.get("page"))
-    return render(request, "channels_email/inbound_attention.html",
-                  {"page": page, "state": state, "states": InboundState.choices})
+    rows = [(row, *reason_in_words(row.reason)) for row in page]
+    return render(request, "channels_email/inbound_attention.html", {
+        "page": page, "rows": rows, "state": state,
+        "states": [(v, label) for v, label in InboundState.choices if v in ATTENTION_STATES]})
 
 
 def inbound_raw_download(request, inbound_email_id: int):
@@ -75,7 +83,11 @@ def inbound_reprocess(request, inbound_email_id: int):
                              + (f" ({outcome.reason})" if outcome.reason else ""))
     else:
         messages.info(request, f"Email {row.pk} is already processed.")
-    return redirect("channels_email:attention", tenant_slug=request.tenant.slug)
+    back = reverse("channels_email:attention", kwargs={"tenant_slug": request.tenant.slug})
+    # Back to the list as it was filtered (a state among the listed ones, a page number).
+    kept = {key: request.POST[key] for key in ("state", "page")
+            if request.POST.get(key, "").isalnum()}
+    return redirect(f"{back}?{urlencode(kept)}" if kept else back)
 
 
 # --------------------------------------------------------------- Channels > Email
@@ -94,8 +106,7 @@ def email_channels(request):
     """Every connection of the workspace with its health, and Add Email Account."""
     require_admin(request, CHANNEL_ADMIN)
     return render(request, "channels_email/channels.html", {
-        "connections": connections_for_tenant(tenant=request.tenant)
-        .select_related("routing_team", "routing_flow", "reply_connection"),
+        "connections": connections_with_health(tenant=request.tenant),
         "gmail_configured": bool(settings.GOOGLE_CLIENT_ID),
         "suppressions": suppressions_for_tenant(tenant=request.tenant)[:200],
     })
@@ -179,7 +190,8 @@ def connection_detail(request, connection_id: int):
                                       "Settings saved. Routing applies to mail that arrives "
                                       "from now on.")
             return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
-    context = {"connection": conn, "form": form, "filters_form": filters_form}
+    context = {"connection": conn, "health": connection_health(conn), "form": form,
+               "filters_form": filters_form}
     return render(request, "channels_email/connection.html", context,
                   status=400 if request.method == "POST" else 200)
 

@@ -87,10 +87,16 @@ class FlowForm(forms.ModelForm):
         return name
 
 
+# The picker each action takes its value from (the others in its row are ignored); add_tag
+# takes the row's text field, stop takes nothing.
+ACTION_PICKERS = {"assign_team": "team", "assign_agent": "agent",
+                  "set_priority": "priority", "set_status": "status"}
+
+
 class RuleForm(forms.ModelForm):
-    """A rule as rows; empty rows are ignored. Values: text for text fields, yes/no for
-    yes-no fields, high/normal/low for importance; a team's name, an agent's email, a
-    priority or a status for the actions that need one."""
+    """A rule as rows; empty rows are ignored. Condition values: text for text fields,
+    yes/no for yes-no fields, high/normal/low for importance. An action's value is chosen
+    from a picker (a team, an agent, a priority, a status) or, for a tag, typed."""
 
     class Meta:
         model = Rule
@@ -121,6 +127,20 @@ class RuleForm(forms.ModelForm):
             self.fields[f"cond_{i}_value"] = forms.CharField(
                 required=False, label="", max_length=500,
                 widget=forms.TextInput(attrs=named(f"Condition {n}: value")))
+        teams = [("", "— choose a team —"), *((str(pk), name) for pk, name in Team.objects
+                  .filter(tenant=tenant).order_by("name").values_list("pk", "name"))]
+        agents = [("", "— choose an agent —"), *(
+            (str(m.user_id), f"{m.user.display_name} ({m.user.email})")
+            for m in assignable_members(tenant=tenant).order_by("user__email"))]
+        picker_choices = {
+            "team": (teams, "That team no longer exists; choose another."),
+            "agent": (agents, "Not an active member of this workspace; choose another."),
+            "priority": ([("", "— choose a priority —"), *TicketPriority.choices],
+                         "Choose a priority from the list."),
+            "status": ([("", "— choose a status —"), *TicketStatus.choices],
+                       "Choose a status from the list."),
+        }
+        self.stale: dict[int, str] = {}
         for i in range(self.action_count):
             n = i + 1
             self.fields[f"act_{i}_type"] = forms.ChoiceField(
@@ -128,36 +148,56 @@ class RuleForm(forms.ModelForm):
                 widget=forms.Select(attrs=named(f"Action {n}")))
             self.fields[f"act_{i}_value"] = forms.CharField(
                 required=False, label="", max_length=200,
-                widget=forms.TextInput(attrs=named(f"Action {n}: value")))
+                widget=forms.TextInput(attrs={**named(f"Action {n}: tag"),
+                                              "placeholder": "tag"}))
+            for picker, (choices, invalid) in picker_choices.items():
+                self.fields[f"act_{i}_{picker}"] = forms.ChoiceField(
+                    choices=choices, required=False, label="",
+                    error_messages={"invalid_choice": invalid},
+                    widget=forms.Select(attrs=named(f"Action {n}: {picker}")))
         if self.instance.pk:
             self._prefill()
 
     # -- the rows <-> the engine's JSON ----------------------------------------------------
 
     def _prefill(self) -> None:
-        teams = dict(Team.objects.filter(tenant=self.tenant).values_list("pk", "name"))
-        emails = {m.user_id: m.user.email for m in assignable_members(tenant=self.tenant)}
+        teams = set(Team.objects.filter(tenant=self.tenant).values_list("pk", flat=True))
+        members = set(assignable_members(tenant=self.tenant).values_list("user_id", flat=True))
         for i, c in enumerate(self.instance.conditions):
             value = c.get("value")
             self.initial.update({f"cond_{i}_field": c.get("field"), f"cond_{i}_op": c.get("op"),
                                  f"cond_{i}_value": ("yes" if value else "no")
                                  if isinstance(value, bool) else value})
         for i, a in enumerate(self.instance.actions):
-            value = a.get("value")
-            kind = a.get("type")
-            if kind in ("assign_team", "assign_agent"):
-                known = teams if kind == "assign_team" else emails
-                gone = "deleted team" if kind == "assign_team" else "former member"
-                value = known.get(value, f"({gone} #{value}; choose another)")
-            self.initial.update({f"act_{i}_type": kind, f"act_{i}_value": value})
+            value, kind = a.get("value"), a.get("type")
+            picker = ACTION_PICKERS.get(kind)
+            self.initial[f"act_{i}_type"] = kind
+            if picker is None:
+                self.initial[f"act_{i}_value"] = "" if kind == "stop" else value
+                continue
+            known = {"team": teams, "agent": members}.get(picker)
+            if known is not None and value not in known:
+                gone = "team" if picker == "team" else "agent"
+                self.stale[i] = f"The {gone} this action named (#{value}) is gone; choose another."
+                continue
+            self.initial[f"act_{i}_{picker}"] = str(value)
 
     def condition_rows(self):
         return [(self[f"cond_{i}_field"], self[f"cond_{i}_op"], self[f"cond_{i}_value"])
                 for i in range(self.condition_count)]
 
-    def action_rows(self):
-        return [(self[f"act_{i}_type"], self[f"act_{i}_value"])
-                for i in range(self.action_count)]
+    def action_rows(self) -> list[dict]:
+        """Per row: its type select, the inputs that may hold its value as (action type,
+        bound field) (the page shows the one the chosen type takes), and a note when a
+        stored target is gone."""
+        rows = []
+        for i in range(self.action_count):
+            inputs = [(kind, self[f"act_{i}_{picker}"]) for kind, picker
+                      in ACTION_PICKERS.items()]
+            inputs.insert(1, ("add_tag", self[f"act_{i}_value"]))
+            rows.append({"type": self[f"act_{i}_type"], "inputs": inputs,
+                         "stale": self.stale.get(i, "")})
+        return rows
 
     def _condition(self, i: int) -> dict | None:
         name = self.cleaned_data.get(f"cond_{i}_field")
@@ -178,27 +218,20 @@ class RuleForm(forms.ModelForm):
         kind = self.cleaned_data.get(f"act_{i}_type")
         if not kind:
             return None
-        text = (self.cleaned_data.get(f"act_{i}_value") or "").strip()
-        value: object = text
         if kind == "stop":
-            value = True
-        elif kind in ("set_priority", "set_status"):
-            value = text.lower()
-        elif kind == "assign_team":
-            team = Team.objects.filter(tenant=self.tenant, name__iexact=text).first()
-            if team is None:
-                self.add_error(f"act_{i}_value", f"No team named {text or '(empty)'}.")
-                return None
-            value = team.pk
-        elif kind == "assign_agent":
-            member = assignable_members(tenant=self.tenant).filter(
-                user__email__iexact=text).first()
-            if member is None:
-                self.add_error(f"act_{i}_value",
-                               f"{text or '(empty)'} is not an active member's email.")
-                return None
-            value = member.user_id
-        return {"type": kind, "value": value}
+            return {"type": kind, "value": True}
+        picker = ACTION_PICKERS.get(kind)
+        if picker is None:
+            return {"type": kind, "value": (self.cleaned_data.get(f"act_{i}_value") or "")
+                    .strip()}
+        field = f"act_{i}_{picker}"
+        chosen = self.cleaned_data.get(field)
+        if field in self.errors:
+            return None
+        if not chosen:
+            self.add_error(field, f"{ACTION_LABELS[kind]}: choose one.")
+            return None
+        return {"type": kind, "value": int(chosen) if picker in ("team", "agent") else chosen}
 
     def clean(self):
         data = super().clean()
@@ -232,5 +265,45 @@ class RuleForm(forms.ModelForm):
         return data
 
 
-PRIORITY_WORDS = ", ".join(TicketPriority.values)
-STATUS_WORDS = ", ".join(TicketStatus.values)
+def rules_in_words(*, tenant, rules) -> list[tuple[Rule, str, str]]:
+    """(rule, when, then) for the flow page, like ("Subject contains “invoice”",
+    "Assign to team Billing, add tag billing, then stop"). Costs two queries (the
+    tenant's team names and member names) whatever the number of rules."""
+    teams = dict(Team.objects.filter(tenant=tenant).values_list("pk", "name"))
+    agents = {m.user_id: m.user.display_name for m in assignable_members(tenant=tenant)}
+    priorities, statuses = dict(TicketPriority.choices), dict(TicketStatus.choices)
+
+    def condition(c: dict) -> str:
+        label, op, value = FIELD_LABELS.get(c.get("field"), c.get("field")), c.get("op"), \
+            c.get("value")
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        return f"{label} {engine._OP_WORDS.get(op, op)} “{value}”"
+
+    def action(a: dict) -> str:
+        kind, value = a.get("type"), a.get("value")
+        label = ACTION_LABELS.get(kind, kind).lower()
+        if kind == "stop":
+            return "stop"
+        if kind == "assign_team":
+            value = teams.get(value, f"(deleted team #{value})")
+        elif kind == "assign_agent":
+            value = agents.get(value, f"(former member #{value})")
+        elif kind == "set_priority":
+            value = priorities.get(value, value).lower()
+        elif kind == "set_status":
+            value = statuses.get(value, value).lower()
+        return f"{label} {value}"
+
+    described = []
+    for rule in rules:
+        joiner = " or " if rule.match == "any" else " and "
+        when = joiner.join(map(condition, rule.conditions)) or "Every ticket"
+        steps = [action(a) for a in rule.actions]
+        if rule.stop_processing and "stop" not in steps:
+            steps.append("stop")
+        if steps and steps[-1] == "stop" and len(steps) > 1:
+            steps[-1] = "then stop"
+        then = ", ".join(steps)
+        described.append((rule, when[:1].upper() + when[1:], then[:1].upper() + then[1:]))
+    return described

@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from helpdesk.tenancy import require_admin
-from routing.forms import PRIORITY_WORDS, STATUS_WORDS, FlowForm, RuleForm, TeamForm
+from routing.forms import FlowForm, RuleForm, TeamForm, rules_in_words
 from routing.models import Flow, Rule, Team
 from routing.services import (
     flow_save,
@@ -110,8 +110,9 @@ def flow_detail(request, flow_id: int):
         messages.success(request, f"Flow {flow.name} saved.")
         return _back(request, flow)
     return render(request, "routing/flow.html", {
-        "flow": flow, "form": form, "rules": Rule.objects.filter(flow=flow)
-        .order_by("position", "id")}, status=400 if request.method == "POST" else 200)
+        "flow": flow, "form": form, "rules": rules_in_words(
+            tenant=request.tenant, rules=Rule.objects.filter(flow=flow)
+            .order_by("position", "id"))}, status=400 if request.method == "POST" else 200)
 
 
 @require_POST
@@ -133,8 +134,8 @@ def rule_detail(request, flow_id: int, rule_id: int | None = None):
         messages.success(request, f"Rule {rule.name} saved; it applies to new tickets.")
         return _back(request, flow)
     return render(request, "routing/rule.html", {
-        "flow": flow, "rule": rule, "form": form, "priorities": PRIORITY_WORDS,
-        "statuses": STATUS_WORDS}, status=400 if request.method == "POST" else 200)
+        "flow": flow, "rule": rule, "form": form},
+        status=400 if request.method == "POST" else 200)
 
 
 @require_POST

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
 from channels_email import health
-from channels_email.models import ConnectionStatus
+from channels_email.models import ConnectionStatus, EmailConnection
 from channels_email.providers import AuthError, PermanentError, RateLimited, TransientError
+from channels_email.selectors import NOT_SYNCING_AFTER, connection_health
 from helpdesk.tenancy import tenant_scope
 from tests.factories import EmailConnectionFactory
 
@@ -118,3 +120,118 @@ def test_rotate_credentials_re_encrypts_under_the_new_first_key(conn, settings):
     conn.refresh_from_db()
     assert conn.credentials["refresh_token"] == "1//secret"
     crypto._fernet.cache_clear()
+
+
+# ---------------------------------------------------------------- what the health page says
+
+
+def _stale_sync(conn, minutes: int) -> None:
+    """The last successful sync was ``minutes`` ago (a row as an old sync left it)."""
+    EmailConnection.objects.filter(pk=conn.pk).update(
+        last_sync_at=timezone.now() - timedelta(minutes=minutes))
+    conn.refresh_from_db()
+
+
+def _labels(conn) -> list[str]:
+    return [flag.label for flag in connection_health(conn).flags]
+
+
+@pytest.mark.parametrize("error", [
+    TransientError("backend error", status=500),
+    AuthError("unauthorized", status=401, reason="authError"),  # refresh keeps failing
+    RateLimited("quota", retry_after=30, status=429),
+    PermanentError("bad request", status=400),
+], ids=["transient", "auth", "rate-limited", "permanent"])
+def test_no_successful_sync_for_15_minutes_while_errors_come_says_not_syncing(conn, error):
+    with tenant_scope(conn.tenant):
+        _stale_sync(conn, NOT_SYNCING_AFTER.seconds // 60 - 5)
+        health.record_error(conn, error)
+        assert "Not syncing" not in _labels(conn)  # a recent sync: errors are not enough
+        _stale_sync(conn, NOT_SYNCING_AFTER.seconds // 60 + 5)
+        assert conn.consecutive_errors == 1  # far below the Failing threshold
+        flags = connection_health(conn).flags
+        assert [f.label for f in flags] == ["Not syncing"] and flags[0].tone == "bad"
+        since = timezone.localtime(conn.last_sync_at).strftime("%H:%M")
+        assert f"no successful sync since {conn.last_sync_at:%Y-%m-%d} {since}" \
+            in flags[0].detail
+        health.record_success(conn, synced=True)
+        assert "Not syncing" not in _labels(conn)
+        assert connection_health(conn).last_error_past
+
+
+def test_a_mailbox_that_never_synced_counts_from_when_it_was_connected(conn):
+    with tenant_scope(conn.tenant):
+        health.record_error(conn, TransientError("backend error", status=500))
+        assert "Not syncing" not in _labels(conn)  # connected a moment ago
+        EmailConnection.objects.filter(pk=conn.pk).update(
+            created_at=timezone.now() - timedelta(hours=1))
+        conn.refresh_from_db()
+        assert conn.last_sync_at is None and "Not syncing" in _labels(conn)
+
+
+def test_quiet_without_errors_is_not_a_failure(conn):
+    with tenant_scope(conn.tenant):
+        _stale_sync(conn, 120)  # nothing new to fetch for two hours is fine
+        assert _labels(conn) == []
+        health.record_error(conn, TransientError("backend error", status=500))
+        health.record_disconnected(conn)
+        assert "Not syncing" not in _labels(conn)  # Disconnected says it all
+
+
+def test_each_status_has_its_own_colour():
+    tones = {status: connection_health(EmailConnectionFactory.build(status=status)).tone
+             for status in ConnectionStatus.values}
+    assert tones == {"active": "ok", "rate_limited": "warn", "token_expired": "bad",
+                     "disconnected": "bad"}
+
+
+def _block(page: str, address: str) -> str:
+    """The health block of the mailbox ``address`` on a rendered page."""
+    start = page.index(address)
+    return page[page.index('<dl class="health">', start):page.index("</dl>", start)]
+
+
+def test_list_and_mailbox_page_show_the_same_health_block(client, tenant, admin_user, conn):
+    client.force_login(admin_user)
+    with tenant_scope(tenant):
+        _stale_sync(conn, 30)
+        health.record_error(conn, RateLimited("quota exhausted", retry_after=600, status=429))
+        until = timezone.localtime(conn.rate_limited_until).strftime("%H:%M")
+    listing = client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    detail = client.get(f"/{tenant.slug}/settings/email/{conn.pk}/").content.decode()
+    block = _block(listing, conn.address)
+    assert block == _block(detail, conn.address)
+    assert '<span class="badge tone-warn">Rate Limited</span>' in block
+    assert f"until {until}" in block
+    assert '<span class="badge tone-bad">Not syncing</span>' in block
+    # Last sync and last error each with their age.
+    assert "RateLimited: quota exhausted" in block
+    assert len(re.findall(r"(?:just now| ago)</time>", block)) == 2
+    assert "1 in a row" in block and "Watch expires" in block
+    assert "Past" not in block
+
+    with tenant_scope(tenant):
+        health.record_success(conn, synced=True)
+    block = _block(client.get(f"/{tenant.slug}/settings/email/").content.decode(),
+                   conn.address)
+    assert '<span class="badge tone-ok">Active</span>' in block
+    assert '<span class="last-error past"><span class="badge tone-past">Past</span>' in block
+    assert "a sync has worked since" in block and "Not syncing" not in block
+
+    with tenant_scope(tenant):
+        health.record_error(conn, AuthError("Token has been expired or revoked.",
+                                            reason="invalid_grant"))
+    block = _block(client.get(f"/{tenant.slug}/settings/email/{conn.pk}/").content.decode(),
+                   conn.address)
+    assert '<span class="badge tone-bad">Token Expired</span>' in block
+    assert "last-error past" not in block  # the newest error is no history
+
+
+def test_ages_read_as_words():
+    from channels_email.selectors import age_in_words
+
+    now = timezone.now()
+    assert age_in_words(None, now) == ""
+    assert age_in_words(now - timedelta(seconds=20), now) == "just now"
+    assert age_in_words(now - timedelta(minutes=5), now) == "5\xa0minutes ago"
+    assert age_in_words(now - timedelta(days=2, hours=3), now) == "2\xa0days, 3\xa0hours ago"

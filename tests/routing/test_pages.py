@@ -9,6 +9,7 @@ from channels_email.ingest import inbound_email_ingest
 from channels_email.services import connection_create_manual, inbound_email_receive
 from helpdesk.models import AuditEvent
 from helpdesk.tenancy import tenant_scope
+from routing.forms import ACTION_PICKERS
 from routing.models import Flow, Rule, Team
 from tests.channels_email.mail_builder import build_email
 from tests.factories import MembershipFactory, UserFactory
@@ -28,7 +29,9 @@ def rule_rows(conditions=(), actions=(), **extra) -> dict:
     for i, (name, op, value) in enumerate(conditions):
         data.update({f"cond_{i}_field": name, f"cond_{i}_op": op, f"cond_{i}_value": value})
     for i, (kind, value) in enumerate(actions):
-        data.update({f"act_{i}_type": kind, f"act_{i}_value": value})
+        # The value goes to the picker the action takes it from (a tag is typed).
+        picker = ACTION_PICKERS.get(kind, "value")
+        data.update({f"act_{i}_type": kind, f"act_{i}_{picker}": value})
     return data
 
 
@@ -55,8 +58,8 @@ def test_an_admin_builds_teams_and_a_flow_that_routes_new_mail(admin, tenant, ag
     rules = f"{base}flows/{flow.pk}/rules/"
     assert admin.post(rules + "new/", rule_rows(
         conditions=[("subject", "contains", "invoice"), ("has_attachments", "is", "yes")],
-        actions=[("assign_team", "billing"), ("set_priority", "High"),
-                 ("assign_agent", agent.email.upper())])).status_code == 302
+        actions=[("assign_team", billing.pk), ("set_priority", "high"),
+                 ("assign_agent", agent.pk)])).status_code == 302
     assert admin.post(rules + "new/", rule_rows(
         name="Urgent words", match="any",
         conditions=[("body", "matches", r"\burgent\b")],
@@ -69,10 +72,18 @@ def test_an_admin_builds_teams_and_a_flow_that_routes_new_mail(admin, tenant, ag
     assert first.actions == [{"type": "assign_team", "value": billing.pk},
                              {"type": "set_priority", "value": "high"},
                              {"type": "assign_agent", "value": agent.pk}]
-    # The edit page shows the rule as the admin wrote it.
+    # The edit page shows the rule as the admin wrote it, the pickers on their choices.
     page = admin.get(f"{rules}{first.pk}/").content.decode()
-    assert 'value="Billing"' in page and f'value="{agent.email}"' in page and \
-        'value="yes"' in page
+    assert f'<option value="{billing.pk}" selected>Billing</option>' in page
+    assert '<option value="high" selected>High</option>' in page
+    assert f'<option value="{agent.pk}" selected>{agent.display_name} ({agent.email})' \
+        in page and 'value="yes"' in page
+    # The flow page lists the rules in words.
+    flow_page = admin.get(f"{base}flows/{flow.pk}/").content.decode()
+    assert ("Assign to team Billing, set priority high, assign to agent "
+            f"{agent.display_name}") in flow_page
+    assert "Subject contains “invoice” and Has attachments is “yes”" in flow_page
+    assert "Body matches “\\burgent\\b”" in flow_page and "Add tag urgent" in flow_page
 
     # Order: the second rule moves up.
     admin.post(f"{rules}{second.pk}/action/", {"do": "up"})
@@ -128,11 +139,14 @@ def test_a_rule_that_cannot_run_is_refused_naming_the_problem(admin, tenant, age
          "Condition 3: invalid regular expression"),
         (rule_rows(conditions=[("contact_is_new", "is", "maybe")], actions=[("stop", "")]),
          "Sender is a new contact: answer yes or no."),
-        (rule_rows(actions=[("assign_team", "Nobody")]), "No team named Nobody."),
-        (rule_rows(actions=[("assign_agent", outsider.email)]),
-         "stranger@elsewhere.example is not an active member&#x27;s email."),
+        (rule_rows(actions=[("assign_team", "987654")]),
+         "That team no longer exists; choose another."),
+        (rule_rows(actions=[("assign_team", "")]), "Assign to team: choose one."),
+        (rule_rows(actions=[("assign_agent", outsider.pk)]),
+         "Not an active member of this workspace; choose another."),
         (rule_rows(actions=[("add_tag", "x"), ("set_priority", "whenever")]),
-         "Action 2: priority must be one of"),
+         "Choose a priority from the list."),
+        (rule_rows(actions=[("add_tag", "")]), "Action 1: "),
         (rule_rows(conditions=[("subject", "contains", "x")]),
          "Give the rule at least one action."),
     ]
