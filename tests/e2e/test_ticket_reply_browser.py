@@ -141,7 +141,7 @@ def test_agent_replies_with_an_attachment_and_sees_it_delivered_without_reloadin
                                                      "are attached.")
         composer.locator("input[type=file][name=attachments]").set_input_files([ATTACHMENT])
         with page.expect_navigation():
-            composer.get_by_role("button", name="Send").click()
+            composer.get_by_role("button", name="Send", exact=True).click()
         assert page.url == ticket_url
         expect(page.locator("ul.messages")).to_contain_text("Reply queued")
         outbound = page.locator("article.msg.outbound")
