@@ -20,5 +20,7 @@ class TicketSettingsForm(forms.ModelForm):
                                     "an unassigned ticket instead.",
             "subject_ticket_token": "A customer reply that lost its threading headers still "
                                     "reaches its ticket by this number (only from the "
-                                    "ticket's contact or CC addresses).",
+                                    "ticket's contact or CC addresses). Gmail files the "
+                                    "first reply in a new thread of the support mailbox, "
+                                    "since its subject changed.",
         }

@@ -8,7 +8,8 @@ the ticket is Pending and theirs. A double-clicked Send makes one reply and one 
 email, whose subject carries the [#n] token; the customer's answer that lost its
 threading headers but kept the token lands in the same ticket. The second ticket is
 merged into the first through the confirmation dialog, and then shows no composer, only
-the link to the survivor. Screenshots go to tests/artifacts/ (git-ignored)."""
+the link to the survivor. An admin turns the subject token off in the Ticket settings
+of the Email channels page. Screenshots go to tests/artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
@@ -174,11 +175,31 @@ def test_agent_works_the_desk_in_the_browser(
         survivor = page.locator(".composer.merged a")
         expect(survivor).to_have_attribute("href", f"/{tenant.slug}/tickets/{first.number}/")
         page.screenshot(path=str(ARTIFACTS / "desk_5_merged_no_composer.png"), full_page=True)
+
+        # An admin turns the subject token off on the Email channels page.
+        admin = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+        admin.goto(live_server.url + "/accounts/login/")
+        admin.fill("#id_username", admin_user.email)
+        admin.fill("#id_password", PASSWORD)
+        admin.click("button[type=submit]")
+        admin.goto(f"{live_server.url}/{tenant.slug}/settings/email/")
+        section = admin.get_by_role("region", name="Ticket settings")
+        token = section.get_by_label("Put the ticket number in email subjects")
+        expect(token).to_be_checked()
+        token.uncheck()
+        admin.screenshot(path=str(ARTIFACTS / "desk_6_ticket_settings.png"), full_page=True)
+        with admin.expect_navigation():
+            section.get_by_role("button", name="Save ticket settings").click()
+        expect(admin.locator("ul.messages")).to_contain_text("Ticket settings saved.")
+        expect(admin.get_by_role("region", name="Ticket settings").get_by_label(
+            "Put the ticket number in email subjects")).not_to_be_checked()
         browser.close()
+    tenant.refresh_from_db()
+    assert tenant.subject_ticket_token is False
 
     with tenant_scope(tenant):
         second.refresh_from_db()
         assert second.merged_into == first and second.status == TicketStatus.CLOSED
     for shot in ("1_list_new_ticket", "2_pending_assigned", "3_token_reply", "4_merge_dialog",
-                 "5_merged_no_composer"):
+                 "5_merged_no_composer", "6_ticket_settings"):
         assert (ARTIFACTS / f"desk_{shot}.png").stat().st_size > 0
