@@ -57,7 +57,7 @@ from contacts.models import normalize_email
 from helpdesk.models import Tenant, User
 from helpdesk.tenancy import tenant_scope, unscoped
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
-from tickets.services import attachments_add
+from tickets.services import attachments_add, ticket_subject
 
 
 def _outbound_referenced(*, tenant: Tenant, ids: list[str],
@@ -248,7 +248,7 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
     with transaction.atomic():
         message = Message.objects.create(
             tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
-            subject=reply_subject(subject)[:998],
+            subject=ticket_subject(ticket=ticket, subject=reply_subject(subject))[:998],
             body_text=body_text, author_user=author,
             body_html=linebreaks(body_text, autoescape=True),
             delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,

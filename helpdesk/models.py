@@ -73,6 +73,12 @@ class Tenant(models.Model):
     slug = models.SlugField(max_length=50, unique=True, validators=[validate_tenant_slug])
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Ticket settings (edited by the workspace's admins; read by tickets.services).
+    # Off: replying on an unassigned ticket offers "assign to me"; on: it assigns the agent.
+    auto_assign_on_reply = models.BooleanField(default=False)
+    # Outbound subjects carry "[#123]", so a reply that lost its threading headers still
+    # finds its ticket (ingest honours the token for the ticket's participants only).
+    subject_ticket_token = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["name"]

@@ -343,6 +343,7 @@ TENANT_RESERVED_SLUGS = frozenset(
 )
 INVITATION_TTL = timedelta(days=7)
 TICKETS_PER_PAGE = 25
+TICKET_LIST_POLL_SECONDS = 15  # how often an open ticket list re-reads its table (htmx)
 REPLY_ATTACHMENT_MAX_BYTES = env.int("REPLY_ATTACHMENT_MAX_BYTES", default=20 * 1024 * 1024)
 # All of one reply's files: 25 MB, base64-encoded in the MIME, stays under Gmail's 35 MB.
 REPLY_ATTACHMENTS_TOTAL_MAX_BYTES = env.int("REPLY_ATTACHMENTS_TOTAL_MAX_BYTES",

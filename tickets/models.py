@@ -110,6 +110,11 @@ class Ticket(TenantOwnedModel):
     def is_open(self) -> bool:
         return self.status not in (TicketStatus.SOLVED, TicketStatus.CLOSED)
 
+    @property
+    def token(self) -> str:
+        """The subject token that threads mail to this ticket (see channels_email.ingest)."""
+        return f"[#{self.number}]"
+
 
 class MessageKind(models.TextChoices):
     INBOUND = "inbound", "Inbound"
@@ -225,6 +230,29 @@ class Attachment(TenantOwnedModel):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class ReplySubmission(TenantOwnedModel):
+    """A composer form that was sent: its one-time token, taken in the same transaction as
+    the reply or note it made (``tickets.services.ticket_reply``). The unique constraint
+    refuses a second POST of the same form (a double click, a resubmitted page), and a
+    reply that fails rolls the token back, so the form can be sent again."""
+
+    token = models.UUIDField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="+")
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="+")
+    message = models.ForeignKey(Message, on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "token"], name="reply_submission_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"form {self.token} on ticket {self.ticket_id}"
 
 
 class NotificationKind(models.TextChoices):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import Prefetch, Q, QuerySet
 
 from helpdesk.models import Tenant
-from tickets.models import Attachment, Message, Ticket
+from tickets.models import Attachment, Message, Ticket, TicketStatus
 
 
 def ticket_list(
@@ -16,12 +16,15 @@ def ticket_list(
     assignee_id: int | None = None,
     unassigned: bool = False,
     search: str = "",
+    open_only: bool = False,
 ) -> QuerySet[Ticket]:
     """Tickets of ``tenant``, most recently updated first, with their list columns joined
-    in (one query for any page size)."""
+    in (one query for any page size). ``open_only`` leaves out Solved and Closed ones."""
     qs = Ticket.objects.filter(tenant=tenant).select_related("contact", "team", "assignee")
     if status:
         qs = qs.filter(status=status)
+    elif open_only:
+        qs = qs.exclude(status__in=[TicketStatus.SOLVED, TicketStatus.CLOSED])
     if team_id:
         qs = qs.filter(team_id=team_id)
     if unassigned:
@@ -38,11 +41,18 @@ def ticket_list(
     return qs.order_by("-updated_at", "-id")
 
 
+def teams_of_user(*, tenant: Tenant, user_id: int) -> QuerySet:
+    """The teams of ``tenant`` that the user is a member of, by name."""
+    from routing.models import Team
+
+    return Team.objects.filter(tenant=tenant, memberships__user_id=user_id).order_by("name")
+
+
 def ticket_get(*, tenant: Tenant, number: int) -> Ticket:
     """Raises Ticket.DoesNotExist for an unknown number or another tenant's ticket."""
     return (
         Ticket.objects.filter(tenant=tenant)
-        .select_related("contact", "team", "assignee", "merged_into")
+        .select_related("tenant", "contact", "team", "assignee", "merged_into")
         .get(number=number)
     )
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
+import uuid
 from collections.abc import Iterable
 
 from django.core.files.base import ContentFile
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from contacts.models import Contact
@@ -19,6 +21,7 @@ from tickets.models import (
     DeliveryStatus,
     Message,
     MessageKind,
+    ReplySubmission,
     SourceChannel,
     Ticket,
     TicketPriority,
@@ -281,3 +284,121 @@ def ticket_update(*, ticket: Ticket, status: str, priority: str, team: Team | No
         elif reassigned:
             notifications.notification_for_assignment(ticket=ticket, actor=actor)
     return ticket
+
+
+# ------------------------------------------------------------------ the composer
+
+# What "Send and set ..." may set; plain "Send" applies ``status_after_reply``.
+STATUSES_AFTER_SEND = (TicketStatus.PENDING, TicketStatus.SOLVED)
+# A reply to the customer on one of these makes the ticket Open: the first answer on a New
+# ticket, and a reply that reopens a Solved or Closed one.
+OPENED_BY_REPLY = (TicketStatus.NEW, TicketStatus.SOLVED, TicketStatus.CLOSED)
+
+
+class DuplicateSubmission(Exception):  # noqa: N818 - an outcome the view reports
+    """The composer form with this one-time token was sent already; nothing was done."""
+
+    def __init__(self, message_id: int | None):
+        super().__init__("this form was sent already")
+        self.message_id = message_id
+
+
+def status_after_reply(*, current: str, public: bool, set_status: str = "") -> str:
+    """The ticket's status once the agent's reply (``public``) or note is in.
+
+    "Send and set Pending / Solved" sets that status. Plain "Send": a reply to the customer
+    moves a New ticket to Open (the first answer) and reopens a Solved or Closed one; an
+    Open or Pending ticket keeps its status. A note changes nothing by itself."""
+    if set_status:
+        if set_status not in STATUSES_AFTER_SEND:
+            raise ValueError(f"a reply can set Pending or Solved, not {set_status!r}")
+        return set_status
+    if public and current in OPENED_BY_REPLY:
+        return TicketStatus.OPEN
+    return current
+
+
+def ticket_reply(*, ticket: Ticket, author: User, body_text: str, public: bool,
+                 to: list[str] | None = None, cc: list[str] | None = None,
+                 attachments: Iterable[tuple[str, bytes, str]] = (),
+                 form_token: uuid.UUID | None = None, set_status: str = "",
+                 assign_to_me: bool = False) -> Message:
+    """What the ticket's composer does, in one transaction: the reply to the customer
+    (``channels_email.outbound.reply_create``, its send queued on commit) or the internal
+    note, then the ticket's status (``status_after_reply``) and assignee.
+
+    An unassigned ticket gets the author as assignee when they ask (``assign_to_me``), or
+    on a reply to the customer when the workspace assigns automatically
+    (``Tenant.auto_assign_on_reply``). ``form_token`` is the form's one-time token: a
+    second call with it raises DuplicateSubmission and writes nothing (concurrent posts
+    wait for the first one's commit on the unique index). A merged ticket takes no reply
+    (ValueError: the survivor does); nor does a reply without a mailbox or recipient
+    (ValueError from ``reply_create``), and then the token stays unused."""
+    from channels_email.outbound import reply_create
+
+    if ticket.merged_into_id:
+        raise ValueError(f"this ticket was merged into #{ticket.merged_into.number}; "
+                         "reply there")
+    status = status_after_reply(current=ticket.status, public=public, set_status=set_status)
+    auto = public and ticket.tenant.auto_assign_on_reply
+    assignee_id = author.pk if ticket.assignee_id is None and (assign_to_me or auto) \
+        else ticket.assignee_id
+    with transaction.atomic():
+        submission = _submission_take(ticket=ticket, author=author, token=form_token)
+        if public:
+            message = reply_create(ticket=ticket, author=author, body_text=body_text, to=to,
+                                   cc=cc, attachments=list(attachments))
+        else:
+            message = note_add(ticket=ticket, author=author, body_text=body_text,
+                               attachments=attachments)
+        if submission is not None:
+            ReplySubmission.objects.filter(pk=submission.pk).update(message=message)
+        if (status, assignee_id) != (ticket.status, ticket.assignee_id):
+            ticket.updated_at = timezone.now()
+            Ticket.objects.filter(pk=ticket.pk).update(status=status, assignee_id=assignee_id,
+                                                       updated_at=ticket.updated_at)
+            ticket.status, ticket.assignee_id = status, assignee_id
+    return message
+
+
+def _submission_take(*, ticket: Ticket, author: User,
+                     token: uuid.UUID | None) -> ReplySubmission | None:
+    if token is None:
+        return None
+    try:
+        with transaction.atomic():
+            return ReplySubmission.objects.create(tenant_id=ticket.tenant_id, token=token,
+                                                  user=author, ticket=ticket)
+    except IntegrityError:
+        earlier = (ReplySubmission.objects.filter(tenant_id=ticket.tenant_id, token=token)
+                   .values_list("message_id", flat=True).first())
+        raise DuplicateSubmission(earlier) from None
+
+
+def ticket_subject(*, ticket: Ticket, subject: str) -> str:
+    """An outbound subject with the ticket's ``[#n]`` token, when the workspace puts it
+    there (``Tenant.subject_ticket_token``, on by default): once, after any "Re:" prefix,
+    so "Re: [#12] Printer" answered again stays as it is."""
+    if not ticket.tenant.subject_ticket_token or ticket.token in subject:
+        return subject
+    prefix, rest = _REPLY_PREFIX.match(subject).groups()
+    return f"{prefix}{ticket.token} {rest}".strip()
+
+
+_REPLY_PREFIX = re.compile(r"^((?:\s*(?:re|aw|sv|antw)(?:\[\d+\])?\s*:\s*)*)(.*)$",
+                           re.IGNORECASE | re.DOTALL)
+
+
+def ticket_settings_update(*, tenant: Tenant, actor: User, auto_assign_on_reply: bool,
+                           subject_ticket_token: bool) -> Tenant:
+    """The workspace's ticket settings (its admins'; the caller checks the role), audited."""
+    from helpdesk.services import audit_record
+
+    with transaction.atomic():
+        tenant.auto_assign_on_reply = auto_assign_on_reply
+        tenant.subject_ticket_token = subject_ticket_token
+        tenant.save(update_fields=["auto_assign_on_reply", "subject_ticket_token"])
+        audit_record(tenant=tenant, actor=actor, action="tenant.ticket_settings",
+                     target=tenant, details={"auto_assign_on_reply": auto_assign_on_reply,
+                                             "subject_ticket_token": subject_ticket_token})
+    return tenant

@@ -5,6 +5,7 @@ from tickets import views
 app_name = "tickets"
 urlpatterns = [
     path("", views.ticket_list_view, name="list"),
+    path("settings/", views.ticket_settings_view, name="settings"),
     path("<int:number>/", views.ticket_detail_view, name="detail"),
     path("<int:number>/reply/", views.ticket_reply_view, name="reply"),
     path("<int:number>/update/", views.ticket_update_view, name="update"),

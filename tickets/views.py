@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -14,6 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from helpdesk.forms import clean_address
 from helpdesk.models import User
 from helpdesk.selectors import assignable_members, tenant_members
+from helpdesk.tenancy import require_admin
 from routing.models import Team
 from tickets.models import (
     RASTER_IMAGE_TYPES,
@@ -25,8 +28,21 @@ from tickets.models import (
     TicketStatus,
 )
 from tickets.notifications import notifications_mark_read
-from tickets.selectors import ticket_get, ticket_list, ticket_timeline, tickets_for_contact
-from tickets.services import note_add, ticket_merge, ticket_update
+from tickets.selectors import (
+    teams_of_user,
+    ticket_get,
+    ticket_list,
+    ticket_timeline,
+    tickets_for_contact,
+)
+from tickets.services import (
+    STATUSES_AFTER_SEND,
+    DuplicateSubmission,
+    ticket_merge,
+    ticket_reply,
+    ticket_settings_update,
+    ticket_update,
+)
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -36,25 +52,61 @@ def _int_or_none(value: str | None) -> int | None:
         return None
 
 
-def ticket_list_view(request):
+LIST_FILTERS = ("status", "team", "assignee", "q")
+
+
+def _list_view(request, teams: list[Team]) -> tuple[str, dict]:
+    """The list's view (``?view=``) and the filters it stands for: "mine" (my open
+    tickets, the default), "unassigned" (open, nobody's), "team-<id>" (one of my teams'
+    open tickets) or "all". A URL with filters but no view (an older link) means "all"."""
     params = request.GET
+    view = params.get("view", "")
+    if not view:
+        view = "all" if any(params.get(name) for name in LIST_FILTERS) else "mine"
+    if view == "mine":
+        return view, {"assignee_id": request.user.pk, "open_only": True}
+    if view == "unassigned":
+        return view, {"unassigned": True, "open_only": True}
+    team_id = _int_or_none(view.removeprefix("team-")) if view.startswith("team-") else None
+    if team_id in {t.pk for t in teams}:
+        return view, {"team_id": team_id, "open_only": True}
+    return "all", {}
+
+
+def ticket_list_view(request):
+    """The ticket list: a view (My open tickets, Unassigned, each of my teams, All) and
+    the filters on top of it. htmx gets the table alone (the filters' requests, and the
+    table's own poll that shows new tickets without a reload)."""
+    params = request.GET
+    my_teams = list(teams_of_user(tenant=request.tenant, user_id=request.user.pk))
+    view, filters = _list_view(request, my_teams)
     assignee = params.get("assignee", "")
-    filters = {
-        "status": params.get("status", "") if params.get("status") in TicketStatus.values else "",
-        "team_id": _int_or_none(params.get("team")),
-        "unassigned": assignee == "none",
-        "assignee_id": request.user.pk if assignee == "me" else _int_or_none(assignee),
-        "search": params.get("q", "")[:200],
-    }
+    if params.get("status") in TicketStatus.values:
+        filters["status"] = params["status"]
+    if _int_or_none(params.get("team")):
+        filters["team_id"] = _int_or_none(params.get("team"))
+    if assignee:
+        filters.update(unassigned=assignee == "none", assignee_id=(
+            request.user.pk if assignee == "me" else _int_or_none(assignee)))
+    filters["search"] = params.get("q", "")[:200]
     page = Paginator(ticket_list(tenant=request.tenant, **filters),
                      settings.TICKETS_PER_PAGE).get_page(params.get("page"))
     query = params.copy()
     query.pop("page", None)
+    query["view"] = view
+    poll = query.copy()
+    poll["page"] = page.number
     context = {
         "page": page,
-        "filters": filters,
+        "view": view,
+        "views": [("mine", "My open tickets"), ("unassigned", "Unassigned"),
+                  *((f"team-{t.pk}", t.name) for t in my_teams), ("all", "All")],
+        "filters": {"status": filters.get("status", ""), "team_id": filters.get("team_id"),
+                    "search": filters["search"]},
         "assignee_param": assignee,
         "query_string": query.urlencode(),
+        "poll_query": poll.urlencode(),
+        "poll_seconds": settings.TICKET_LIST_POLL_SECONDS,
         "statuses": TicketStatus.choices,
         "teams": Team.objects.filter(tenant=request.tenant),
         "members": tenant_members(tenant=request.tenant),
@@ -81,7 +133,9 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         "timeline": ticket_timeline(ticket=ticket),
         "other_tickets": tickets_for_contact(tenant=request.tenant,
                                              contact_id=ticket.contact_id).exclude(pk=ticket.pk)[:10],
-        "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc)}),
+        "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc),
+                                                 "form_token": uuid.uuid4()}),
+        "reopens": ticket.status in (TicketStatus.SOLVED, TicketStatus.CLOSED),
         "reply_from": reply_connection_for(ticket=ticket),
         "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
                                             addresses=[*shown_to, *shown_cc]).values()),
@@ -101,7 +155,15 @@ class ReplyForm(forms.Form):
     mode = forms.ChoiceField(choices=[("reply", "Reply to customer"),
                                       ("note", "Internal note (never emailed)")],
                              initial="reply", widget=forms.RadioSelect)
-    body = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), max_length=100_000)
+    body = forms.CharField(label="Message", max_length=100_000,
+                           widget=forms.Textarea(attrs={"rows": 12, "cols": 80}))
+    # The pressed button: "Send" (empty) or "Send and set Pending / Solved".
+    then = forms.ChoiceField(required=False, choices=[
+        ("", "Send"), *((s, f"Send and set {TicketStatus(s).label}") for s in STATUSES_AFTER_SEND)])
+    assign_to_me = forms.BooleanField(required=False, label="Assign this ticket to me")
+    # One-time token of this rendering of the form (tickets.services.ticket_reply); a post
+    # without it (not from this page) is not guarded against a second send.
+    form_token = forms.UUIDField(required=False, widget=forms.HiddenInput)
     to = forms.CharField(required=False, max_length=2000, label="To",
                          help_text="Comma-separated addresses")
     cc = forms.CharField(required=False, max_length=2000, label="CC",
@@ -150,31 +212,37 @@ def _ticket_or_404(request, number: int) -> Ticket:
 
 @require_POST
 def ticket_reply_view(request, number: int):
-    from channels_email.outbound import reply_create
-
+    """The composer's post: a reply or a note, then the status and assignee
+    (``tickets.services.ticket_reply``). A second post of the same form sends nothing and
+    says so."""
     ticket = _ticket_or_404(request, number)
     form = ReplyForm(request.POST, request.FILES)
     if not form.is_valid():
         return render(request, "tickets/ticket_detail.html",
                       _detail_context(request, ticket, form), status=400)
-    attachments = form.attachments()
-    # Each service is one transaction of its own.
-    if form.cleaned_data["mode"] == "note":
-        note_add(ticket=ticket, author=request.user, body_text=form.cleaned_data["body"],
-                 attachments=attachments)
-        messages.success(request, "Note added.")
-    else:
-        try:
-            reply_create(ticket=ticket, author=request.user,
-                         body_text=form.cleaned_data["body"],
-                         to=form.cleaned_data["to"],
-                         cc=form.cleaned_data["cc"],
-                         attachments=attachments)
-        except ValueError as exc:
-            form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")
-            return render(request, "tickets/ticket_detail.html",
-                          _detail_context(request, ticket, form), status=400)
-        messages.success(request, "Reply queued; its delivery status shows below.")
+    data = form.cleaned_data
+    public = data["mode"] != "note"
+    before = (ticket.status, ticket.assignee_id)
+    try:
+        ticket_reply(ticket=ticket, author=request.user, body_text=data["body"],
+                     public=public, to=data["to"], cc=data["cc"],
+                     attachments=form.attachments(), form_token=data["form_token"],
+                     set_status=data["then"], assign_to_me=data["assign_to_me"])
+    except DuplicateSubmission:
+        messages.warning(request, "This form was already sent (a second click or a "
+                                  "resubmitted page): it went out once, nothing more was "
+                                  "sent.")
+        return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
+    except ValueError as exc:
+        form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")
+        return render(request, "tickets/ticket_detail.html",
+                      _detail_context(request, ticket, form), status=400)
+    done = "Reply queued; its delivery status shows below." if public else "Note added."
+    if ticket.status != before[0]:
+        done += f" The ticket is {ticket.get_status_display()} now."
+    if ticket.assignee_id != before[1]:
+        done += " It is assigned to you."
+    messages.success(request, done)
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
 
 
@@ -271,6 +339,21 @@ def ticket_merge_view(request, number: int):
         return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
     messages.success(request, f"#{source.number} was merged into this ticket.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=target.number)
+
+
+@require_POST
+def ticket_settings_view(request):
+    """The workspace's ticket settings (admins only), shown on the Email channels page."""
+    from tickets.forms import TicketSettingsForm
+
+    require_admin(request, "change the ticket settings")
+    form = TicketSettingsForm(request.POST, instance=request.tenant)
+    if not form.is_valid():  # two checkboxes: only a forged post gets here
+        messages.error(request, "Ticket settings not saved.")
+    else:
+        ticket_settings_update(tenant=request.tenant, actor=request.user, **form.cleaned_data)
+        messages.success(request, "Ticket settings saved.")
+    return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
 
 
 # ------------------------------------------------------------------ notifications

@@ -513,7 +513,7 @@ def test_a_new_ticket_is_acknowledged_once_marked_auto_submitted(acknowledging, 
     mime = mime_of(sent)
     assert mime["Auto-Submitted"] == "auto-replied"
     assert mime["From"] == "Acme Support <support@acme.test>"
-    assert mime["In-Reply-To"] and mime["Subject"] == "Re: Printer on fire"
+    assert mime["In-Reply-To"] and mime["Subject"] == f"Re: [#{ticket.number}] Printer on fire"
     assert mime.get_body(("plain",)).get_content().strip() == \
         f"Hi Maria Lopez, we got it: ticket #{ticket.number} (Printer on fire)."
 

@@ -141,7 +141,7 @@ def test_agent_replies_with_an_attachment_and_sees_it_delivered_without_reloadin
                                                      "are attached.")
         composer.locator("input[type=file][name=attachments]").set_input_files([ATTACHMENT])
         with page.expect_navigation():
-            composer.get_by_role("button", name="Send").click()
+            composer.get_by_role("button", name="Send", exact=True).click()
         assert page.url == ticket_url
         expect(page.locator("ul.messages")).to_contain_text("Reply queued")
         outbound = page.locator("article.msg.outbound")
@@ -173,7 +173,7 @@ def test_agent_replies_with_an_attachment_and_sees_it_delivered_without_reloadin
         assert reply.delivery_status == DeliveryStatus.DELIVERED and reply.provider_message_id
         assert [a.filename for a in reply.attachments.all()] == ["steps.txt"]
     [sent] = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
-    assert sent["subject"] == f"Re: {SUBJECT}"
+    assert sent["subject"] == f"Re: [#{ticket.number}] {SUBJECT}"
     mime = message_from_bytes(base64.b64decode(sent["raw"]), policy=default)
     assert mime["To"] == "maria@customer.example"
     assert mime["Message-ID"] == f"<{reply.message_id_header}>"

@@ -62,7 +62,8 @@ def test_ticket_list_filters_and_search(agent_client, tenant, agent):
         page = agent_client.get(url + query)
         return {t.title for t in page.context["page"]}
 
-    assert titles("") == {"Refund please", "Login broken"}
+    assert titles("") == {"Refund please"}  # the default view: my open tickets
+    assert titles("?view=all") == {"Refund please", "Login broken"}
     assert titles("?status=open") == {"Refund please"}
     assert titles(f"?team={billing.pk}") == {"Refund please"}
     assert titles("?assignee=me") == {"Refund please"}
@@ -270,3 +271,64 @@ def test_agents_merge_a_ticket_into_another_from_the_sidebar(agent_client, tenan
         assert survivor.messages.count() == 2
     page = agent_client.get(f"/{tenant.slug}/tickets/{duplicate.number}/").content.decode()
     assert "Merged into" in page and 'name="into"' not in page
+
+
+@pytest.mark.django_db
+def test_ticket_list_views_mine_unassigned_my_teams_and_all(agent_client, tenant, agent):
+    from tests.factories import TeamMemberFactory
+
+    billing, sales = TeamFactory(tenant=tenant, name="Billing"), TeamFactory(tenant=tenant,
+                                                                             name="Sales")
+    TeamMemberFactory(tenant=tenant, team=billing, user=agent)
+    colleague = UserFactory()
+    TicketFactory(tenant=tenant, title="Mine open", assignee=agent, status=TicketStatus.OPEN)
+    TicketFactory(tenant=tenant, title="Mine solved", assignee=agent, status=TicketStatus.SOLVED)
+    TicketFactory(tenant=tenant, title="Nobody's", team=billing)
+    TicketFactory(tenant=tenant, title="Nobody's closed", status=TicketStatus.CLOSED)
+    TicketFactory(tenant=tenant, title="Colleague's billing", team=billing, assignee=colleague)
+    TicketFactory(tenant=tenant, title="Sales", team=sales, assignee=colleague)
+    url = f"/{tenant.slug}/tickets/"
+
+    def titles(query: str) -> set[str]:
+        return {t.title for t in agent_client.get(url + query).context["page"]}
+
+    assert titles("") == titles("?view=mine") == {"Mine open"}
+    assert titles("?view=unassigned") == {"Nobody's"}
+    assert titles(f"?view=team-{billing.pk}") == {"Nobody's", "Colleague's billing"}
+    assert titles(f"?view=team-{sales.pk}") == titles("?view=all") == titles("?view=x") == {
+        "Mine open", "Mine solved", "Nobody's", "Nobody's closed", "Colleague's billing",
+        "Sales"}  # not one of my teams: All
+    assert titles("?view=mine&status=solved") == {"Mine solved"}
+    page = agent_client.get(url).content.decode()
+    tabs = page.partition('aria-label="Ticket views">')[2].partition("</nav>")[0]
+    assert [label in tabs for label in ("My open tickets", "Unassigned", "Billing", "All")] == [
+        True] * 4 and "Sales" not in tabs
+    assert 'href="?view=mine" aria-current="page"' in tabs.replace(url, "")
+    assert '<input type="hidden" name="view" value="mine">' in page
+
+
+@pytest.mark.django_db
+def test_ticket_list_table_polls_itself_with_its_view(agent_client, tenant, agent, settings):
+    settings.TICKET_LIST_POLL_SECONDS = 7
+    url = f"/{tenant.slug}/tickets/"
+    table = agent_client.get(url + "?view=unassigned", HTTP_HX_REQUEST="true").content.decode()
+    assert f'hx-get="{url}?view=unassigned&amp;page=1" hx-trigger="every 7s"' in table
+    assert "<html" not in table
+    TicketFactory(tenant=tenant, title="Arrived meanwhile")
+    again = agent_client.get(url + "?view=unassigned&page=1", HTTP_HX_REQUEST="true")
+    assert "Arrived meanwhile" in again.content.decode()
+
+
+@pytest.mark.django_db
+def test_ticket_list_views_query_count_is_constant(agent_client, tenant, agent):
+    from tests.factories import TeamMemberFactory
+
+    team = TeamFactory(tenant=tenant)
+    TeamMemberFactory(tenant=tenant, team=team, user=agent)
+    url = f"/{tenant.slug}/tickets/"
+    views = ("", "?view=unassigned", f"?view=team-{team.pk}", "?view=all")
+    TicketFactory.create_batch(3, tenant=tenant, assignee=agent, team=team)
+    _bulk_tickets(tenant, 5)
+    before = [_list_queries(agent_client, url + v) for v in views]
+    _bulk_tickets(tenant, 300)
+    assert [_list_queries(agent_client, url + v) for v in views] == before
