@@ -206,8 +206,8 @@ def test_an_agent_reply_is_sent_by_the_worker_and_becomes_delivered(
         gmail, admin_client, tenant, admin_user, worker):  # noqa: F811
     sandbox, _ = gmail
     proc, log = worker
-    message = _reply(tenant, _a_ticket_to_answer(gmail, admin_client, tenant, worker),
-                     admin_user)
+    ticket = _a_ticket_to_answer(gmail, admin_client, tenant, worker)
+    message = _reply(tenant, ticket, admin_user)
     wait_for(lambda: _status(tenant, message)[0] == "delivered", proc, log)
     sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
-    assert [m["subject"] for m in sent] == ["Re: Printer on fire"]
+    assert [m["subject"] for m in sent] == [f"Re: [#{ticket.number}] Printer on fire"]
