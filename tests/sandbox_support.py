@@ -312,8 +312,7 @@ def use_redis(settings, url: str) -> None:
                        "default": {**settings.CACHES["default"], "LOCATION": url}}
     redis_client.cache_clear()
     app.conf.broker_url = url
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Dropped, not closed: kombu keeps one pool per URL and hands it out again.
     app._pool = None
     app.amqp._producer_pool = None
 
