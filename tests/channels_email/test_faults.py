@@ -425,6 +425,24 @@ def test_postgres_restarted_while_the_worker_is_ingesting(
     assert_exactly_once(tenant, pushes, tickets={f"Question {n}": 1 for n in range(3)})
 
 
+def test_postgres_restarted_while_gmail_accepts_a_reply(
+        pushes, admin_client, tenant, worker, pg_proxy, admin_user):
+    """Gmail has taken the reply, but the database is gone when the worker comes to
+    record it: the retried task finds the sent copy by its Message-ID, sends nothing."""
+    connected(admin_client, tenant, worker)
+    deliver(pushes, "Printer on fire")
+    settle(ingested(tenant, 1), worker, sweeps=False)
+    fault(pushes, kind="slow_after_send", count=1, delay=3)
+    message = reply(tenant, "Printer on fire", admin_user)
+    settle(lambda: len(sent(pushes)) == 1, worker, sweeps=False)  # stored; answer held
+    pg_proxy.down()
+    time.sleep(4)  # the answer arrives; the worker finds no database to record it in
+    pg_proxy.up()
+    settle(delivered(tenant, message), worker, sweeps=False)
+    assert_exactly_once(tenant, pushes, tickets={"Printer on fire": 1},
+                        replies=["Re: Printer on fire"])
+
+
 def test_a_burst_of_429s_with_retry_after(pushes, admin_client, tenant, worker, admin_user):
     connected(admin_client, tenant, worker)
     first = deliver(pushes, "Printer on fire")
