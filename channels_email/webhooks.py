@@ -4,8 +4,8 @@ Contract of ``google_pubsub`` (``POST /webhooks/google/pubsub/``):
 - No or unverifiable OIDC token: 401 (missing) or 403 (bad signature, expired, wrong
   audience, issuer or service account); nothing changes. Google's certs unreachable: 503.
 - Malformed body (bad JSON, nesting too deep to parse, an address with control
-  characters such as NUL): 400. Unknown or disconnected mailbox: 204 and a log line (Pub/Sub would
-  otherwise retry for days).
+  characters such as NUL): 400. Unknown or disconnected mailbox: 204 and a log line
+  (Pub/Sub would otherwise retry for days).
 - Otherwise mark "sync wanted" for the connection in Redis and, when no sync was pending,
   enqueue one; 204. Writes no database row (it reads the mailbox -> connection mapping,
   cached). If Redis cannot be reached (the mapping's cache, the coalescing mark) or the
