@@ -52,7 +52,6 @@ from channels_email.tasks import (
 from helpdesk.tenancy import tenant_scope, unscoped
 from tests.channels_email.test_gmail_flow import AUDIENCE, PUSH_ACCOUNT, TOPIC, connect_mailbox
 from tests.sandbox_support import (
-    PushCatcher,
     free_port,
     own_redis,  # noqa: F401 - a fixture
     use_sandbox_google,
@@ -186,11 +185,9 @@ def pushes(settings, sandbox, live_server, own_redis):  # noqa: F811 - the fixtu
     """The sandbox pushes straight to our webhook on a live server (Pub/Sub retries any
     answer but 2xx), with every Redis user pointed at this test's own Redis."""
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    catcher = PushCatcher()  # only for use_sandbox_google's signature; never pushed to
     use_sandbox_google(settings, sandbox, public_base_url="http://testserver", topic=TOPIC,
                        push_endpoint=live_server.url + "/webhooks/google/pubsub/",
                        audience=AUDIENCE, service_account=PUSH_ACCOUNT)
-    catcher.close()
     return sandbox
 
 
