@@ -59,9 +59,13 @@ def redrive_stuck_inbound(*, older_than_minutes: int = 5, limit: int = 500) -> i
     return len(ids)
 
 
-@shared_task(bind=True, name="ingest.sync_connection", max_retries=None)
+@shared_task(bind=True, name="ingest.sync_connection", max_retries=None,
+             autoretry_for=(OperationalError, InterfaceError),
+             retry_backoff=5, retry_backoff_max=600, retry_jitter=True)
 def sync_connection(self, *, connection_id: int, trigger: str = "push") -> str:
-    """Walk a mailbox's new messages into InboundEmail rows (see ``sync.py``)."""
+    """Walk a mailbox's new messages into InboundEmail rows (see ``sync.py``). A database
+    that cannot be reached is retried with backoff: the push's coalescing mark stays set
+    until this sync runs, so giving up would leave later pushes coalesced into nothing."""
     from channels_email import health, providers
     from channels_email.sync import SyncBusy, connection_sync
 

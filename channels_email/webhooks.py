@@ -3,11 +3,13 @@
 Contract of ``google_pubsub`` (``POST /webhooks/google/pubsub/``):
 - No or unverifiable OIDC token: 401 (missing) or 403 (bad signature, expired, wrong
   audience, issuer or service account); nothing changes. Google's certs unreachable: 503.
-- Malformed body: 400. Unknown or disconnected mailbox: 204 and a log line (Pub/Sub would
-  otherwise retry for days).
+- Malformed body (bad JSON, nesting too deep to parse, an address with control
+  characters such as NUL): 400. Unknown or disconnected mailbox: 204 and a log line
+  (Pub/Sub would otherwise retry for days).
 - Otherwise mark "sync wanted" for the connection in Redis and, when no sync was pending,
   enqueue one; 204. Writes no database row (it reads the mailbox -> connection mapping,
-  cached). If the task cannot be enqueued: 503, so that Pub/Sub retries the push.
+  cached). If Redis cannot be reached (the mapping's cache, the coalescing mark) or the
+  task cannot be enqueued: 503, so that Pub/Sub retries the push.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from redis.exceptions import RedisError
 
 from channels_email import providers
 from channels_email.models import ConnectionStatus, EmailConnection
@@ -83,7 +86,11 @@ def google_pubsub(request: HttpRequest) -> HttpResponse:
     from channels_email.sync import sync_request
 
     for note in notifications:
-        connection_id = connection_id_for("gmail", note.mailbox)
+        try:
+            connection_id = connection_id_for("gmail", note.mailbox)
+        except RedisError:  # the mapping's cache is in Redis: let Pub/Sub retry
+            logger.warning("webhook.google.lookup_failed reason=redis_unavailable")
+            return HttpResponse("try again", status=503, content_type="text/plain")
         if connection_id is None:
             logger.info("webhook.google.unknown_mailbox mailbox=%s", note.mailbox)
             continue

@@ -250,3 +250,80 @@ def use_sandbox_google(settings, sandbox: str, *, public_base_url: str, topic: s
     requests.post(sandbox + "/_sandbox/settings", json={"topics": {topic: {
         "push_endpoint": push_endpoint, "audience": audience,
         "service_account": service_account}}}, timeout=5).raise_for_status()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the test's own (the binary ``helpdesk.embedded`` runs) on a fixed
+    free port, that the test stops and starts again: a Redis outage or restart that the
+    session's Redis, shared by the rest of the suite, never sees. Like the embedded one it
+    keeps nothing on disk, so a restart loses every key (queued tasks, locks, marks)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        from helpdesk.embedded import _redis_binary
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def use_redis(settings, url: str) -> None:
+    """Point this process's cache, coordination client and Celery producer at ``url``
+    (undone by ``use_redis(settings, settings.REDIS_URL)`` before the settings fixture
+    restores the rest)."""
+    from helpdesk.celery import app
+    from helpdesk.coordination import redis_client
+
+    settings.REDIS_URL = url
+    settings.CACHES = {**settings.CACHES,
+                       "default": {**settings.CACHES["default"], "LOCATION": url}}
+    redis_client.cache_clear()
+    app.conf.broker_url = url
+    # Dropped, not closed: kombu keeps one pool per URL and hands it out again.
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+@pytest.fixture
+def own_redis(settings, tmp_path):
+    """A ``RedisServer`` of this test's own, running, with this process pointed at it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    shared = settings.REDIS_URL
+    use_redis(settings, server.url)
+    yield server
+    use_redis(settings, shared)
+    server.stop()

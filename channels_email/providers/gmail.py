@@ -74,6 +74,8 @@ PAGE_SIZE = 500
 # seen as low as 1 MB; bigger mail goes through the media upload, up to its maxSize.
 JSON_SEND_MAX_BYTES = 512 * 1024
 SEND_MAX_BYTES = 36700160
+# NUL and the other C0 controls and DEL: never part of an address in a push.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -566,9 +568,13 @@ class GmailProvider:
             data = envelope["message"]["data"]
             payload = json.loads(_b64_decode_tolerant(data))
             address = payload["emailAddress"]
-        except (ValueError, TypeError, KeyError, binascii.Error):
+        except (ValueError, TypeError, KeyError, binascii.Error, RecursionError):
+            # RecursionError: json.loads of a deeply nested body exhausts the stack.
             raise PermanentError("Malformed Pub/Sub push body", reason="malformed") from None
-        if not isinstance(address, str) or "@" not in address:
+        if not isinstance(address, str) or "@" not in address or len(address) > 320 or (
+                _CONTROL_CHARACTERS.search(address)):
+            # A NUL cannot reach PostgreSQL (the lookup would fail), and no address has
+            # control characters or exceeds RFC 5321's 320 characters.
             raise PermanentError("Malformed Pub/Sub push body", reason="malformed")
         history = payload.get("historyId", "")
         if isinstance(history, bool) or not isinstance(history, (int, str)) or (

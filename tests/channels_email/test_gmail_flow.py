@@ -16,7 +16,12 @@ from channels_email.sync import connection_sync, push_unmark
 from channels_email.tasks import process_inbound_email
 from helpdesk.models import AuditEvent
 from helpdesk.tenancy import tenant_scope, unscoped
-from tests.sandbox_support import PushCatcher, consent, use_sandbox_google
+from tests.sandbox_support import (
+    PushCatcher,
+    consent,
+    own_redis,  # noqa: F401 - a fixture
+    use_sandbox_google,
+)
 from tickets.models import Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -543,3 +548,74 @@ def test_mail_already_in_the_inbox_is_not_imported(gmail, admin_client, tenant):
     run_tasks(conn.pk)
     with tenant_scope(tenant):
         assert list(Ticket.objects.values_list("title", flat=True)) == ["New mail"]
+
+
+def _push_for(body: bytes, address: str) -> bytes:
+    import base64
+    import json
+
+    envelope = json.loads(body)
+    envelope["message"]["data"] = base64.b64encode(json.dumps(
+        {"emailAddress": address, "historyId": "1"}).encode()).decode()
+    return json.dumps(envelope).encode()
+
+
+def test_redis_down_answers_503_warm_or_cold_and_the_retried_push_queues_the_sync(
+        gmail, admin_client, tenant, own_redis):  # noqa: F811 - the fixture
+    """The mailbox lookup (cached in Redis) and the coalescing mark both need Redis; with
+    Redis stopped every path answers 503 (Pub/Sub retries), and once Redis is back the
+    same push queues exactly one sync."""
+    import redis
+
+    from channels_email import webhooks
+    from helpdesk.coordination import redis_key
+
+    sandbox, catcher = gmail
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    headers, body = catcher.next()
+
+    def push():
+        return admin_client.post("/webhooks/google/pubsub/", data=body,
+                                 content_type="application/json",
+                                 HTTP_AUTHORIZATION=headers["Authorization"])
+
+    webhooks._LOCAL.clear()
+    queue = redis.Redis.from_url(own_redis.url)
+    queue.flushall()  # whatever connecting queued
+    assert push().status_code == 204  # looks the mailbox up and caches it in Redis
+    assert push().status_code == 204  # found in Redis: now cached in this process too
+    assert queue.llen("ingest") == 1
+    queue.flushall()
+    own_redis.stop()
+    assert push().status_code == 503  # warm cache: the coalescing mark fails
+    webhooks._LOCAL.clear()
+    assert push().status_code == 503  # cold cache: the lookup itself fails
+    own_redis.start()
+    webhooks._LOCAL.clear()
+    assert push().status_code == 204
+    queue = redis.Redis.from_url(own_redis.url)
+    assert queue.llen("ingest") == 1
+    assert queue.exists(redis_key("sync-pending", conn.pk))
+    assert push().status_code == 204  # coalesced: still one sync queued
+    assert queue.llen("ingest") == 1
+
+
+def test_deeply_nested_or_nul_bearing_push_bodies_answer_400(gmail, admin_client, tenant):
+    import base64
+    import json
+
+    sandbox, catcher = gmail
+    connect_mailbox(admin_client, tenant, "support@acme.test")
+    headers, body = catcher.next()
+    deep = b"[" * 200_000 + b"]" * 200_000
+    envelope = json.loads(body)
+    envelope["message"]["data"] = base64.b64encode(deep).decode()
+    for bad in (deep, json.dumps(envelope).encode(),
+                _push_for(body, "support\x00@acme.test"),
+                _push_for(body, "support@acme.test\r\nX: y")):
+        answer = admin_client.post("/webhooks/google/pubsub/", data=bad,
+                                   content_type="application/json",
+                                   HTTP_AUTHORIZATION=headers["Authorization"])
+        assert answer.status_code == 400, bad[:80]
+    with unscoped():
+        assert EmailConnection.objects.get().last_push_at is None
