@@ -169,10 +169,11 @@ _CHARSET_ALIASES = {
 # Senders label mail with a charset and write its superset (the WHATWG Encoding Standard
 # decodes these labels so, https://encoding.spec.whatwg.org/#names-and-labels): decode
 # with the superset, which reads the subset's bytes identically.
-_SUPERSETS = {
-    "gb2312": ("gb18030",), "gbk": ("gb18030",), "cp936": ("gb18030",),
-    "latin_1": ("cp1252",), "iso8859_9": ("cp1254",), "iso8859_11": ("cp874",),
-    "tis_620": ("cp874",), "euc_kr": ("cp949",), "shift_jis": ("cp932",),
+_SUPERSETS = {  # keyed by codecs.lookup(label).name
+    "gb2312": ("gb18030",), "gbk": ("gb18030",),
+    "iso8859-1": ("cp1252", "iso8859-1"), "iso8859-9": ("cp1254", "iso8859-9"),
+    "iso8859-11": ("cp874", "iso8859-11"), "tis-620": ("cp874", "tis-620"),
+    "euc_kr": ("cp949",), "shift_jis": ("cp932", "shift_jis"),
     "big5": ("cp950", "big5hkscs"), "iso2022_jp": ("iso2022_jp_2", "iso2022_jp_ext"),
 }
 # What a detector may choose between for 8-bit bytes that are not UTF-8 and whose
@@ -237,7 +238,7 @@ def _codecs_for(charset: str | None) -> tuple[str, ...]:
     codec = _codec(charset)
     if codec is None:
         return ()
-    return _SUPERSETS.get(codec.replace("-", "_"), (codec,))
+    return _SUPERSETS.get(codec, (codec,))
 
 
 def _script_penalty(text: str) -> int:
@@ -379,12 +380,16 @@ class HeaderCharset:
         mostly = _mostly_utf8(data)
         if mostly is not None:
             return mostly
-        for codec in (*_codecs_for(self.declared), self.detected):
-            if codec:
-                try:
-                    return data.decode(codec)
-                except (UnicodeDecodeError, LookupError, ValueError):
-                    continue
+        for codec in _codecs_for(self.declared):
+            try:
+                return data.decode(codec)
+            except (UnicodeDecodeError, LookupError, ValueError):
+                continue
+        if self.detected:  # computed here, not before: declared charsets are the usual case
+            try:
+                return data.decode(self.detected)
+            except (UnicodeDecodeError, LookupError, ValueError):
+                pass
         return decode_bytes(data, None)
 
 
@@ -399,8 +404,8 @@ def _first_text_part(msg: EmailMessage) -> EmailMessage | None:
 
 def _unsurrogate(value: str, charset: HeaderCharset | None = None) -> str:
     """8-bit header bytes arrive surrogate-escaped from BytesParser: decode them as UTF-8,
-    else as ``charset`` reads them (the message's declared charset, else a detector),
-    else as Windows-1252."""
+    else as ``charset`` reads them (the message's declared charset, else a detector);
+    without a ``charset`` (a caller matching patterns, not showing text) as Windows-1252."""
     if value.isascii():
         return value
     try:
@@ -410,7 +415,8 @@ def _unsurrogate(value: str, charset: HeaderCharset | None = None) -> str:
         data = value.encode("utf-8", "surrogateescape")
         if charset is not None:
             return charset.decode(data)
-        return decode_bytes(data, None)
+        mostly = _mostly_utf8(data)
+        return mostly if mostly is not None else data.decode("cp1252", errors="replace")
 
 
 def decode_header_value(value, charset: HeaderCharset | None = None) -> str:
@@ -561,7 +567,7 @@ def _filename(part: EmailMessage) -> str:
                 name = email.utils.collapse_rfc2231_value(name)
         except Exception:  # noqa: BLE001
             name = ""
-    name = decode_header_value(str(name))
+    name = decode_header_value(str(name), HeaderCharset(part))
     name = _SAFE_NAME.sub("_", name).strip(" ._") if name else ""
     return _clean(name)[:200]
 
@@ -646,9 +652,8 @@ def _extract_uuencoded(text: str) -> tuple[str, list[ParsedAttachment]]:
                                       content=content))
         return ""
 
-    normalised = text.replace("\r\n", "\n")
-    rest = _UU_BLOCK.sub(cut, normalised)
-    return (rest if files else text), files
+    rest = _UU_BLOCK.sub(cut, text.replace("\r\n", "\n"))
+    return (re.sub(r"\n{3,}", "\n\n", rest) if files else text), files
 
 
 def _uu_filename(part: EmailMessage) -> str:
@@ -865,23 +870,28 @@ def _normalise(raw: bytes) -> tuple[bytes, list[str]]:
 def _salvage_header_block(raw: bytes) -> tuple[bytes, int] | None:
     """The header block without the lines that are not header fields (junk before the
     first field, a line without a colon, a continuation that lost its indent), when well-
-    formed fields follow them before the blank line; and how many lines were dropped.
+    formed fields follow them before the blank line, and with white space before a colon
+    removed (obsolete syntax, RFC 5322 section 4.5); and how many lines were dropped.
     None when there is nothing to salvage (e.g. a body that starts with no blank line)."""
     blank = _BLANK_LINE.search(raw)
     if blank is None:
         return None
-    kept, dropped, known_after_drop = [], 0, False
+    kept, dropped, respaced, known_after_drop = [], 0, 0, False
     for line in raw[:blank.start()].splitlines(keepends=True):
         match = _HEADER_LINE.match(line)
         if match:
             name = match.group(0)[:-1].rstrip(b" \t")
+            respaced += len(name) + 1 != match.end()  # "Subject : x", RFC 5322 section 4.5
             kept.append(name + b":" + line[match.end():])
             known_after_drop = known_after_drop or bool(dropped and name.lower() in _KNOWN_FIELDS)
         elif line[:1] in (b" ", b"\t") and kept:
             kept.append(line)
+        elif kept and kept[-1].rstrip().endswith(b",") and line.strip():
+            kept.append(b" " + line)  # an address list folded without its indent
+            respaced += 1
         elif not line.startswith(b"From ") or kept:
             dropped += 1
-    if not dropped or not known_after_drop:
+    if not respaced and not (dropped and known_after_drop):
         return None
     if not kept[-1].endswith(b"\n"):
         kept[-1] += b"\n"
@@ -897,7 +907,7 @@ def _header_only(raw: bytes, limits: ParseLimits) -> EmailMessage | None:
     try:
         raw, _ = _normalise(raw[: limits.max_header_bytes + 4])
         msg = BytesHeaderParser(policy=_POLICY).parsebytes(raw[: _header_block_size(raw)])
-        if _header_block_ended_early(msg):
+        if _header_block_ended_early(msg) or not len(msg):
             salvaged = _salvage_header_block(raw)
             if salvaged is not None:
                 head = salvaged[0]
@@ -1059,12 +1069,14 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedEmail:
     original = raw
     raw, fixed = _normalise(raw)
     msg = BytesParser(policy=_POLICY).parsebytes(raw)
-    if _header_block_ended_early(msg):
+    if _header_block_ended_early(msg) or not len(msg):
         # A line that is no header field ended the block: keep the fields below it.
         salvaged = _salvage_header_block(raw)
         if salvaged is not None:
             msg = BytesParser(policy=_POLICY).parsebytes(salvaged[0])
-            fixed += ["MissingHeaderBodySeparatorDefect", f"HeaderLinesDropped:{salvaged[1]}"]
+            fixed.append("MissingHeaderBodySeparatorDefect")
+            if salvaged[1]:
+                fixed.append(f"HeaderLinesDropped:{salvaged[1]}")
     if time.monotonic() > deadline:
         raise _Limit(f"too_slow: parsing took longer than {limits.max_parse_seconds:g} s")
     headers = _raw_headers(msg)
