@@ -180,7 +180,8 @@ _SUPERSETS = {  # keyed by codecs.lookup(label).name
 # declared charset does not read them (item order: the tie-break, most common first).
 _DETECT_CANDIDATES = ("gb18030", "big5", "cp932", "euc_jp", "cp949", "cp1252", "cp1251",
                       "cp1250", "cp1253", "cp1254", "cp1256", "cp1255", "cp1257", "cp1258")
-_DETECT_SAMPLE = 16 * 1024
+_DETECT_SAMPLE = 8 * 1024
+_PENALTY_SAMPLE = 2000  # characters: enough to tell scripts apart, cheap to score
 _REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs"]
 _REPLY_TEXT_LIMIT = 100_000
 _SAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
@@ -241,33 +242,41 @@ def _codecs_for(charset: str | None) -> tuple[str, ...]:
     return _SUPERSETS.get(codec, (codec,))
 
 
+_SUSPICIOUS = re.compile("[\x80-\x9f\ue000-\uf8ff\u3130-\u318f\u2500-\u257f\ufffd"
+                         "\u3016-\u301b]")
+_CJK = re.compile("[\u3040-\u9fff\uac00-\ud7a3]")
+_HANGUL = re.compile("[\uac00-\ud7a3]")
+_HAN = re.compile("[\u4e00-\u9fff]")
+_GREEK_TO_ARABIC = re.compile("[\u0370-\u06ff]")
+_GLUED_TO_LATIN = re.compile("[a-zA-Z][\u3040-\u9fff\uac00-\ud7a3]|"
+                             "[\u3040-\u9fff\uac00-\ud7a3][a-zA-Z]")
+_NON_ASCII_TOKEN = re.compile(r"\S*[^\x00-\x7f]\S*")
+_NON_ASCII_WORD = re.compile(r"[^\W\d_]*[^\x00-\x7f\W\d_][^\W\d_]*")
+
+
 def _script_penalty(text: str) -> int:
     """How implausible ``text`` is as human writing: control and private-use characters,
     words mixing Latin with another alphabet, Latin words of accented letters only
-    (Cyrillic read as Windows-1250), Hanja or Greek amid Hangul (Chinese read as EUC-KR)."""
-    penalty = 0
-    hangul = any("\uac00" <= ch <= "\ud7a3" for ch in text)
-    cjk = hangul or any("\u3040" <= ch <= "\u9fff" for ch in text)
-    for ch in text:
-        code = ord(ch)
-        if 0x80 <= code <= 0x9f or 0xe000 <= code <= 0xf8ff or 0x3130 <= code <= 0x318f \
-                or 0x2500 <= code <= 0x257f or code == 0xfffd or 0x3016 <= code <= 0x301b:
+    (Cyrillic read as Windows-1250), capitals inside words, Hanja or Greek amid Hangul
+    (Chinese read as EUC-KR), ideographs glued inside Latin words (single-byte text read
+    as CJK)."""
+    penalty = len(_SUSPICIOUS.findall(text))
+    if _CJK.search(text):
+        penalty += len(_GREEK_TO_ARABIC.findall(text)) + len(_GLUED_TO_LATIN.findall(text))
+        if _HANGUL.search(text):
+            penalty += len(_HAN.findall(text))
+        return penalty
+    for word in _NON_ASCII_WORD.findall(text):
+        if len(word) < 3:
+            continue
+        latin = sum(1 for ch in word if ch < "\u0250")
+        if latin and latin < len(word) and _GREEK_TO_ARABIC.search(word):
+            penalty += 1  # Latin and Greek/Cyrillic/Hebrew/Arabic in one word
+        elif latin == len(word) and not any(ch.isascii() for ch in word):
             penalty += 1
-        elif cjk and 0x370 <= code <= 0x4ff:
-            penalty += 1
-        elif hangul and 0x4e00 <= code <= 0x9fff:
-            penalty += 1
-    if cjk:
-        # an ideograph or Hangul glued inside a Latin word: single-byte text read as CJK
-        penalty += len(re.findall(r"[a-zA-Z][\u3040-\u9fff\uac00-\ud7a3]|"
-                                  r"[\u3040-\u9fff\uac00-\ud7a3][a-zA-Z]", text))
-    else:
-        for word in re.findall(r"[^\W\d_]{3,}", text):
-            latin = sum(1 for ch in word if ch < "\u0250")
-            if latin and latin < len(word) and any("\u0370" <= ch <= "\u06ff" for ch in word):
-                penalty += 1  # Latin and Greek/Cyrillic/Hebrew/Arabic in one word
-            elif latin == len(word) and not any(ch.isascii() for ch in word):
-                penalty += 1
+        # a capital after a small letter inside a word: Greek read as Windows-1251 ("ейЬ")
+        penalty += sum(1 for a, b in zip(word, word[1:], strict=False)
+                       if a.islower() and b.isupper())
     return penalty
 
 
@@ -281,10 +290,13 @@ def detect_charset(data: bytes) -> str | None:
         results = list(from_bytes(sample, cp_isolation=list(_DETECT_CANDIDATES)))
     except (LookupError, ValueError, UnicodeError):
         results = []
+    if len(results) == 1:
+        return results[0].encoding
     best, best_key = None, None
     for result in results:
-        text = str(result)
-        key = (_script_penalty(text), round(result.chaos, 2),
+        # Only the words with non-ASCII letters tell the candidates apart.
+        words = " ".join(_NON_ASCII_TOKEN.findall(str(result)))[:_PENALTY_SAMPLE]
+        key = (_script_penalty(words), round(result.chaos, 2),
                _DETECT_CANDIDATES.index(result.encoding)
                if result.encoding in _DETECT_CANDIDATES else len(_DETECT_CANDIDATES))
         if best_key is None or key < best_key:
