@@ -8,7 +8,16 @@ Contract:
 - Message-IDs are normalised by ``normalize_message_id``: angle brackets and
   surrounding white space removed, case kept. A message without one gets a stable
   synthetic id derived from its bytes, so re-parsing the same bytes gives the same id.
-- Addresses are normalised to lower case (``contacts.models.normalize_email``).
+- Addresses are normalised to lower case (``contacts.models.normalize_email``); they are
+  read as RFC 5322 says where it matters: a comment is not a display name, a quoted
+  local part keeps its quotes.
+- Text is decoded by its declared charset read as its superset (``decode_bytes``); raw
+  8-bit header bytes as UTF-8, else the message's declared charset, else a detector
+  (``HeaderCharset``). The detector and the header salvage run only for mail that needs
+  them: ASCII/UTF-8 headers and well-formed header blocks take the stdlib's path alone.
+- A header block cut short by a line that is no header field is salvaged (the fields
+  below it kept), a leading BOM dropped, bare CR and mixed line endings made LF; each
+  such repair is named in ``defects``.
 """
 
 from __future__ import annotations
