@@ -239,7 +239,7 @@ def _codec(charset: str | None) -> str | None:
         return None
     try:
         return codecs.lookup(charset).name
-    except LookupError:
+    except (LookupError, UnicodeError, ValueError):  # unknown, 8-bit or NUL in the label
         return None
 
 
@@ -709,7 +709,9 @@ def _reparse_multipart(part: EmailMessage, ctype: str) -> EmailMessage | None:
     if not match:
         return None
     boundary = match.group(1).decode("ascii", "replace").replace('"', "")
-    head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode()
+    # an 8-bit content type arrives surrogate-escaped: write its bytes back as they were
+    head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode(
+        "utf-8", "surrogateescape")
     try:
         recovered = BytesParser(policy=_POLICY).parsebytes(head + payload)
     except Exception:  # noqa: BLE001

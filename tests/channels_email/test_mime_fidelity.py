@@ -215,3 +215,18 @@ def test_mutated_fixtures_never_raise(seed, data):
     for value in (parsed.subject, parsed.text, parsed.from_.name if parsed.from_ else ""):
         assert "\x00" not in value
         value.encode("utf-8")
+
+
+@pytest.mark.parametrize("raw,subject,text", [
+    # an 8-bit charset label: no declared charset, the detector reads the header bytes
+    (b'From: J\xfcrgen <j@x.example>\r\nSubject: Gr\xfc\xdfe\r\n'
+     b'Content-Type: text/plain; charset="utf\xff-8"\r\n\r\nhi\r\n', "Grüße", "hi"),
+    # an 8-bit content type on a multipart whose boundary is wrong: recovered, not
+    # quarantined as unparseable
+    (b"From: a@x.example\r\nSubject: s\r\n"
+     b'Content-Type: multipart/mixed\xe9; boundary="nope"\r\n\r\n'
+     b"--real\r\nContent-Type: text/plain\r\n\r\ninside\r\n--real--\r\n", "s", "inside"),
+])
+def test_8bit_bytes_in_content_type_parameters_are_read_not_quarantined(raw, subject, text):
+    parsed = parse_email(raw)
+    assert (parsed.quarantine_reason, parsed.subject, parsed.text) == ("", subject, text)
