@@ -8,11 +8,21 @@ Contract:
 - Message-IDs are normalised by ``normalize_message_id``: angle brackets and
   surrounding white space removed, case kept. A message without one gets a stable
   synthetic id derived from its bytes, so re-parsing the same bytes gives the same id.
-- Addresses are normalised to lower case (``contacts.models.normalize_email``).
+- Addresses are normalised to lower case (``contacts.models.normalize_email``); they are
+  read as RFC 5322 says where it matters: a comment is not a display name, a quoted
+  local part keeps its quotes.
+- Text is decoded by its declared charset read as its superset (``decode_bytes``); raw
+  8-bit header bytes as UTF-8, else the message's declared charset, else a detector
+  (``HeaderCharset``). The detector and the header salvage run only for mail that needs
+  them: ASCII/UTF-8 headers and well-formed header blocks take the stdlib's path alone.
+- A header block cut short by a line that is no header field is salvaged (the fields
+  below it kept), a leading BOM dropped, bare CR and mixed line endings made LF; each
+  such repair is named in ``defects``.
 """
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import email.header
 import email.utils
@@ -160,12 +170,27 @@ _ANGLE_ID = re.compile(r"<([^<>\s]{1,990})>")
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 _FOLD = re.compile(r"\r?\n[ \t]*")
 _CHARSET_ALIASES = {
-    "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030",
-    "ks_c_5601-1987": "cp949", "ks_c_5601": "cp949", "iso-8859-8-i": "iso-8859-8",
+    "ks_c_5601": "cp949", "iso-8859-8-i": "iso-8859-8",
     "unicode-1-1-utf-7": "utf-7", "x-unknown": "", "unknown-8bit": "", "x-user-defined": "",
     "windows-874": "cp874", "iso-2022-jp-ms": "iso2022_jp_ext", "cp-850": "cp850",
-    "ascii": "us-ascii", "default": "", "none": "",
+    "ascii": "us-ascii", "default": "", "none": "", "x-sjis": "shift_jis",
 }
+# Senders label mail with a charset and write its superset (the WHATWG Encoding Standard
+# decodes these labels so, https://encoding.spec.whatwg.org/#names-and-labels): decode
+# with the superset, which reads the subset's bytes identically.
+_SUPERSETS = {  # keyed by codecs.lookup(label).name
+    "gb2312": ("gb18030",), "gbk": ("gb18030",),
+    "iso8859-1": ("cp1252", "iso8859-1"), "iso8859-9": ("cp1254", "iso8859-9"),
+    "iso8859-11": ("cp874", "iso8859-11"), "tis-620": ("cp874", "tis-620"),
+    "euc_kr": ("cp949",), "shift_jis": ("cp932", "shift_jis"),
+    "big5": ("cp950", "big5hkscs"), "iso2022_jp": ("iso2022_jp_2", "iso2022_jp_ext"),
+}
+# What a detector may choose between for 8-bit bytes that are not UTF-8 and whose
+# declared charset does not read them (item order: the tie-break, most common first).
+_DETECT_CANDIDATES = ("gb18030", "big5", "cp932", "euc_jp", "cp949", "cp1252", "cp1251",
+                      "cp1250", "cp1253", "cp1254", "cp1256", "cp1255", "cp1257", "cp1258")
+_DETECT_SAMPLE = 8 * 1024
+_PENALTY_SAMPLE = 2000  # characters: enough to tell scripts apart, cheap to score
 _REPLY_LANGUAGES = ["en", "de", "fr", "es", "it", "nl", "pl", "sv", "da", "cs"]
 _REPLY_TEXT_LIMIT = 100_000
 _SAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
@@ -214,46 +239,214 @@ def _codec(charset: str | None) -> str | None:
         return None
     try:
         return codecs.lookup(charset).name
-    except LookupError:
+    except (LookupError, UnicodeError, ValueError):  # unknown, 8-bit or NUL in the label
         return None
 
 
-def decode_bytes(data: bytes, charset: str | None) -> str:
-    """Bytes of a part in its declared charset; a wrong or unknown label falls back to
-    UTF-8 and then Windows-1252, and undecodable bytes become U+FFFD. Never raises."""
+def _codecs_for(charset: str | None) -> tuple[str, ...]:
+    """The codecs to try for a declared charset: its superset(s), else itself."""
     codec = _codec(charset)
-    if codec and codec != "ascii":
+    if codec is None:
+        return ()
+    return _SUPERSETS.get(codec, (codec,))
+
+
+_SUSPICIOUS = re.compile("[\x80-\x9f\ue000-\uf8ff\u3130-\u318f\u2500-\u257f\ufffd"
+                         "\u3016-\u301b]")
+_CJK = re.compile("[\u3040-\u9fff\uac00-\ud7a3]")
+_HANGUL = re.compile("[\uac00-\ud7a3]")
+_HAN = re.compile("[\u4e00-\u9fff]")
+_GREEK_TO_ARABIC = re.compile("[\u0370-\u06ff]")
+_GLUED_TO_LATIN = re.compile("[a-zA-Z][\u3040-\u9fff\uac00-\ud7a3]|"
+                             "[\u3040-\u9fff\uac00-\ud7a3][a-zA-Z]")
+_NON_ASCII_TOKEN = re.compile(r"\S*[^\x00-\x7f]\S*")
+_NON_ASCII_WORD = re.compile(r"[^\W\d_]*[^\x00-\x7f\W\d_][^\W\d_]*")
+
+
+def _script_penalty(text: str) -> int:
+    """How implausible ``text`` is as human writing: control and private-use characters,
+    words mixing Latin with another alphabet, Latin words of accented letters only
+    (Cyrillic read as Windows-1250), capitals inside words, Hanja or Greek amid Hangul
+    (Chinese read as EUC-KR), ideographs glued inside Latin words (single-byte text read
+    as CJK)."""
+    penalty = len(_SUSPICIOUS.findall(text))
+    if _CJK.search(text):
+        penalty += len(_GREEK_TO_ARABIC.findall(text)) + len(_GLUED_TO_LATIN.findall(text))
+        if _HANGUL.search(text):
+            penalty += len(_HAN.findall(text))
+        return penalty
+    for word in _NON_ASCII_WORD.findall(text):
+        if len(word) < 3:
+            continue
+        latin = sum(1 for ch in word if ch < "\u0250")
+        if latin and latin < len(word) and _GREEK_TO_ARABIC.search(word):
+            penalty += 1  # Latin and Greek/Cyrillic/Hebrew/Arabic in one word
+        elif latin == len(word) and not any(ch.isascii() for ch in word):
+            penalty += 1
+        # a capital after a small letter inside a word: Greek read as Windows-1251 ("ейЬ")
+        penalty += sum(1 for a, b in zip(word, word[1:], strict=False)
+                       if a.islower() and b.isupper())
+    return penalty
+
+
+def detect_charset(data: bytes) -> str | None:
+    """The most plausible of ``_DETECT_CANDIDATES`` for 8-bit bytes (charset-normalizer,
+    then a script-plausibility tie-break for short samples); None when none reads them."""
+    from charset_normalizer import from_bytes  # imported on the slow path only
+
+    sample = data[:_DETECT_SAMPLE]
+    try:
+        results = list(from_bytes(sample, cp_isolation=list(_DETECT_CANDIDATES)))
+    except (LookupError, ValueError, UnicodeError):
+        results = []
+    if len(results) == 1:
+        return results[0].encoding
+    best, best_key = None, None
+    for result in results:
+        # Only the words with non-ASCII letters tell the candidates apart.
+        words = " ".join(_NON_ASCII_TOKEN.findall(str(result)))[:_PENALTY_SAMPLE]
+        key = (_script_penalty(words), round(result.chaos, 2),
+               _DETECT_CANDIDATES.index(result.encoding)
+               if result.encoding in _DETECT_CANDIDATES else len(_DETECT_CANDIDATES))
+        if best_key is None or key < best_key:
+            best, best_key = result.encoding, key
+    return best
+
+
+def _mostly_utf8(data: bytes) -> str | None:
+    """UTF-8 with U+FFFD for a few broken sequences (a truncated name, one stray byte),
+    when valid multi-byte characters outnumber the broken ones two to one; else None."""
+    text = data.decode("utf-8", "replace")
+    bad = text.count("\ufffd")
+    good = len(text) - len(text.encode("ascii", "ignore")) - bad
+    return text if good >= 2 * bad else None
+
+
+def decode_bytes(data: bytes, charset: str | None, fallback: str | None = None) -> str:
+    """Bytes of a part or encoded word in its declared charset (read as its superset:
+    GB2312 as GB18030, ISO-8859-1 as Windows-1252, ...); bytes that charset cannot read
+    are tried as UTF-8, then as ``fallback`` (the message's own declared charset), then
+    as the charset a detector finds plausible, then as Windows-1252 with U+FFFD for what
+    is left. Never raises."""
+    tried = set()
+    for codec in (*_codecs_for(charset), "utf-8", *_codecs_for(fallback)):
+        if codec in tried:
+            continue
+        tried.add(codec)
         try:
             return data.decode(codec)
         except (UnicodeDecodeError, LookupError, ValueError):
+            continue
+    mostly = _mostly_utf8(data)
+    if mostly is not None:
+        return mostly
+    detected = detect_charset(data)
+    if detected:
+        try:
+            return data.decode(detected)
+        except (UnicodeDecodeError, LookupError, ValueError):
             pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode(codec or "cp1252", errors="replace")
-    except (LookupError, ValueError):
-        return data.decode("cp1252", errors="replace")
+    return data.decode("cp1252", errors="replace")
 
 
-def _unsurrogate(value: str) -> str:
+class HeaderCharset:
+    """How to read raw 8-bit bytes in one message's header block (RFC 6532 allows UTF-8;
+    older senders write their local charset with no RFC 2047 encoding): UTF-8 when valid,
+    else the message's declared charset, else what a detector finds in all the 8-bit
+    header bytes and the first text part together (one sample reads better than one
+    name). Computed on first need: mail with ASCII or UTF-8 headers never gets here."""
+
+    def __init__(self, msg: EmailMessage | None):
+        self._msg = msg
+
+    @functools.cached_property
+    def declared(self) -> str | None:
+        msg = self._msg
+        if msg is None:
+            return None
+        for part in (msg, *(_first_text_part(msg),)):
+            if part is None:
+                continue
+            try:
+                charset = part.get_param("charset", header="content-type")
+            except Exception:  # noqa: BLE001 - broken parameters: no declared charset
+                charset = None
+            if isinstance(charset, tuple):
+                charset = email.utils.collapse_rfc2231_value(charset)
+            codec = _codec(str(charset)) if charset else None
+            if codec and codec not in ("ascii", "utf-8"):
+                return codec
+        return None
+
+    @functools.cached_property
+    def detected(self) -> str | None:
+        msg = self._msg
+        if msg is None:
+            return None
+        sample = b" ".join(
+            str(value).encode("utf-8", "surrogateescape") for _, value in msg.raw_items()
+            if not str(value).isascii())
+        text_part = _first_text_part(msg)
+        if text_part is not None and len(sample) < _DETECT_SAMPLE:
+            body = _payload_bytes(text_part)[:_DETECT_SAMPLE]
+            if not body.isascii():
+                sample += b"\n" + body
+        return detect_charset(sample) if sample else None
+
+    def decode(self, data: bytes) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        mostly = _mostly_utf8(data)
+        if mostly is not None:
+            return mostly
+        for codec in _codecs_for(self.declared):
+            try:
+                return data.decode(codec)
+            except (UnicodeDecodeError, LookupError, ValueError):
+                continue
+        if self.detected:  # computed here, not before: declared charsets are the usual case
+            try:
+                return data.decode(self.detected)
+            except (UnicodeDecodeError, LookupError, ValueError):
+                pass
+        return decode_bytes(data, None)
+
+
+def _first_text_part(msg: EmailMessage) -> EmailMessage | None:
+    if not msg.is_multipart():
+        return msg if msg.get_content_maintype() == "text" else None
+    for part in msg.walk():
+        if part.get_content_maintype() == "text":
+            return part
+    return None
+
+
+def _unsurrogate(value: str, charset: HeaderCharset | None = None) -> str:
     """8-bit header bytes arrive surrogate-escaped from BytesParser: decode them as UTF-8,
-    else Windows-1252."""
+    else as ``charset`` reads them (the message's declared charset, else a detector);
+    without a ``charset`` (a caller matching patterns, not showing text) as Windows-1252."""
+    if value.isascii():
+        return value
     try:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
         data = value.encode("utf-8", "surrogateescape")
-        return decode_bytes(data, "utf-8")
+        if charset is not None:
+            return charset.decode(data)
+        mostly = _mostly_utf8(data)
+        return mostly if mostly is not None else data.decode("cp1252", errors="replace")
 
 
-def decode_header_value(value) -> str:
-    """A raw header value -> text: unfolded, RFC 2047 words decoded (unknown or broken
-    charsets tolerated), 8-bit bytes decoded. Never raises."""
+def decode_header_value(value, charset: HeaderCharset | None = None) -> str:
+    """A raw header value -> text: unfolded, RFC 2047 words decoded (unknown or wrongly
+    declared charsets tolerated), raw 8-bit bytes decoded as ``HeaderCharset`` says.
+    Never raises."""
     if value is None:
         return ""
-    value = _unsurrogate(str(value))
+    value = _unsurrogate(str(value), charset)
     if "\x1b$" in value:  # raw ISO-2022-JP, sent without RFC 2047 encoding
         try:
             value = value.encode("ascii").decode("iso2022_jp")
@@ -267,9 +460,10 @@ def decode_header_value(value) -> str:
     except Exception:  # noqa: BLE001 - malformed encoded words: keep the text as is
         return value.strip()
     out = []
-    for chunk, charset in chunks:
+    for chunk, label in chunks:
         if isinstance(chunk, bytes):
-            out.append(decode_bytes(chunk, charset or "us-ascii"))
+            out.append(decode_bytes(chunk, label or "us-ascii",
+                                    charset.declared if charset is not None else None))
         else:
             out.append(chunk)
     return "".join(out).strip()
@@ -291,29 +485,60 @@ def _first(headers: dict[str, list[str]], name: str) -> str:
 
 def _norm_addr(address: str) -> str:
     address = _unsurrogate(address or "").strip().strip("<>").strip().lower()
-    if any(ch.isspace() for ch in address):
+    if any(ch.isspace() for ch in address) and not (address.startswith('"') and '"@' in address):
         found = re.findall(r"[^\s<>]+@[^\s<>]+", address)
         address = found[-1] if found else ""
     return address.replace("\x00", "")
 
 
-def _addresses(raw_values: list[str]) -> list[Address]:
+def _careful_pairs(value: str) -> list[tuple[str, str]] | None:
+    """(display name, address) pairs by the stdlib's RFC 5322 grammar (the one
+    ``policy.default`` uses): comments are not names, quoted local parts keep their
+    quotes. About ten times the cost of ``getaddresses``, so only used for values with a
+    comment or a quoted local part; None when it cannot read the value."""
+    from email._header_value_parser import get_address_list
+
+    try:
+        address_list, rest = get_address_list(value)
+        pairs = []
+        for mailbox in address_list.all_mailboxes:
+            local, domain = mailbox.local_part or "", mailbox.domain or ""
+            if not local or not domain:
+                continue
+            addr = mailbox.addr_spec
+            if " " in local and '"@' not in value:
+                addr = f"{local.split()[-1]}@{domain}"  # unquoted spaces: the last word
+            pairs.append((mailbox.display_name or "", addr))
+    except Exception:  # noqa: BLE001 - the grammar gave up: the lenient reading stands
+        return None
+    return pairs if pairs and not str(rest).strip(" ,;") else None
+
+
+def _addresses(raw_values: list[str], charset: HeaderCharset | None = None) -> list[Address]:
     result: list[Address] = []
     seen: set[str] = set()
     for raw in raw_values:
-        decoded = _FOLD.sub(" ", _unsurrogate(raw))
-        try:
-            pairs = email.utils.getaddresses([decoded])
-        except Exception:  # noqa: BLE001 - fall back to anything address-shaped
-            pairs = [("", m) for m in re.findall(r"[^\s<>,;\"]+@[^\s<>,;\"]+", decoded)]
+        decoded = _FOLD.sub(" ", _unsurrogate(raw, charset))
+        pairs = None
+        if "(" in decoded or '"@' in decoded:
+            pairs = _careful_pairs(decoded)
+        if pairs is None:
+            try:
+                pairs = email.utils.getaddresses([decoded])
+            except Exception:  # noqa: BLE001 - fall back to anything address-shaped
+                pairs = [("", m) for m in re.findall(r"[^\s<>,;\"]+@[^\s<>,;\"]+", decoded)]
         if not any("@" in addr for _, addr in pairs):
             pairs += [("", m) for m in re.findall(r"[^\s<>,;\"():]+@[^\s<>,;\"():]+", decoded)]
         for name, addr in pairs:
+            if not name and " " in addr.strip() and "<" not in addr and '"' not in addr:
+                # "John Smith john@example.com": the words before the address are its name
+                words = addr.split()
+                name, addr = " ".join(w for w in words if "@" not in w), words[-1]
             addr = _norm_addr(addr)
             if "@" not in addr or addr in seen or len(addr) > 320:
                 continue
             seen.add(addr)
-            name = decode_header_value(name).strip().strip('"').strip()
+            name = decode_header_value(name, charset).strip().strip('"').strip()
             if name.lower() == addr:
                 name = ""
             result.append(Address(email=_clean(addr), name=_clean(name)[:200]))
@@ -326,7 +551,7 @@ def _message_ids(raw_values: list[str]) -> list[str]:
         value = _unsurrogate(raw)
         found = _ANGLE_ID.findall(value)
         if not found:
-            found = [tok.strip(",;") for tok in value.split() if "@" in tok]
+            found = [tok.strip(",;") for tok in value.split() if "@" in tok.strip("@")]
         for mid in found:
             mid = _clean(normalize_message_id(mid))
             if mid and mid not in ids:
@@ -363,7 +588,7 @@ def _filename(part: EmailMessage) -> str:
                 name = email.utils.collapse_rfc2231_value(name)
         except Exception:  # noqa: BLE001
             name = ""
-    name = decode_header_value(str(name))
+    name = decode_header_value(str(name), HeaderCharset(part))
     name = _SAFE_NAME.sub("_", name).strip(" ._") if name else ""
     return _clean(name)[:200]
 
@@ -409,6 +634,59 @@ def _message_bytes(part: EmailMessage) -> bytes:
     return _payload_bytes(part)
 
 
+_UU_ENCODINGS = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+# An inline uuencoded file in a text body: "begin <mode> <name>", lines of 32..96, "end"
+# (POSIX uuencode, https://pubs.opengroup.org/onlinepubs/9699919799/utilities/uuencode.html).
+_UU_BLOCK = re.compile(r"^begin [0-7]{3,4} ([^\n]+?)[ \t]*\n((?:[ -`]{1,62}\n)+?)end[ \t]*$",
+                       re.MULTILINE)
+
+
+def _uudecode(lines: str) -> bytes | None:
+    out = []
+    for line in lines.splitlines():
+        if not line or line[0] == "`":
+            continue
+        try:
+            out.append(binascii.a2b_uu(line))
+        except binascii.Error:
+            # Trailing garbage after what the length character announces (as the
+            # stdlib's own uudecoding tolerates): decode only that much.
+            try:
+                out.append(binascii.a2b_uu(line[: (((ord(line[0]) - 32) & 63) * 4 + 5) // 3]))
+            except binascii.Error:
+                return None
+    return b"".join(out)
+
+
+def _extract_uuencoded(text: str) -> tuple[str, list[ParsedAttachment]]:
+    """Inline uuencoded files cut out of a text body, as attachments; the text without
+    them. A block that does not decode stays in the text."""
+    files: list[ParsedAttachment] = []
+
+    def cut(match: re.Match) -> str:
+        content = _uudecode(match.group(2))
+        if content is None:
+            return match.group(0)
+        name = _SAFE_NAME.sub("_", match.group(1)).strip(" ._")[:200] or "attachment.bin"
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        files.append(ParsedAttachment(filename=_clean(name), content_type=ctype,
+                                      content=content))
+        return ""
+
+    rest = _UU_BLOCK.sub(cut, text.replace("\r\n", "\n"))
+    return (re.sub(r"\n{3,}", "\n\n", rest) if files else text), files
+
+
+def _uu_filename(part: EmailMessage) -> str:
+    payload = part.get_payload()
+    if isinstance(payload, str):
+        match = re.search(r"^begin [0-7]{3,4} ([^\r\n]+?)[ \t]*\r?$", payload[:2000],
+                          re.MULTILINE)
+        if match:
+            return _clean(_SAFE_NAME.sub("_", _unsurrogate(match.group(1))).strip(" ._"))[:200]
+    return ""
+
+
 @dataclass
 class _Walk:
     texts: list[str] = field(default_factory=list)
@@ -417,6 +695,7 @@ class _Walk:
     reports: list[EmailMessage] = field(default_factory=list)  # delivery-status etc.
     embedded_headers: list[EmailMessage | str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    uuencoded: list[ParsedAttachment] = field(default_factory=list)  # cut out of text bodies
 
 
 _BOUNDARY_LINE = re.compile(rb"^--([^\r\n]{1,200}?)[ \t]*\r?$", re.MULTILINE)
@@ -430,7 +709,9 @@ def _reparse_multipart(part: EmailMessage, ctype: str) -> EmailMessage | None:
     if not match:
         return None
     boundary = match.group(1).decode("ascii", "replace").replace('"', "")
-    head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode()
+    # an 8-bit content type arrives surrogate-escaped: write its bytes back as they were
+    head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode(
+        "utf-8", "surrogateescape")
     try:
         recovered = BytesParser(policy=_POLICY).parsebytes(head + payload)
     except Exception:  # noqa: BLE001
@@ -480,8 +761,15 @@ def _walk(part: EmailMessage, depth: int, acc: _Walk, limits: ParseLimits, deadl
         disposition = None
     if ctype in ("text/plain", "text/html") and disposition != "attachment" and (
         top or not _filename(part)
-    ):
-        (acc.texts if ctype == "text/plain" else acc.htmls).append(_part_text(part))
+    ) and str(part.get("content-transfer-encoding", "")).strip().lower() not in _UU_ENCODINGS:
+        text = _part_text(part)
+        if ctype == "text/plain":
+            if "begin " in text and "\nend" in text:
+                text, files = _extract_uuencoded(text)
+                acc.uuencoded.extend(files)
+            acc.texts.append(text)
+        else:
+            acc.htmls.append(text)
         return
     acc.attachments.append((part, ctype))
 
@@ -575,35 +863,106 @@ def _dmarc(headers: dict[str, list[str]]) -> str:
     return "none"
 
 
+_BOM = b"\xef\xbb\xbf"
+_CR_RUN = re.compile(rb"\r?\r\n|\r")
+_HEADER_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_KNOWN_FIELDS = frozenset({
+    b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"sender",
+    b"in-reply-to", b"references", b"mime-version", b"content-type", b"return-path",
+    b"content-transfer-encoding", b"received", b"delivered-to", b"x-mailer"})
+
+
+def _normalise(raw: bytes) -> tuple[bytes, list[str]]:
+    """The bytes the parser reads, and what was fixed on the way: a leading UTF-8 BOM and
+    white space dropped; bare CR and mixed line endings made LF (``\r\r\n``, a CRLF
+    converted twice, is one line break), so that every later step sees one kind of line.
+    Mail with CRLF or LF throughout is returned as it is, after two byte counts."""
+    fixed = []
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+        fixed.append("LeadingByteOrderMark")
+    raw = raw.lstrip(b" \t\r\n")  # some exports put blank lines before the header block
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf or (crlf and raw.count(b"\n") != crlf):
+        raw = _CR_RUN.sub(b"\n", raw)
+        fixed.append("MixedLineEndings")
+    return raw, fixed
+
+
+def _salvage_header_block(raw: bytes) -> tuple[bytes, int] | None:
+    """The header block without the lines that are not header fields (junk before the
+    first field, a line without a colon, a continuation that lost its indent), when well-
+    formed fields follow them before the blank line, and with white space before a colon
+    removed (obsolete syntax, RFC 5322 section 4.5); and how many lines were dropped.
+    None when there is nothing to salvage (e.g. a body that starts with no blank line)."""
+    blank = _BLANK_LINE.search(raw)
+    if blank is None:
+        return None
+    kept, dropped, respaced, known_after_drop = [], 0, 0, False
+    for line in raw[:blank.start()].splitlines(keepends=True):
+        match = _HEADER_LINE.match(line)
+        if match:
+            name = match.group(0)[:-1].rstrip(b" \t")
+            respaced += len(name) + 1 != match.end()  # "Subject : x", RFC 5322 section 4.5
+            kept.append(name + b":" + line[match.end():])
+            known_after_drop = known_after_drop or bool(dropped and name.lower() in _KNOWN_FIELDS)
+        elif line[:1] in (b" ", b"\t") and kept:
+            kept.append(line)
+        elif kept and kept[-1].rstrip().endswith(b",") and line.strip():
+            kept.append(b" " + line)  # an address list folded without its indent
+            respaced += 1
+        elif not line.startswith(b"From ") or kept:
+            dropped += 1
+    if not respaced and not (dropped and known_after_drop):
+        return None
+    if not kept[-1].endswith(b"\n"):
+        kept[-1] += b"\n"
+    return b"".join(kept) + b"\n" + raw[blank.end():], dropped
+
+
+def _header_block_ended_early(msg: EmailMessage) -> bool:
+    return any(type(defect).__name__ == "MissingHeaderBodySeparatorDefect"
+               for defect in msg.defects)
+
+
 def _header_only(raw: bytes, limits: ParseLimits) -> EmailMessage | None:
     try:
-        head = raw[: min(_header_block_size(raw), limits.max_header_bytes)]
-        return BytesHeaderParser(policy=_POLICY).parsebytes(head)
+        raw, _ = _normalise(raw[: limits.max_header_bytes + 4])
+        msg = BytesHeaderParser(policy=_POLICY).parsebytes(raw[: _header_block_size(raw)])
+        if _header_block_ended_early(msg) or not len(msg):
+            salvaged = _salvage_header_block(raw)
+            if salvaged is not None:
+                head = salvaged[0]
+                msg = BytesHeaderParser(policy=_POLICY).parsebytes(
+                    head[: _header_block_size(head)])
+        return msg
     except Exception:  # noqa: BLE001
         return None
 
 
 def _fill_headers(parsed: ParsedEmail, msg: EmailMessage, headers: dict[str, list[str]],
                   raw_first_line: str = "") -> None:
+    charset = HeaderCharset(msg)
     ids = _message_ids(headers.get("message-id", []))
     if ids:
         parsed.message_id = ids[0]
     parsed.in_reply_to = _message_ids(headers.get("in-reply-to", []))[:5]
     parsed.references = _bounded_references(_message_ids(headers.get("references", [])))
-    parsed.subject = _clean(decode_header_value(_first(headers, "subject")))[:998]
-    froms = _addresses(headers.get("from", []))
-    parsed.sender = next(iter(_addresses(headers.get("sender", []))), None)
-    parsed.reply_to = _addresses(headers.get("reply-to", []))
+    parsed.subject = _clean(decode_header_value(_first(headers, "subject"), charset))[:998]
+    froms = _addresses(headers.get("from", []), charset)
+    parsed.sender = next(iter(_addresses(headers.get("sender", []), charset)), None)
+    parsed.reply_to = _addresses(headers.get("reply-to", []), charset)
     parsed.from_ = froms[0] if froms else (parsed.sender or next(iter(parsed.reply_to), None))
     if parsed.from_ is None:
         # Last resorts: the envelope sender the receiving server recorded, or the mbox
         # "From " line some exports keep.
-        envelope = [a for a in _addresses(headers.get("return-path", [])) if a.email]
+        envelope = [a for a in _addresses(headers.get("return-path", []), charset) if a.email]
         if not envelope and raw_first_line.startswith("From "):
             envelope = _addresses([raw_first_line[5:].split(" ", 1)[0]])
         parsed.from_ = envelope[0] if envelope else None
-    parsed.to = _addresses(headers.get("to", []))
-    parsed.cc = _addresses(headers.get("cc", []))
+    parsed.to = _addresses(headers.get("to", []), charset)
+    parsed.cc = _addresses(headers.get("cc", []), charset)
     parsed.delivered_to = [a.email for a in _addresses(
         headers.get("delivered-to", []) + headers.get("x-original-to", []))]
     date = _first(headers, "date")
@@ -622,7 +981,7 @@ def _fill_headers(parsed: ParsedEmail, msg: EmailMessage, headers: dict[str, lis
                  "list-unsubscribe", "authentication-results", "content-type"):
         value = _first(headers, name)
         if value:
-            parsed.headers[name] = _clean(decode_header_value(value))[:500]
+            parsed.headers[name] = _clean(decode_header_value(value, charset))[:500]
 
 
 _REPLY_PARSER = None
@@ -669,6 +1028,9 @@ def _attachment(part: EmailMessage, ctype: str, index: int, cids: set[str],
             name += ".eml"
     else:
         content = _payload_bytes(part)
+        if not name and str(part.get("content-transfer-encoding", "")).strip().lower() \
+                in _UU_ENCODINGS:
+            name = _uu_filename(part)
         if not name:
             ext = mimetypes.guess_extension(ctype) or ".bin"
             name = f"attachment-{index}{ext}"
@@ -727,27 +1089,38 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedEmail:
     if not raw.strip():
         raise _Limit("unparseable: empty message")
 
-    # Some exports put blank or white-space lines before the header block.
-    msg = BytesParser(policy=_POLICY).parsebytes(raw.lstrip(b" \t\r\n"))
+    original = raw
+    raw, fixed = _normalise(raw)
+    msg = BytesParser(policy=_POLICY).parsebytes(raw)
+    if _header_block_ended_early(msg) or not len(msg):
+        # A line that is no header field ended the block: keep the fields below it.
+        salvaged = _salvage_header_block(raw)
+        if salvaged is not None:
+            msg = BytesParser(policy=_POLICY).parsebytes(salvaged[0])
+            fixed.append("MissingHeaderBodySeparatorDefect")
+            if salvaged[1]:
+                fixed.append(f"HeaderLinesDropped:{salvaged[1]}")
     if time.monotonic() > deadline:
         raise _Limit(f"too_slow: parsing took longer than {limits.max_parse_seconds:g} s")
     headers = _raw_headers(msg)
     if not headers:
         raise _Limit("unparseable: no header fields found")
-    parsed = ParsedEmail(message_id="", raw_size=len(raw))
+    parsed = ParsedEmail(message_id="", raw_size=len(original), defects=fixed)
     _fill_headers(parsed, msg, headers, _unsurrogate(raw[:300].split(b"\n", 1)[0].decode(
         "ascii", "surrogateescape")))
     acc = _Walk()
     _walk(msg, 0, acc, limits, deadline, top=True)
-    if len(acc.attachments) > limits.max_attachments:
-        raise _Limit(f"too_many_attachments: {len(acc.attachments)}, the limit is "
-                     f"{limits.max_attachments}")
+    if len(acc.attachments) + len(acc.uuencoded) > limits.max_attachments:
+        raise _Limit(f"too_many_attachments: {len(acc.attachments) + len(acc.uuencoded)}, "
+                     f"the limit is {limits.max_attachments}")
 
     if not any(t.strip() for t in acc.texts + acc.htmls):
         # No body part: an inline text part with a file name (old clients send the body
         # so) is the body; a text file sent as an attachment stays an attachment.
         for index, (part, ctype) in enumerate(acc.attachments):
-            if ctype == "text/plain" and part.get_content_disposition() != "attachment":
+            if ctype == "text/plain" and part.get_content_disposition() != "attachment" \
+                    and str(part.get("content-transfer-encoding", "")).strip().lower() \
+                    not in _UU_ENCODINGS:
                 acc.texts.append(_part_text(part))
                 del acc.attachments[index]
                 break
@@ -756,7 +1129,7 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedEmail:
     text = "\n\n".join(t.strip("\r\n") for t in acc.texts if t.strip())
     if not text.strip() and raw_html:
         text = html_to_text(raw_html)
-    parsed.text = _clean(text.replace("\r\n", "\n"))
+    parsed.text = _clean(text.replace("\r\n", "\n").replace("\r", "\n"))
     parsed.html = _clean(sanitize_html(raw_html)) if raw_html else ""
 
     # Only attachments can be the target of a cid: reference.
@@ -770,7 +1143,7 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedEmail:
     parsed.attachments = [
         _attachment(part, ctype, i, cids, related_ids)
         for i, (part, ctype) in enumerate(acc.attachments, start=1)
-    ]
+    ] + acc.uuencoded
     _collect_defects(msg, parsed)
 
     if not parsed.message_id:
@@ -778,7 +1151,7 @@ def _parse(raw: bytes, limits: ParseLimits) -> ParsedEmail:
             [parsed.from_.email if parsed.from_ else "", _first(headers, "date"), parsed.subject,
              ",".join(a.email for a in parsed.to), hashlib.sha256(
                  parsed.text.encode("utf-8", "replace")).hexdigest()],
-            raw,
+            original,
         )
         parsed.message_id_synthetic = True
 
