@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import Prefetch, Q, QuerySet
 
 from helpdesk.models import Tenant
@@ -16,12 +18,25 @@ def ticket_list(
     assignee_id: int | None = None,
     unassigned: bool = False,
     search: str = "",
+    priority: str = "",
+    contact_id: int | None = None,
+    tag: str = "",
+    updated_since: datetime | None = None,
 ) -> QuerySet[Ticket]:
     """Tickets of ``tenant``, most recently updated first, with their list columns joined
     in (one query for any page size)."""
-    qs = Ticket.objects.filter(tenant=tenant).select_related("contact", "team", "assignee")
+    qs = Ticket.objects.filter(tenant=tenant).select_related("contact", "team", "assignee",
+                                                             "merged_into")
     if status:
         qs = qs.filter(status=status)
+    if priority:
+        qs = qs.filter(priority=priority)
+    if contact_id:
+        qs = qs.filter(contact_id=contact_id)
+    if tag:
+        qs = qs.filter(tags__contains=[tag])
+    if updated_since is not None:
+        qs = qs.filter(updated_at__gte=updated_since)
     if team_id:
         qs = qs.filter(team_id=team_id)
     if unassigned:
