@@ -268,7 +268,7 @@ class KeysetPagination(BasePagination):
     @staticmethod
     def _value(row, name: str):
         value = getattr(row, name)
-        return value.isoformat() if isinstance(value, datetime) else value
+        return {"dt": value.isoformat()} if isinstance(value, datetime) else value
 
     def _next_link(self) -> str | None:
         if self.next_values is None:
@@ -285,8 +285,9 @@ class KeysetPagination(BasePagination):
             values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
             if not isinstance(values, list) or len(values) != len(keyset):
                 raise ValueError
-            return [datetime.fromisoformat(v) if isinstance(v, str) else v for v in values]
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            return [datetime.fromisoformat(v["dt"]) if isinstance(v, dict) else v
+                    for v in values]
+        except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
             raise exceptions.ValidationError(
                 {"cursor": ["Not a cursor this API gave out."]}) from None
 

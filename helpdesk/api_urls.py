@@ -4,6 +4,7 @@ key, so no URL here names one."""
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from contacts import api as contacts_api
 from tickets import api as tickets_api
 
 app_name = "api"
@@ -16,4 +17,7 @@ urlpatterns = [
          name="ticket-detail"),
     path("tickets/<int:number>/timeline/", tickets_api.TicketTimelineView.as_view(),
          name="ticket-timeline"),
+    path("contacts/", contacts_api.ContactListView.as_view(), name="contact-list"),
+    path("contacts/<int:contact_id>/", contacts_api.ContactDetailView.as_view(),
+         name="contact-detail"),
 ]
