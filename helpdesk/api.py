@@ -8,6 +8,11 @@ Contract:
   ``request.api_key`` and ``request.tenant`` and the whole request runs inside that
   tenant's scope (the workspace comes from the key, never from the URL). A bad key is
   refused by ``ApiKeyAuthentication`` with 401 and a problem document; nothing runs.
+- Each key has ``API_RATE_LIMIT_PER_MINUTE`` requests a minute (counted in Redis):
+  every answer carries ``RateLimit-Limit`` / ``-Remaining`` / ``-Reset``, and one over
+  the limit is a 429 problem with ``Retry-After``.
+- A POST with ``Idempotency-Key`` runs once: the same key and body within 24 hours gets
+  the first answer again (``Idempotent-Replayed: true``), another body a 422.
 - Without a key, a signed-in session may read the schema and the docs; the data
   endpoints need a key (``WorkspaceKey``): 401 otherwise.
 - ``WorkspaceKey``: any active key reads; writing needs scope ``write`` or ``admin``;
@@ -27,26 +32,38 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
-from datetime import datetime
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
+import redis
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.http import Http404
+from django.http import Http404, HttpResponse
+from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.pagination import BasePagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.response import Response
 
+from helpdesk.coordination import redis_client, redis_key
 from helpdesk.errors import ApplicationError
-from helpdesk.models import ApiKey
+from helpdesk.models import ApiKey, IdempotencyRecord
 from helpdesk.selectors import api_key_resolve
 from helpdesk.services import api_key_mark_used
 from helpdesk.tenancy import tenant_scope
 
+logger = logging.getLogger(__name__)
+
 API_PREFIX = "/api/"
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:helpdesk:problem:"
 
@@ -61,7 +78,8 @@ def _bearer(request) -> str | None:
 
 
 class ApiKeyMiddleware:
-    """Resolves the API key of ``/api/`` requests and runs them in its tenant's scope."""
+    """Resolves the API key of ``/api/`` requests and runs them in its tenant's scope,
+    within the key's rate limit and with ``Idempotency-Key`` honoured on POST."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -74,11 +92,123 @@ class ApiKeyMiddleware:
         key = api_key_resolve(presented=presented) if presented else None
         if key is None:
             return self.get_response(request)
+        limit = rate_limit_take(key)
+        if limit is not None and limit.remaining < 0:
+            response = _problem_response(
+                429, f"More than {limit.limit} requests in a minute with this key; try "
+                     f"again in {limit.reset} s.", code="rate_limited")
+            response["Retry-After"] = str(limit.reset)
+            return limit.stamp(response)
         api_key_mark_used(key=key)
         request.api_key = key
         request.tenant = key.tenant
         with tenant_scope(key.tenant):
-            return self.get_response(request)
+            response = _idempotent(request, key, self.get_response)
+        return limit.stamp(response) if limit is not None else response
+
+
+# ------------------------------------------------------------------ rate limits
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    limit: int
+    remaining: int  # negative: over the limit
+    reset: int  # seconds until the window ends
+
+    def stamp(self, response):
+        """The ``RateLimit-*`` headers (draft-ietf-httpapi-ratelimit-headers)."""
+        response["RateLimit-Limit"] = str(self.limit)
+        response["RateLimit-Remaining"] = str(max(self.remaining, 0))
+        response["RateLimit-Reset"] = str(self.reset)
+        return response
+
+
+def rate_limit_take(key: ApiKey) -> RateLimit | None:
+    """Count one request of ``key`` in the current minute (one Redis round trip). None
+    when Redis cannot be asked: the API stays up without limits rather than down."""
+    limit = int(settings.API_RATE_LIMIT_PER_MINUTE)
+    now = time.time()
+    window = int(now // 60)
+    name = redis_key("api-rate", key.pk, window)
+    try:
+        pipe = redis_client().pipeline()
+        pipe.incr(name)
+        pipe.expire(name, 120)
+        count = int(pipe.execute()[0])
+    except redis.RedisError as exc:
+        logger.warning("api.rate_limit_unavailable key=%s error=%s", key.prefix,
+                       type(exc).__name__)
+        return None
+    return RateLimit(limit=limit, remaining=limit - count,
+                     reset=max(1, int((window + 1) * 60 - now)))
+
+
+# ------------------------------------------------------------------ idempotency
+
+
+def _idempotent(request, key: ApiKey, get_response):
+    """POST with ``Idempotency-Key``: the first answer (2xx-4xx that changed something,
+    i.e. whose transaction committed) is stored with the request's changes and replayed
+    to the same key and body for ``IDEMPOTENCY_WINDOW``; the same key with another body
+    is a 422. A concurrent duplicate waits for the first on the unique index, then gets
+    its answer. A request that failed (rolled back, 5xx) leaves nothing: retrying runs it
+    again."""
+    token = request.headers.get("Idempotency-Key")
+    if request.method != "POST" or token is None:
+        return get_response(request)
+    token = token.strip()
+    if not 1 <= len(token) <= 255:
+        return _problem_response(400, "Idempotency-Key must be 1 to 255 characters.",
+                                 code="invalid_idempotency_key",
+                                 errors=[{"field": "Idempotency-Key", "code": "invalid",
+                                          "detail": "1 to 255 characters."}])
+    digest = hashlib.sha256(b"\n".join([request.method.encode(),
+                                        request.get_full_path().encode(),
+                                        request.body])).hexdigest()
+    with transaction.atomic():
+        record = _idempotency_claim(key, token, digest)
+        if record.status is not None or record.request_hash != digest:
+            if record.request_hash != digest:
+                return _problem_response(
+                    422, "This Idempotency-Key was used with another request body; use a "
+                         "new key for a new request.", code="idempotency_key_reused")
+            replay = HttpResponse(bytes(record.body), status=record.status,
+                                  content_type=record.content_type)
+            replay["Idempotent-Replayed"] = "true"
+            return replay
+        response = get_response(request)
+        if transaction.get_rollback() or response.status_code >= 500:
+            transaction.set_rollback(True)  # nothing happened: forget the key too
+            return response
+        IdempotencyRecord.objects.filter(pk=record.pk).update(
+            status=response.status_code, content_type=response.get("Content-Type", ""),
+            body=response.content)
+    return response
+
+
+def _idempotency_claim(key: ApiKey, token: str, digest: str) -> IdempotencyRecord:
+    """The record of (key, token), created now (status None) or the stored one; an
+    expired one is replaced."""
+    fresh = {"request_hash": digest, "created_at": timezone.now()}
+    record, created = IdempotencyRecord.objects.get_or_create(
+        tenant_id=key.tenant_id, api_key=key, key=token, defaults=fresh)
+    if not created and record.created_at < timezone.now() - IDEMPOTENCY_WINDOW:
+        IdempotencyRecord.objects.filter(pk=record.pk).update(status=None, body=b"",
+                                                             content_type="", **fresh)
+        record.refresh_from_db()
+    return record
+
+
+def _problem_response(status_code: int, detail: str, *, code: str,
+                      errors: list[dict] | None = None) -> HttpResponse:
+    """A problem document outside DRF (middleware answers)."""
+    body = {"type": PROBLEM_TYPE_BASE + code, "title": _TITLES.get(status_code, "Error"),
+            "status": status_code, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return HttpResponse(json.dumps(body), status=status_code,
+                        content_type=PROBLEM_CONTENT_TYPE)
 
 
 class ApiClient:
@@ -319,9 +449,7 @@ __all__ = [
 def api_not_found(request, *args, **kwargs):
     """Any ``/api/`` URL that names no endpoint: a 404 problem document (never the
     workspace router, which would take ``api`` for a slug)."""
-    from django.http import JsonResponse
-
-    return JsonResponse({"type": "about:blank", "title": "Not Found", "status": 404,
-                         "detail": "No such API endpoint. The API lives under /api/v1/ "
-                                   "(schema: /api/v1/schema/, docs: /api/v1/docs/)."},
-                        status=404, content_type=PROBLEM_CONTENT_TYPE)
+    response = _problem_response(404, "No such API endpoint. The API lives under /api/v1/ "
+                                      "(schema: /api/v1/schema/, docs: /api/v1/docs/).",
+                                 code="not_found")
+    return response

@@ -200,3 +200,25 @@ class ApiKey(TenantOwnedModel):
     @property
     def is_admin(self) -> bool:
         return self.scope == ApiScope.ADMIN
+
+
+class IdempotencyRecord(TenantOwnedModel):
+    """The first answer to a POST sent with ``Idempotency-Key``, replayed for 24 hours to
+    a request with the same key and body (``helpdesk.api``). Written in the same
+    transaction as the request's own changes, so a request that failed leaves none."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField(null=True)
+    content_type = models.CharField(max_length=100, blank=True)
+    body = models.BinaryField(default=b"")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "api_key", "key"],
+                                               name="idempotency_key_unique")]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"Idempotency-Key {self.key}"

@@ -214,3 +214,80 @@ def test_another_workspaces_key_cannot_be_revoked_here(client, tenant, other_ten
     client.force_login(admin_user)
     assert client.post(f"/{tenant.slug}/settings/api-keys/{key.pk}/revoke/").status_code == 404
     assert client.get("/api/v1/tickets/", **bearer(secret)).status_code == 200
+
+
+def test_an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
+        client, tenant, admin_user):
+    from contacts.models import Contact
+
+    _, write = make_key(tenant, admin_user, scope="write")
+    once = {"HTTP_IDEMPOTENCY_KEY": "create-maria-1", **bearer(write)}
+    first = client.post("/api/v1/contacts/", {"email": "maria@customer.example"},
+                        content_type="application/json", **once)
+    again = client.post("/api/v1/contacts/", {"email": "maria@customer.example"},
+                        content_type="application/json", **once)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json() and again["Idempotent-Replayed"] == "true"
+    with tenant_scope(tenant):
+        assert Contact.objects.filter(email="maria@customer.example").count() == 1
+    other = client.post("/api/v1/contacts/", {"email": "bob@customer.example"},
+                        content_type="application/json", **once)
+    assert other.status_code == 422 and problem_of(other)["type"].endswith("reused")
+    # Without the header the same body is a second request (here: the address is taken).
+    plain = client.post("/api/v1/contacts/", {"email": "maria@customer.example"},
+                        content_type="application/json", **bearer(write))
+    assert plain.status_code == 409
+    # A failed request leaves no record: fixing it under the same key runs it.
+    retry = {"HTTP_IDEMPOTENCY_KEY": "bad-then-good", **bearer(write)}
+    bad = client.post("/api/v1/contacts/", {"email": "broken"},
+                      content_type="application/json", **retry)
+    assert bad.status_code == 400
+    assert client.post("/api/v1/contacts/", {"email": "broken"},
+                       content_type="application/json", **retry).status_code == 400
+
+
+def test_each_key_has_a_rate_limit_with_headers(client, tenant, admin_user, settings):
+    import time
+
+    settings.API_RATE_LIMIT_PER_MINUTE = 3
+    while time.time() % 60 > 55:  # keep the four requests inside one minute's window
+        time.sleep(0.5)
+    _, key = make_key(tenant, admin_user)
+    _, other = make_key(tenant, admin_user, name="Other")
+    answers = [client.get("/api/v1/tickets/", **bearer(key)) for _ in range(4)]
+    assert [a.status_code for a in answers[:3]] == [200, 200, 200]
+    assert [a["RateLimit-Remaining"] for a in answers[:3]] == ["2", "1", "0"]
+    assert answers[0]["RateLimit-Limit"] == "3"
+    assert 1 <= int(answers[0]["RateLimit-Reset"]) <= 60
+    limited = answers[3]
+    assert limited.status_code == 429 and problem_of(limited)
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    assert client.get("/api/v1/tickets/", **bearer(other)).status_code == 200  # per key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_identical_posts_at_once_create_one_contact(tenant, admin_user):
+    import threading
+
+    from django.test import Client
+
+    from contacts.models import Contact
+
+    _, write = make_key(tenant, admin_user, scope="write")
+    answers, start = [], threading.Barrier(2)
+
+    def post():
+        start.wait()
+        answers.append(Client().post(
+            "/api/v1/contacts/", {"email": "same@customer.example"},
+            content_type="application/json", HTTP_IDEMPOTENCY_KEY="once", **bearer(write)))
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [201, 201]
+    assert answers[0].json() == answers[1].json()
+    with tenant_scope(tenant):
+        assert Contact.objects.filter(email="same@customer.example").count() == 1
