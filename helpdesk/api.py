@@ -397,7 +397,9 @@ class KeysetPagination(BasePagination):
 
     @staticmethod
     def _value(row, name: str):
-        value = getattr(row, name)
+        value = row
+        for step in name.split("__"):  # "user__email": through the relation
+            value = getattr(value, step)
         return {"dt": value.isoformat()} if isinstance(value, datetime) else value
 
     def _next_link(self) -> str | None:
@@ -453,3 +455,4 @@ def api_not_found(request, *args, **kwargs):
                                       "(schema: /api/v1/schema/, docs: /api/v1/docs/).",
                                  code="not_found")
     return response
+

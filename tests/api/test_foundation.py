@@ -278,9 +278,12 @@ def test_two_identical_posts_at_once_create_one_contact(tenant, admin_user):
 
     def post():
         start.wait()
+        from django.db import connection as thread_connection
+
         answers.append(Client().post(
             "/api/v1/contacts/", {"email": "same@customer.example"},
             content_type="application/json", HTTP_IDEMPOTENCY_KEY="once", **bearer(write)))
+        thread_connection.close()
 
     threads = [threading.Thread(target=post) for _ in range(2)]
     for thread in threads:

@@ -41,7 +41,10 @@ UNSCOPED_URL_NAMES = {
     # The REST API: the workspace comes from the API key, never the URL (tests/api walks
     # its endpoints with another workspace's key); unknown /api/ URLs are a 404 there.
     "api:schema", "api:docs", "api:ticket-list", "api:ticket-detail", "api:ticket-timeline",
-    "api:contact-list", "api:contact-detail", "api_not_found",
+    "api:contact-list", "api:contact-detail", "api:team-list", "api:flow-list",
+    "api:member-list", "api:connection-list", "api:connection-detail",
+    "api:suppression-list", "api:suppression-detail", "api:inbound-email-list",
+    "api:inbound-email-reprocess", "api_not_found",
 }
 
 
