@@ -269,7 +269,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser",
                                "rest_framework.parsers.MultiPartParser"],
     "EXCEPTION_HANDLER": "helpdesk.api.problem_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "helpdesk.api_schema.ApiSchema",
     "UNAUTHENTICATED_USER": None,
 }
 # Requests per minute per API key (429 with Retry-After beyond; RateLimit-* headers).
@@ -286,10 +286,15 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "APPEND_COMPONENTS": {"securitySchemes": {
-        "ApiKey": {"type": "http", "scheme": "bearer", "description": "An API key."}}},
-    "SECURITY": [{"ApiKey": []}],
     "AUTHENTICATION_WHITELIST": ["helpdesk.api.ApiKeyAuthentication"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "helpdesk.api_schema.add_problem_responses"],
+    "ENUM_NAME_OVERRIDES": {
+        "TicketStatusEnum": "tickets.models.TicketStatus",
+        "InboundStateEnum": "channels_email.models.InboundState",
+        "ConnectionStatusEnum": "channels_email.models.ConnectionStatus",
+        "DeliveryStatusEnum": "tickets.models.DeliveryStatus",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------

@@ -294,3 +294,13 @@ def test_two_identical_posts_at_once_create_one_contact(tenant, admin_user):
     assert answers[0].json() == answers[1].json()
     with tenant_scope(tenant):
         assert Contact.objects.filter(email="same@customer.example").count() == 1
+
+
+def test_unknown_api_urls_are_404_problems_for_every_method(client, tenant, admin_user):
+    _, key = make_key(tenant, admin_user, scope="admin")
+    strict = type(client)(enforce_csrf_checks=True)
+    for method in ("POST", "PATCH", "DELETE"):
+        answer = strict.generic(method, "/api/v1/contacts/-1/", "{}",
+                                content_type="application/json", **bearer(key))
+        assert answer.status_code == 404, method  # not the CSRF failure page
+        problem_of(answer)
