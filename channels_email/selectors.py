@@ -250,3 +250,9 @@ def suppressed_among(*, tenant_id: int, addresses) -> dict[str, SuppressedAddres
 
 def suppressions_for_tenant(*, tenant: Tenant) -> QuerySet[SuppressedAddress]:
     return SuppressedAddress.objects.filter(tenant=tenant).order_by("-created_at", "-id")
+
+
+def inbound_email_log(*, tenant: Tenant, state: str = "") -> QuerySet[InboundEmail]:
+    """Every InboundEmail of ``tenant`` (``state`` narrows it); no raw bytes loaded."""
+    rows = InboundEmail.objects.filter(tenant=tenant).defer("details")
+    return rows.filter(state=state) if state else rows

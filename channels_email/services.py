@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
 
@@ -18,6 +20,7 @@ from channels_email.models import (
     SuppressionReason,
 )
 from helpdesk import sql
+from helpdesk.errors import ApplicationError
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
 
@@ -132,8 +135,14 @@ def connection_settings_save(*, connection: EmailConnection, actor: User | None,
 def suppression_add(*, tenant: Tenant, email: str, actor: User | None,
                     details: str = "") -> tuple[SuppressedAddress, bool]:
     """Put an address on the suppression list by hand (audited); (entry, created). An
-    address already on it keeps its first entry (and reason)."""
+    address already on it keeps its first entry (and reason). ApplicationError
+    ``email_invalid`` for anything that is not an address."""
     address = email.strip().lower()
+    try:
+        validate_email(address)
+    except ValidationError:
+        raise ApplicationError("email_invalid", f"{email.strip() or 'An empty value'} is not "
+                               "an email address.", field="email") from None
     with transaction.atomic():
         entry, created = SuppressedAddress.objects.get_or_create(
             tenant=tenant, email=address,

@@ -7,9 +7,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.core.validators import validate_email
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -38,6 +36,7 @@ from channels_email.services import (
     suppression_add,
     suppression_remove,
 )
+from helpdesk.errors import ApplicationError
 from helpdesk.selectors import membership_for
 from helpdesk.tenancy import require_admin, tenant_scope
 
@@ -117,12 +116,10 @@ def suppression_add_view(request):
     require_admin(request, CHANNEL_ADMIN)
     address = request.POST.get("email", "").strip()
     try:
-        validate_email(address)
-    except ValidationError:
-        messages.error(request, f"Not added: {address or 'an empty value'} is not an email "
-                                "address.")
+        _, created = suppression_add(tenant=request.tenant, email=address, actor=request.user)
+    except ApplicationError as exc:
+        messages.error(request, f"Not added: {exc.message}")
         return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
-    _, created = suppression_add(tenant=request.tenant, email=address, actor=request.user)
     if created:
         messages.success(request, f"{address} is on the suppression list.")
     else:

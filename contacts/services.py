@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+
 from contacts.models import Contact, ContactSource, normalize_email
 from helpdesk import sql
+from helpdesk.errors import ApplicationError
 from helpdesk.models import Tenant
 
 
@@ -60,3 +65,48 @@ def contact_upsert_run(query: str, params: list) -> tuple[Contact | None, bool]:
         return None, False
     contact, (created,) = found
     return contact, bool(created)
+
+
+def contact_create(*, tenant: Tenant, email: str, name: str = "",
+                   source: str = ContactSource.MANUAL) -> Contact:
+    """A new contact; ApplicationError ``email_taken`` (409) when the workspace has one
+    with that address already (case-insensitive), ``email_invalid`` when it is none."""
+    address = _checked_address(email)
+    with transaction.atomic():
+        contact, created = contact_get_or_create(tenant=tenant, email=address, name=name,
+                                                 source=source)
+        if not created:
+            raise ApplicationError("email_taken", f"A contact with {address} exists already "
+                                   f"(id {contact.pk}).", field="email", status=409)
+    return contact
+
+
+def contact_update(*, contact: Contact, email: str | None = None,
+                   name: str | None = None) -> Contact:
+    """Change a contact's name and/or address (the same ``email_taken`` rule)."""
+    fields = []
+    if name is not None:
+        contact.name = name.strip()[:200]
+        fields.append("name")
+    if email is not None and normalize_email(email) != contact.email:
+        contact.email = _checked_address(email)
+        fields.append("email")
+    if not fields:
+        return contact
+    try:
+        with transaction.atomic():
+            contact.save(update_fields=[*fields, "updated_at"])
+    except IntegrityError:
+        raise ApplicationError("email_taken", f"A contact with {contact.email} exists "
+                               "already.", field="email", status=409) from None
+    return contact
+
+
+def _checked_address(email: str) -> str:
+    address = normalize_email(email or "")
+    try:
+        validate_email(address)
+    except ValidationError:
+        raise ApplicationError("email_invalid", f"{email!r} is not an email address.",
+                               field="email") from None
+    return address

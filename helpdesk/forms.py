@@ -2,7 +2,7 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.core.validators import validate_email
 
-from helpdesk.models import Role
+from helpdesk.models import ApiScope, Role
 
 
 class InvitationForm(forms.Form):
@@ -48,3 +48,10 @@ def clean_address(text: str) -> str:
     except forms.ValidationError as exc:
         raise forms.ValidationError(f"{address} is not an email address.") from exc
     return address.lower()
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses it, e.g. “CRM sync”.")
+    scope = forms.ChoiceField(choices=ApiScope.choices, initial=ApiScope.READ,
+                              help_text="Read only is enough for reporting; replies and "
+                                        "updates need read and write.")

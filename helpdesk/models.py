@@ -161,3 +161,70 @@ class AuditEvent(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_type}:{self.target_id}"
+
+
+class ApiScope(models.TextChoices):
+    """What an API key may do: read everything an agent can see; also write what an agent
+    can change; also the admin-only endpoints (routing, filters, webhooks)."""
+
+    READ = "read", "Read only"
+    WRITE = "write", "Read and write"
+    ADMIN = "admin", "Read, write and admin"
+
+
+class ApiKey(TenantOwnedModel):
+    """A workspace's key for the REST API (``Authorization: Bearer hd_<prefix>_<secret>``).
+
+    Only the sha256 of the whole key is stored; the prefix is kept in clear so admins can
+    tell keys apart and so a request finds its row with one indexed lookup. A key acts as
+    a member of its workspace with the agent role (``admin`` scope: the admin role)."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    scope = models.CharField(max_length=10, choices=ApiScope.choices, default=ApiScope.READ)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="apikey_tenant_created")]
+
+    def __str__(self) -> str:
+        return f"API key {self.name} (hd_{self.prefix}_…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @property
+    def can_write(self) -> bool:
+        return self.scope in (ApiScope.WRITE, ApiScope.ADMIN)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == ApiScope.ADMIN
+
+
+class IdempotencyRecord(TenantOwnedModel):
+    """The first answer to a POST sent with ``Idempotency-Key``, replayed for 24 hours to
+    a request with the same key and body (``helpdesk.api``). Written in the same
+    transaction as the request's own changes, so a request that failed leaves none."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField(null=True)
+    content_type = models.CharField(max_length=100, blank=True)
+    body = models.BinaryField(default=b"")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "api_key", "key"],
+                                               name="idempotency_key_unique")]
+        indexes = [models.Index(fields=["tenant", "created_at"], name="idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"Idempotency-Key {self.key}"

@@ -3,9 +3,11 @@ invitation found by its secret token). Everything else reads inside a tenant sco
 
 from __future__ import annotations
 
+import hmac
+
 from django.db.models import QuerySet
 
-from helpdesk.models import Invitation, Membership, Tenant, User, hash_token
+from helpdesk.models import ApiKey, Invitation, Membership, Tenant, User, hash_token
 from helpdesk.tenancy import unscoped
 
 
@@ -55,3 +57,24 @@ def tenant_pending_invitations(*, tenant: Tenant) -> QuerySet[Invitation]:
     return Invitation.objects.filter(tenant=tenant, accepted_at__isnull=True).order_by(
         "-created_at"
     )
+
+
+def api_key_resolve(*, presented: str) -> ApiKey | None:
+    """The active key ``presented`` (``hd_<prefix>_<secret>``) is, with its tenant; None
+    for anything else (malformed, unknown, revoked). One indexed lookup by prefix, then a
+    constant-time comparison of the hashes."""
+    parts = presented.split("_", 2)
+    if len(parts) != 3 or parts[0] != "hd" or not parts[1] or not parts[2]:
+        return None
+    # Unscoped: the key is the credential and names its tenant (like an invitation token).
+    with unscoped():
+        key = (ApiKey.objects.filter(prefix=parts[1], revoked_at__isnull=True)
+               .select_related("tenant", "created_by").first())
+    if key is None or not hmac.compare_digest(key.secret_hash, hash_token(presented)):
+        return None
+    return key
+
+
+def api_keys_for(*, tenant: Tenant) -> QuerySet[ApiKey]:
+    return (ApiKey.objects.filter(tenant=tenant).select_related("created_by")
+            .order_by("revoked_at", "-created_at"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,7 +13,10 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from helpdesk.errors import ApplicationError
 from helpdesk.models import (
+    ApiKey,
+    ApiScope,
     AuditEvent,
     Invitation,
     Membership,
@@ -152,3 +156,51 @@ def invitations_purge_expired() -> int:
             accepted_at__isnull=True, expires_at__lt=timezone.now()
         ).delete()
     return deleted
+
+
+API_KEY_USE_STAMP_SECONDS = 60
+
+
+def api_key_create(*, tenant: Tenant, actor: User, name: str, scope: str
+                   ) -> tuple[ApiKey, str]:
+    """A new key for ``tenant``; returns the row and the key itself, which is shown once
+    and never stored (only its sha256). Audited."""
+    name = (name or "").strip()
+    if not name:
+        raise ApplicationError("name_required", "Give the key a name.", field="name")
+    if scope not in ApiScope.values:
+        raise ApplicationError("invalid_scope", f"Unknown scope {scope!r}.", field="scope")
+    prefix = secrets.token_hex(5)
+    presented = f"hd_{prefix}_{secrets.token_urlsafe(32)}"
+    with transaction.atomic():
+        key = ApiKey.objects.create(tenant=tenant, name=name[:100], prefix=prefix,
+                                    secret_hash=hash_token(presented), scope=scope,
+                                    created_by=actor)
+        audit_record(tenant=tenant, actor=actor, action="api_key.created", target=key,
+                     details={"name": key.name, "scope": scope, "prefix": prefix})
+    return key, presented
+
+
+def api_key_revoke(*, key: ApiKey, actor: User) -> bool:
+    """Revoke ``key`` (from the next request on); False when it was revoked already."""
+    with transaction.atomic():
+        revoked = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now())
+        if revoked:
+            audit_record(tenant=key.tenant, actor=actor, action="api_key.revoked",
+                         target=key, details={"name": key.name, "prefix": key.prefix})
+    return bool(revoked)
+
+
+def api_key_mark_used(*, key: ApiKey) -> None:
+    """Stamp ``last_used_at``, at most once a minute per key (one cheap UPDATE that
+    matches nothing the rest of the time)."""
+    now = timezone.now()
+    if key.last_used_at and (now - key.last_used_at).total_seconds() < API_KEY_USE_STAMP_SECONDS:
+        return
+    # Unscoped: called before the request enters the key's tenant scope.
+    with unscoped():
+        ApiKey.objects.filter(pk=key.pk).exclude(
+            last_used_at__gt=now - timedelta(seconds=API_KEY_USE_STAMP_SECONDS)
+        ).update(last_used_at=now)
+    key.last_used_at = now

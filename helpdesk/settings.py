@@ -123,6 +123,8 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "django_htmx",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "helpdesk",
     "contacts",
@@ -143,6 +145,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "helpdesk.middleware.TenantMiddleware",
+    "helpdesk.api.ApiKeyMiddleware",
     # Last, as django-axes asks: it turns lockouts into responses.
     "axes.middleware.AxesMiddleware",
 ]
@@ -266,13 +269,45 @@ else:
     )
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="helpdesk@localhost")
 
+# REST API (helpdesk/api.py): API keys, problem documents, keyset pagination; the
+# session only for the schema and docs pages.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "helpdesk.api.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
-    "PAGE_SIZE": 50,
+    "DEFAULT_PERMISSION_CLASSES": ["helpdesk.api.WorkspaceKey"],
+    "DEFAULT_PAGINATION_CLASS": "helpdesk.api.KeysetPagination",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser",
+                               "rest_framework.parsers.MultiPartParser"],
+    "EXCEPTION_HANDLER": "helpdesk.api.problem_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "helpdesk.api_schema.ApiSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+# Requests per minute per API key (429 with Retry-After beyond; RateLimit-* headers).
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=600)
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Helpdesk API",
+    "DESCRIPTION": "REST API v1. Authenticate with `Authorization: Bearer <API key>`; "
+                   "workspace admins create keys under Settings > API keys.",
+    "VERSION": "1",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "AUTHENTICATION_WHITELIST": ["helpdesk.api.ApiKeyAuthentication"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "helpdesk.api_schema.add_problem_responses"],
+    "ENUM_NAME_OVERRIDES": {
+        "TicketStatusEnum": "tickets.models.TicketStatus",
+        "InboundStateEnum": "channels_email.models.InboundState",
+        "ConnectionStatusEnum": "channels_email.models.ConnectionStatus",
+        "DeliveryStatusEnum": "tickets.models.DeliveryStatus",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 top-level words in front of it are reserved slugs (settings.TENANT_RESERVED_SLUGS)."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from channels_email import views as channel_views
 from channels_email import webhooks
-from helpdesk import views
+from helpdesk import api, views
 from tickets import views as ticket_views
 
 tenant_patterns = [
@@ -14,6 +14,9 @@ tenant_patterns = [
     path("settings/members/", views.members, name="members"),
     path("settings/members/invitations/<int:invitation_id>/revoke/",
          views.invitation_revoke_view, name="invitation_revoke"),
+    path("settings/api-keys/", views.api_keys, name="api_keys"),
+    path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke_view,
+         name="api_key_revoke"),
 ]
 
 # The agent's own notifications; the one to open is posted, never named in the URL.
@@ -29,6 +32,9 @@ urlpatterns = [
     path("accounts/invite/<str:token>/", views.invitation_accept_view, name="invitation_accept"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("api/v1/", include("helpdesk.api_urls")),
+    # Any other /api/ URL is an API 404 (a problem document), never a workspace slug.
+    re_path(r"^api(?:/|$)", api.api_not_found, name="api_not_found"),
     path("webhooks/google/pubsub/", webhooks.google_pubsub, name="webhook_google_pubsub"),
     path("oauth/<str:provider>/callback/", channel_views.oauth_callback, name="oauth_callback"),
     path("", views.home, name="home"),

@@ -11,9 +11,11 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from helpdesk.forms import AcceptInvitationForm, InvitationForm
-from helpdesk.models import Invitation
+from helpdesk.errors import ApplicationError
+from helpdesk.forms import AcceptInvitationForm, ApiKeyForm, InvitationForm
+from helpdesk.models import ApiKey, Invitation
 from helpdesk.selectors import (
+    api_keys_for,
     invitation_by_token,
     memberships_for_user,
     tenant_members,
@@ -21,6 +23,8 @@ from helpdesk.selectors import (
 )
 from helpdesk.services import (
     InvitationError,
+    api_key_create,
+    api_key_revoke,
     invitation_accept,
     invitation_create,
     invitation_revoke,
@@ -105,3 +109,36 @@ def healthz(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return HttpResponse("ok", content_type="text/plain")
+
+
+def api_keys(request):
+    """Workspace admins' API keys page: the keys (prefix, scope, creator, last use), a new
+    key (its secret shown on this one answer only) and Revoke."""
+    require_admin(request, "manage API keys")
+    form = ApiKeyForm()
+    created = None
+    if request.method == "POST":
+        form = ApiKeyForm(request.POST)
+        if form.is_valid():
+            try:
+                key, secret = api_key_create(tenant=request.tenant, actor=request.user,
+                                             name=form.cleaned_data["name"],
+                                             scope=form.cleaned_data["scope"])
+            except ApplicationError as exc:
+                form.add_error(exc.field, exc.message)
+            else:
+                created = {"key": key, "secret": secret}
+                form = ApiKeyForm()
+    return render(request, "helpdesk/api_keys.html", {
+        "keys": api_keys_for(tenant=request.tenant), "form": form, "created": created,
+    }, status=400 if form.errors else 200)
+
+
+@require_POST
+def api_key_revoke_view(request, key_id: int):
+    key = get_object_or_404(ApiKey, tenant=request.tenant, pk=key_id)
+    require_admin(request, "manage API keys")
+    if api_key_revoke(key=key, actor=request.user):
+        messages.success(request, f"API key “{key.name}” is revoked; requests with it now "
+                                  "get 401.")
+    return redirect("tenant:api_keys", tenant_slug=request.tenant.slug)

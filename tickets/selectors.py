@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db.models import Prefetch, Q, QuerySet
 
 from helpdesk.models import Tenant
@@ -17,14 +19,27 @@ def ticket_list(
     unassigned: bool = False,
     search: str = "",
     open_only: bool = False,
+    priority: str = "",
+    contact_id: int | None = None,
+    tag: str = "",
+    updated_since: datetime | None = None,
 ) -> QuerySet[Ticket]:
     """Tickets of ``tenant``, most recently updated first, with their list columns joined
     in (one query for any page size). ``open_only`` leaves out Solved and Closed ones."""
-    qs = Ticket.objects.filter(tenant=tenant).select_related("contact", "team", "assignee")
+    qs = Ticket.objects.filter(tenant=tenant).select_related("contact", "team", "assignee",
+                                                             "merged_into")
     if status:
         qs = qs.filter(status=status)
     elif open_only:
         qs = qs.exclude(status__in=[TicketStatus.SOLVED, TicketStatus.CLOSED])
+    if priority:
+        qs = qs.filter(priority=priority)
+    if contact_id:
+        qs = qs.filter(contact_id=contact_id)
+    if tag:
+        qs = qs.filter(tags__contains=[tag])
+    if updated_since is not None:
+        qs = qs.filter(updated_at__gte=updated_since)
     if team_id:
         qs = qs.filter(team_id=team_id)
     if unassigned:

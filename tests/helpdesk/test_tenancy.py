@@ -9,7 +9,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from channels_email.models import SuppressedAddress
 from contacts.models import Contact
 from helpdesk.models import Role, Tenant
-from helpdesk.services import tenant_create
+from helpdesk.services import api_key_create, tenant_create
 from helpdesk.tenancy import ScopeError, tenant_scope
 from tests.factories import (
     AttachmentFactory,
@@ -38,6 +38,13 @@ UNSCOPED_URL_NAMES = {
     # The OAuth redirect target: one fixed URL per provider; the signed state names the
     # tenant and the view checks the user is its admin.
     "oauth_callback",
+    # The REST API: the workspace comes from the API key, never the URL (tests/api walks
+    # its endpoints with another workspace's key); unknown /api/ URLs are a 404 there.
+    "api:schema", "api:docs", "api:ticket-list", "api:ticket-detail", "api:ticket-timeline",
+    "api:contact-list", "api:contact-detail", "api:team-list", "api:flow-list",
+    "api:member-list", "api:connection-list", "api:connection-detail",
+    "api:suppression-list", "api:suppression-detail", "api:inbound-email-list",
+    "api:inbound-email-reprocess", "api_not_found",
 }
 
 
@@ -79,6 +86,8 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
         "team_id": flow.fallback_team_id,
         "flow_id": flow.pk,
         "rule_id": RuleFactory(tenant=victim, flow=flow).pk,
+        "key_id": api_key_create(tenant=victim, actor=UserFactory(), name="Victim's",
+                                 scope="admin")[0].pk,
         # Not an object, but a URL word: an unknown provider must be a 404 too.
         "provider": "no-such-provider",
     }
