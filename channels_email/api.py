@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from channels_email.ingest import inbound_email_ingest
 from channels_email.models import EmailConnection, InboundEmail, InboundState, SuppressedAddress
 from channels_email.selectors import (
+    connection_health,
     connections_for_tenant,
     inbound_email_get,
     inbound_email_log,
@@ -30,23 +31,33 @@ from channels_email.services import (
 from helpdesk.api import KeysetPagination
 
 
+class _HealthFlag(serializers.Serializer):
+    name = serializers.ChoiceField(choices=["not_syncing", "failing", "watch_expired",
+                                            "pushes_missing"])
+    detail = serializers.CharField()
+
+
 class ConnectionSerializer(serializers.ModelSerializer):
     flags = serializers.SerializerMethodField()
+    last_error_past = serializers.SerializerMethodField()
     routing = serializers.SerializerMethodField()
 
     class Meta:
         model = EmailConnection
         fields = ["id", "provider", "address", "display_name", "status", "flags",
                   "last_sync_at", "consecutive_errors", "last_error", "last_error_at",
-                  "rate_limited_until", "subscription_expires_at", "last_push_at",
-                  "routing", "is_default", "created_at"]
+                  "last_error_past", "rate_limited_until", "subscription_expires_at",
+                  "last_push_at", "routing", "is_default", "created_at"]
 
-    @extend_schema_field(serializers.ListField(child=serializers.ChoiceField(
-        choices=["watch_expired", "pushes_missing", "failing"])))
-    def get_flags(self, connection: EmailConnection) -> list[str]:
-        """The health page's flags."""
-        return [name for name in ("watch_expired", "pushes_missing", "failing")
-                if getattr(connection, name)]
+    @extend_schema_field(_HealthFlag(many=True))
+    def get_flags(self, connection: EmailConnection) -> list[dict]:
+        """The health page's flags (``connection_health``), each with its explanation."""
+        return [{"name": flag.label.lower().replace(" ", "_"), "detail": flag.detail}
+                for flag in connection_health(connection).flags]
+
+    def get_last_error_past(self, connection: EmailConnection) -> bool:
+        """True when a sync has worked since the last error (it is history)."""
+        return connection_health(connection).last_error_past
 
     @extend_schema_field({"type": "object", "properties": {
         "mode": {"type": "string"}, "team": {"type": ["integer", "null"]},

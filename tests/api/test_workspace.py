@@ -49,7 +49,7 @@ def test_connections_show_health_and_never_a_secret(client, tenant, admin_user):
     assert listed.status_code == 200
     [row] = listed.json()["results"]
     assert row["status"] == "token_expired" and row["consecutive_errors"] == 2
-    assert row["last_error"] == "AuthError: invalid_grant"
+    assert row["last_error"] == "AuthError: invalid_grant" and row["last_error_past"] is False
     one = client.get(f"/api/v1/email-connections/{conn.pk}/", **bearer(key))
     for text in (listed.content, one.content):
         assert b"secret" not in text and b"12345" not in text and b"credentials" not in text
@@ -100,3 +100,21 @@ def test_the_inbound_log_and_reprocess(client, tenant, admin_user):
     assert redone.json()["ticket"] is not None
     with tenant_scope(tenant):
         assert InboundEmail.objects.get(pk=stuck.pk).state == "processed"
+
+
+def test_connection_flags_are_the_health_pages(client, tenant, admin_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    _, key = make_key(tenant, admin_user)
+    long_ago = timezone.now() - timedelta(hours=2)
+    with tenant_scope(tenant):
+        EmailConnectionFactory(tenant=tenant, provider="gmail", status="active",
+                               consecutive_errors=6, last_sync_at=long_ago,
+                               last_error="TransientError: 503", last_error_at=timezone.now(),
+                               subscription_expires_at=long_ago)
+    [row] = client.get("/api/v1/email-connections/", **bearer(key)).json()["results"]
+    assert {flag["name"] for flag in row["flags"]} == {"not_syncing", "failing",
+                                                       "watch_expired"}
+    assert all(flag["detail"] for flag in row["flags"])
