@@ -18,8 +18,12 @@ emails that merely mention "undeliverable" from being taken for bounces.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
+import json
 import logging
+import quopri
 import re
 from email.message import EmailMessage
 
@@ -42,8 +46,25 @@ DELIVERY_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-sta
                          "text/delivery-status", "message/xdelivery-status")
 _DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "mdaemon",
             "maildaemon", "mail.daemon", "mmdf", "smtp", "mailer"}
+# Spelling variants of the daemon mailboxes (RFC 5321 section 4.5.1 names postmaster;
+# MTAs and providers add separators, suffixes and their own names): "Mailer_Daemon",
+# "post.master", "postmaster-noreply", "MAILER-DAEMON+tag", Exchange Online's
+# "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e".
+_DAEMON_LOCALPART = re.compile(
+    r"^(?:mailer[-_.]?daemon|mail[-_.]?daemon|post[-_.]?ma?ste?r\d*|"
+    r"mail[-_.]?delivery(?:[-_.]?sub)?(?:[-_.]?system)?)(?:[-_.+][a-z0-9._-]*)?$|"
+    r"^microsoftexchange[0-9a-f]{0,40}$")
 _DAEMON_NAMES = re.compile(r"mail delivery (system|subsystem|service)|mailer.?daemon|"
-                           r"postmaster|mail administrator|delivery status", re.IGNORECASE)
+                           r"post.?master|mail administrator|delivery status|"
+                           r"mail system administrator", re.IGNORECASE)
+# Mailing-list software and list role addresses (RFC 2142, RFC 2369): their notices
+# ("your message awaits approval", "posting rejected") are not delivery reports.
+_LIST_LOCALPART = re.compile(r"^(?:owner-.+|.+-(?:owner|request|bounces?|admin)|mailman|"
+                             r"majordomo|listserv|sympa|ezmlm|lyris|listproc)$")
+# A subject saying it is a reply or a forward: a person wrote it (a customer forwarding
+# us the bounce they got is a customer, not a mail system).
+_REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|aw|sv|fw|fwd|wg|tr|rv|enc|doorst|vs|vl|i)\s*"
+                               r"(?:\[\d+\])?\s*:", re.IGNORECASE)
 _FAILURE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (status notification|failure|failed|has failed|problem|"
     r"notification|report)|returned mail|failure notice|mail delivery failed|"
@@ -51,8 +72,17 @@ _FAILURE_SUBJECT = re.compile(
     r"message not delivered|returned to sender|permanent (error|failure)|unzustellbar|"
     r"non remis|nicht zustellbar|mail status report|user unknown|no such user|"
     r"delivery (error|unsuccessful)|message status|mail returned|bounced? mail|"
-    r"rejected|nondeliverable|failed delivery|delivery warning|warning: could not send",
+    r"rejected|nondeliverable|failed delivery|delivery warning|warning: could not send|"
+    r"mail system error|failure delivery|not deliverable|"
+    # Japanese carriers and providers: "delivery error", "could not be sent",
+    # "undelivered", "unknown address", "returned mail", "did not arrive".
+    r"配信(?:エラー|不能|失敗|できません)|送信(?:エラー|失敗|できません)|不達|未達|"
+    r"宛先不明|返送(?:され|メール)|届きませんでした|届けられませんでした|エラーメール",
     re.IGNORECASE)
+# Success notices without a report part ("Delivery Status Notification (Success)").
+_SUCCESS_SUBJECT = re.compile(r"\((?:success|relayed|delivered)\)|successful(?:ly)? "
+                              r"deliver|delivery (?:succeeded|successful)|\brelayed\b",
+                              re.IGNORECASE)
 _DELAY_SUBJECT = re.compile(
     r"\bdelay|still being retried|could not send message for past|not yet been delivered|"
     r"will (continue to )?retry|delivery warning|temporar", re.IGNORECASE)
@@ -82,22 +112,34 @@ _FAILURE_TEXT = re.compile(
     r"permanent(ly)? (error|fatal|failure)|message (was )?rejected|delivery (has )?failed",
     re.IGNORECASE)
 _ENHANCED_STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_SMTP_CODE = re.compile(r"\b([45][0-9][0-9])[ -]")
+_FAILURE_STATUS = re.compile(r"(?<![\w.])([45]\.\d{1,3}\.\d{1,3})(?![\w.])")
+_SMTP_CODE = re.compile(r"\b([45][0-9][0-9])[ :-]")
 _QUOTED_MESSAGE_ID = re.compile(r"^[>\s]*Message-I[Dd]\s*:\s*(<[^<>\s]+>|\S+@\S+)",
                                 re.IGNORECASE | re.MULTILINE)
 _TYPE_PREFIX = re.compile(r"^\s*[a-z0-9.-]+\s*;\s*", re.IGNORECASE)
+_QUOTED_TO = re.compile(r"^[>\s]*(?:To|Cc)\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_QUOTED_HEADER = re.compile(r"^[>\s]*(?:Received|Return-Path|From|To|Cc|Date|Subject|"
+                            r"Message-I[Dd]|MIME-Version)\s*:", re.IGNORECASE | re.MULTILINE)
+_EMBEDDED_TO = re.compile(r"^(?:To|Cc)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+\.[a-z0-9-]+", re.IGNORECASE)
+# Amazon SES event notifications delivered by SNS email subscriptions.
+_SES_DOMAINS = ("amazonaws.com", "amazonses.com")
 
 
 def _localpart(address: str) -> str:
     return address.split("@", 1)[0].lower()
 
 
+def _is_daemon(address: str) -> bool:
+    local = _localpart(address)
+    return local in _DAEMONS or bool(_DAEMON_LOCALPART.match(local))
+
+
 def _from_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
     raw_from = " ".join(headers.get("from", []))
     if parsed.from_ is None or "<>" in raw_from:
         return True  # people always have an address; only machines send from "<>"
-    return (_localpart(parsed.from_.email) in _DAEMONS
-            or bool(_DAEMON_NAMES.search(parsed.from_.name or "")))
+    return _is_daemon(parsed.from_.email) or bool(_DAEMON_NAMES.search(parsed.from_.name or ""))
 
 
 def _machine_made(headers: dict[str, list[str]]) -> bool:
@@ -106,20 +148,68 @@ def _machine_made(headers: dict[str, list[str]]) -> bool:
             or "x-autogenerated" in headers or return_path == "<>")
 
 
+def _null_return_path(headers: dict[str, list[str]]) -> bool:
+    """RFC 5321 section 4.5.5: delivery reports are sent with a null reverse-path, which
+    the final MTA records as ``Return-Path: <>`` (some write it empty)."""
+    values = headers.get("return-path")
+    return bool(values) and values[0].strip() in ("<>", "", "< >")
+
+
+def _sent_by_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
+    """The sender side says a mail system wrote this: no sender or a daemon sender, a null
+    return path, or a header only MTAs add (X-Failed-Recipients; Exchange's NDR mark)."""
+    return (_from_mail_system(parsed, headers) or _null_return_path(headers)
+            or "x-failed-recipients" in headers or "x-ms-exchange-message-is-ndr" in headers)
+
+
+def _from_mailing_list(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
+    sender = parsed.from_.email if parsed.from_ else ""
+    return bool(sender and _LIST_LOCALPART.match(_localpart(sender)))
+
+
 def _looks_like_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
-    if _from_mail_system(parsed, headers) or "x-failed-recipients" in headers:
+    """Cheap header checks that decide whether the classic-text detectors run at all."""
+    if _sent_by_mail_system(parsed, headers):
         return True
-    return_path = (headers.get("return-path") or [""])[0].strip()
-    if return_path in ("<>", "") and "return-path" in headers:
-        return True
+    if _from_mailing_list(parsed, headers) or _REPLY_OR_FORWARD.match(parsed.subject):
+        return False  # a list notice, or a person replying or forwarding a bounce
     return bool(_FAILURE_SUBJECT.search(parsed.subject))
+
+
+def _encoded_report_text(part: EmailMessage) -> str | None:
+    """The text of a base64 or quoted-printable delivery-status part, decoded; None for
+    any other transfer encoding. (RFC 3464 allows any encoding for the part; the stdlib
+    splits the still-encoded text into field blocks as if it were plain.)"""
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if encoding not in ("base64", "quoted-printable"):
+        return None
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        chunks = []
+        for block in payload:
+            body = block.get_payload()
+            chunks.append("".join(f"{name}: {value}\n" for name, value in block.raw_items())
+                          + (body if isinstance(body, str) else ""))
+        encoded = "\n".join(chunks)
+    else:
+        encoded = str(payload)
+    data = _unsurrogate(encoded).encode("ascii", "replace")
+    try:
+        if encoding == "base64":
+            decoded = base64.b64decode(b"".join(data.split()) + b"==", validate=False)
+        else:
+            decoded = quopri.decodestring(data)
+    except (binascii.Error, ValueError):
+        return ""
+    return decoded.decode("utf-8", "replace")
 
 
 def _report_blocks(part: EmailMessage) -> list[dict[str, str]]:
     """The field blocks of a delivery-status part, as lower-cased name -> value dicts."""
     payload = part.get_payload()
     blocks: list[dict[str, str]] = []
-    if isinstance(payload, list):
+    text = _encoded_report_text(part)
+    if text is None and isinstance(payload, list):
         for block in payload:
             fields: dict[str, str] = {}
             for name, value in block.raw_items():
@@ -130,12 +220,14 @@ def _report_blocks(part: EmailMessage) -> list[dict[str, str]]:
         # blank line; a report whose body did not split still has its fields there.
         if blocks:
             return blocks
-    text = _part_text(part) if not isinstance(payload, list) else ""
+    if text is None:
+        text = _part_text(part) if not isinstance(payload, list) else ""
     for chunk in re.split(r"\r?\n\s*\r?\n", text):
         fields = {}
         for match in re.finditer(r"^([A-Za-z-]+)\s*:\s*(.*(?:\r?\n[ \t].*)*)", chunk,
                                  re.MULTILINE):
-            fields.setdefault(match.group(1).lower(), re.sub(r"\s+", " ", match.group(2)))
+            fields.setdefault(match.group(1).lower(),
+                              re.sub(r"\s+", " ", match.group(2)).strip())
         if fields:
             blocks.append(fields)
     return blocks
@@ -163,8 +255,10 @@ def _dsn_recipients(part: EmailMessage) -> list[BounceRecipient]:
 def _is_permanent(recipient: BounceRecipient) -> bool:
     # RFC 3464: "failed" is final even with a 4.x.x status (the server gave up, e.g.
     # 4.4.7 delivery time expired); the status tells a soft from a hard bounce.
+    # "expired" is not in RFC 3464's list, but MTAs (and RFC 3464 section 2.3.3's
+    # "gave up") use it for the same final failure after the retry period.
     if recipient.action:
-        return recipient.action == "failed"
+        return recipient.action in ("failed", "expired")
     return recipient.status.startswith("5")
 
 
@@ -198,6 +292,9 @@ def _classic_details(text: str, address: str) -> BounceRecipient:
         if address in line.lower():
             window = " ".join(part.strip() for part in lines[index:index + 4])
             status = _ENHANCED_STATUS.search(window)
+            if status is None:  # one status code in the whole notice is this one's
+                found = set(_FAILURE_STATUS.findall(text[:5000]))
+                status = _FAILURE_STATUS.search(found.pop()) if len(found) == 1 else None
             code = _SMTP_CODE.search(window)
             return BounceRecipient(
                 recipient=address[:320],
@@ -228,6 +325,109 @@ def _classic_failures(raw: bytes) -> tuple[set[str], set[str]]:
         return out
 
     return as_text(temporary), as_text(permanent)
+
+
+def _original_recipients(parsed: ParsedEmail, embedded: list[EmailMessage | str]
+                         ) -> list[BounceRecipient]:
+    """For a mail system's notice in wording no detector knows: the recipients of the
+    original message it returns (attached, or its headers quoted in the text), narrowed
+    to those the notice itself names when it names any. Our own addresses (the notice's
+    To and Delivered-To) are never a bounced recipient."""
+    ours = {a.email for a in parsed.to} | set(parsed.delivered_to)
+    candidates: list[str] = []
+    for item in embedded:
+        if isinstance(item, str):
+            values = [m.group(1) for m in _EMBEDDED_TO.finditer(item[:20000])]
+        else:
+            headers = _raw_headers(item)
+            values = headers.get("to", []) + headers.get("cc", [])
+        candidates += [a.email for a in _addresses(values)]
+    notice = parsed.text[:20000]
+    if not candidates:
+        quoted_id = _QUOTED_MESSAGE_ID.search(notice)
+        if quoted_id:  # a quoted header block: its To/Cc lines near the Message-ID
+            start = max(0, quoted_id.start() - 2000)
+            block = notice[start:quoted_id.end() + 2000]
+            candidates = [a.email for m in _QUOTED_TO.finditer(block)
+                          for a in _addresses([m.group(1)])]
+            first = _QUOTED_HEADER.search(block)
+            notice = notice[:start + (first.start() if first else 0)]
+    candidates = [c for c in dict.fromkeys(candidates) if c not in ours]
+    named = {m.lower() for m in _ADDRESS.findall(notice)}
+    chosen = [c for c in candidates if c in named] or candidates
+    return [_classic_details(parsed.text, address) for address in chosen[:20]]
+
+
+def _ses_notification(parsed: ParsedEmail) -> dict | None:
+    """An Amazon SES event notification (bounce, complaint, delivery) as SNS mails it:
+    the notification JSON as the body ("email" subscriptions) or inside the SNS envelope's
+    ``Message`` string ("email-json"). Documented at docs.aws.amazon.com/ses/latest/dg/
+    notification-contents.html. None for anything else; only read for mail from AWS."""
+    sender = parsed.from_.email if parsed.from_ else ""
+    if not sender.endswith(_SES_DOMAINS):
+        return None
+    text = parsed.text
+    start = text.find("{")
+    if start < 0 or ("notificationType" not in text and "eventType" not in text):
+        return None
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[start:])
+        if isinstance(data, dict) and isinstance(data.get("Message"), str):
+            data = json.loads(data["Message"])  # the SNS envelope of "email-json"
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _ses_ids(notification: dict) -> list[str]:
+    mail = notification.get("mail") or {}
+    ids = [str((mail.get("commonHeaders") or {}).get("messageId") or "")]
+    for header in mail.get("headers") or []:
+        if isinstance(header, dict) and str(header.get("name", "")).lower() == "message-id":
+            ids.append(str(header.get("value") or ""))
+    seen: dict[str, None] = {}
+    for mid in ids:
+        mid = normalize_message_id(mid)
+        if mid:
+            seen.setdefault(mid[:998], None)
+    return list(seen)
+
+
+def _ses_apply(parsed: ParsedEmail, notification: dict) -> bool:
+    """Fill ``parsed`` from an SES notification; False when it is no event we know."""
+    kind = str(notification.get("notificationType") or notification.get("eventType") or "")
+    ids = _ses_ids(notification)
+    if kind == "Bounce":
+        bounce = notification.get("bounce") or {}
+        recipients = []
+        for entry in bounce.get("bouncedRecipients") or []:
+            if not isinstance(entry, dict) or "@" not in str(entry.get("emailAddress", "")):
+                continue
+            address = _addresses([str(entry["emailAddress"])])
+            recipients.append(BounceRecipient(
+                recipient=(address[0].email if address else "")[:320],
+                status=str(entry.get("status") or "")[:20],
+                diagnostic=_TYPE_PREFIX.sub("", str(entry.get("diagnosticCode") or ""))[:500],
+                action=str(entry.get("action") or "failed").lower()[:20]))
+        parsed.bounce = BounceInfo(original_message_id=(ids or [""])[0],
+                                   recipients=recipients, referenced_message_ids=ids)
+        return True
+    if kind == "Complaint":
+        complaint = notification.get("complaint") or {}
+        parsed.complaint = ComplaintInfo(
+            feedback_type=str(complaint.get("complaintFeedbackType") or "").lower()[:40],
+            recipients=[a.email for entry in complaint.get("complainedRecipients") or []
+                        if isinstance(entry, dict)
+                        for a in _addresses([str(entry.get("emailAddress", ""))])][:20],
+            referenced_message_ids=ids)
+        return True
+    if kind in ("Delivery", "DeliveryDelay"):
+        if kind == "Delivery":
+            parsed.is_auto_reply, parsed.auto_reply_reason = True, "delivery notification"
+        else:
+            parsed.is_delay = True
+        return True
+    return False
 
 
 def _report_type(headers: dict[str, list[str]]) -> str:
@@ -298,6 +498,51 @@ def _auto_reply_reason(parsed: ParsedEmail, headers: dict[str, list[str]]) -> st
     return ""
 
 
+def _delivery_report(parsed: ParsedEmail, raw: bytes, headers: dict[str, list[str]],
+                     reports: list[EmailMessage], embedded: list[EmailMessage | str],
+                     report_type: str) -> None:
+    """Set ``bounce``, ``is_delay`` or the success-notice auto-reply flag of a delivery
+    report; leave ``parsed`` alone for anything else. Cheap header checks decide whether
+    the expensive classic-text scan runs."""
+    dsn: list[BounceRecipient] = []
+    for part in reports:
+        if part.get_content_type() in DELIVERY_STATUS_TYPES:
+            dsn.extend(_dsn_recipients(part))
+    permanent = [r for r in dsn if _is_permanent(r)]
+    if permanent:
+        parsed.bounce = BounceInfo(recipients=permanent)
+    elif any(_is_delay(r) for r in dsn):
+        parsed.is_delay = True
+    elif dsn:
+        parsed.is_auto_reply, parsed.auto_reply_reason = True, "delivery notification"
+    elif _looks_like_mail_system(parsed, headers):
+        temporary, failed = _classic_failures(raw)
+        failed |= {a.email for a in _addresses(headers.get("x-failed-recipients", []))}
+        delay_words = _DELAY_SUBJECT.search(parsed.subject)
+        failure_subject = bool(_FAILURE_SUBJECT.search(parsed.subject)) and not delay_words
+        if failed and not delay_words:
+            parsed.bounce = BounceInfo(recipients=[
+                _classic_details(parsed.text, address) for address in sorted(failed)])
+        elif temporary and failure_subject:
+            # "could not be delivered ... attempts will continue": the sender is told
+            # it failed; treat it as failed (the detector calls it a warning).
+            parsed.bounce = BounceInfo(recipients=[
+                _classic_details(parsed.text, address) for address in sorted(temporary)])
+        elif temporary or failed or delay_words:
+            parsed.is_delay = True
+        elif failure_subject and not _SUCCESS_SUBJECT.search(parsed.subject) and (
+                _sent_by_mail_system(parsed, headers)
+                or ("return-path" not in headers and _machine_made(headers) and embedded)):
+            # A mail system's failure notice in wording no detector knows: the sender
+            # side and the subject say it; the original it returns names the recipient.
+            parsed.bounce = BounceInfo(recipients=_original_recipients(parsed, embedded))
+        elif (_FAILURE_TEXT.search(parsed.text[:20000])
+              or report_type == "delivery-status") and (
+                _from_mail_system(parsed, headers)
+                or (failure_subject and _machine_made(headers))):
+            parsed.bounce = BounceInfo(recipients=_original_recipients(parsed, embedded))
+
+
 def classify(parsed: ParsedEmail, msg: EmailMessage, raw: bytes,
              headers: dict[str, list[str]], reports: list[EmailMessage],
              embedded: list[EmailMessage | str]) -> None:
@@ -306,46 +551,17 @@ def classify(parsed: ParsedEmail, msg: EmailMessage, raw: bytes,
     if not parsed.is_challenge and _is_complaint(report_type, reports, embedded, parsed):
         parsed.complaint = _complaint(reports, embedded, parsed)
 
-    dsn: list[BounceRecipient] = []
-    for part in reports:
-        if part.get_content_type() in DELIVERY_STATUS_TYPES:
-            dsn.extend(_dsn_recipients(part))
-    if not parsed.is_challenge and not parsed.is_complaint:
-        permanent = [r for r in dsn if _is_permanent(r)]
-        if permanent:
-            parsed.bounce = BounceInfo(recipients=permanent)
-        elif any(_is_delay(r) for r in dsn):
-            parsed.is_delay = True
-        elif dsn:
-            parsed.is_auto_reply, parsed.auto_reply_reason = True, "delivery notification"
-        elif _looks_like_mail_system(parsed, headers):
-            temporary, failed = _classic_failures(raw)
-            failed |= {a.email for a in _addresses(headers.get("x-failed-recipients", []))}
-            delay_words = _DELAY_SUBJECT.search(parsed.subject)
-            failure_subject = _FAILURE_SUBJECT.search(parsed.subject) and not delay_words
-            if failed and not delay_words:
-                parsed.bounce = BounceInfo(recipients=[
-                    _classic_details(parsed.text, address) for address in sorted(failed)])
-            elif temporary and failure_subject:
-                # "could not be delivered ... attempts will continue": the sender is told
-                # it failed; treat it as failed (the detector calls it a warning).
-                parsed.bounce = BounceInfo(recipients=[
-                    _classic_details(parsed.text, address) for address in sorted(temporary)])
-            elif temporary or failed or delay_words:
-                parsed.is_delay = True
-            elif (_FAILURE_TEXT.search(parsed.text[:20000])
-                  or report_type == "delivery-status") and (
-                    _from_mail_system(parsed, headers)
-                    or (failure_subject and _machine_made(headers))):
-                # A mail system's failure notice whose format no detector knows: still a
-                # bounce (no ticket), recipients unknown.
-                parsed.bounce = BounceInfo()
-    if parsed.bounce is not None:
-        ids = _referenced_ids(parsed, embedded)
-        parsed.bounce.referenced_message_ids = ids
-        embedded_ids = [i for i in ids if i not in parsed.in_reply_to
-                        and i not in parsed.references]
-        parsed.bounce.original_message_id = (embedded_ids or ids or [""])[0]
+    ses = None if parsed.is_challenge or parsed.is_complaint else _ses_notification(parsed)
+    if ses is not None and _ses_apply(parsed, ses):
+        pass  # its ids are SES's own fields; nothing below applies
+    elif not parsed.is_challenge and not parsed.is_complaint:
+        _delivery_report(parsed, raw, headers, reports, embedded, report_type)
+        if parsed.bounce is not None:
+            ids = _referenced_ids(parsed, embedded)
+            parsed.bounce.referenced_message_ids = ids
+            embedded_ids = [i for i in ids if i not in parsed.in_reply_to
+                            and i not in parsed.references]
+            parsed.bounce.original_message_id = (embedded_ids or ids or [""])[0]
 
     if report_type == "disposition-notification" or any(
             p.get_content_type() == "message/disposition-notification" for p in reports):
