@@ -63,6 +63,12 @@ _LIST_LOCALPART = re.compile(r"^(?:owner-.+|.+-(?:owner|request|bounces?|admin)|
                              r"majordomo|listserv|sympa|ezmlm|lyris|listproc)$")
 # A subject saying it is a reply or a forward: a person wrote it (a customer forwarding
 # us the bounce they got is a customer, not a mail system).
+# What mail clients put above an inline forward; mail systems quote the original
+# differently ("Original message", "Below this line is a copy of the message").
+_FORWARD_MARKER = re.compile(
+    r"^[ \t>]*(?:-{2,}\s*(?:forwarded message|weitergeleitete nachricht|message transf[ée]r[ée]|"
+    r"mensaje reenviado|messaggio inoltrato|doorgestuurd bericht)\s*-{2,}|"
+    r"begin forwarded message\s*:)", re.IGNORECASE | re.MULTILINE)
 _REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|aw|sv|fw|fwd|wg|tr|rv|enc|doorst|vs|vl|i)\s*"
                                r"(?:\[\d+\])?\s*:", re.IGNORECASE)
 _FAILURE_SUBJECT = re.compile(
@@ -171,7 +177,8 @@ def _looks_like_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) 
     """Cheap header checks that decide whether the classic-text detectors run at all."""
     if _sent_by_mail_system(parsed, headers):
         return True
-    if _from_mailing_list(parsed, headers) or _REPLY_OR_FORWARD.match(parsed.subject):
+    if (_from_mailing_list(parsed, headers) or _REPLY_OR_FORWARD.match(parsed.subject)
+            or _FORWARD_MARKER.search(parsed.text[:20000])):
         return False  # a list notice, or a person replying or forwarding a bounce
     return bool(_FAILURE_SUBJECT.search(parsed.subject))
 
