@@ -71,6 +71,8 @@ _FORWARD_MARKER = re.compile(
     r"begin forwarded message\s*:)", re.IGNORECASE | re.MULTILINE)
 _REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|aw|sv|fw|fwd|wg|tr|rv|enc|doorst|vs|vl|i)\s*"
                                r"(?:\[\d+\])?\s*:", re.IGNORECASE)
+# Matched against the lower-cased subject: a case-sensitive search is some twenty
+# times faster than re.IGNORECASE over this many alternatives, and it runs on every mail.
 _FAILURE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (status notification|failure|failed|has failed|problem|"
     r"notification|report)|returned mail|failure notice|mail delivery failed|"
@@ -83,8 +85,7 @@ _FAILURE_SUBJECT = re.compile(
     # Japanese carriers and providers: "delivery error", "could not be sent",
     # "undelivered", "unknown address", "returned mail", "did not arrive".
     r"配信(?:エラー|不能|失敗|できません)|送信(?:エラー|失敗|できません)|不達|未達|"
-    r"宛先不明|返送(?:され|メール)|届きませんでした|届けられませんでした|エラーメール",
-    re.IGNORECASE)
+    r"宛先不明|返送(?:され|メール)|届きませんでした|届けられませんでした|エラーメール")
 # Success notices without a report part ("Delivery Status Notification (Success)").
 _SUCCESS_SUBJECT = re.compile(r"\((?:success|relayed|delivered)\)|successful(?:ly)? "
                               r"deliver|delivery (?:succeeded|successful)|\brelayed\b",
@@ -177,10 +178,11 @@ def _looks_like_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) 
     """Cheap header checks that decide whether the classic-text detectors run at all."""
     if _sent_by_mail_system(parsed, headers):
         return True
-    if (_from_mailing_list(parsed, headers) or _REPLY_OR_FORWARD.match(parsed.subject)
-            or _FORWARD_MARKER.search(parsed.text[:20000])):
-        return False  # a list notice, or a person replying or forwarding a bounce
-    return bool(_FAILURE_SUBJECT.search(parsed.subject))
+    if not _FAILURE_SUBJECT.search(parsed.subject.lower()):
+        return False
+    # A list notice, or a person replying or forwarding a bounce, is no report.
+    return not (_from_mailing_list(parsed, headers) or _REPLY_OR_FORWARD.match(parsed.subject)
+                or _FORWARD_MARKER.search(parsed.text[:20000]))
 
 
 def _encoded_report_text(part: EmailMessage) -> str | None:
@@ -526,7 +528,8 @@ def _delivery_report(parsed: ParsedEmail, raw: bytes, headers: dict[str, list[st
         temporary, failed = _classic_failures(raw)
         failed |= {a.email for a in _addresses(headers.get("x-failed-recipients", []))}
         delay_words = _DELAY_SUBJECT.search(parsed.subject)
-        failure_subject = bool(_FAILURE_SUBJECT.search(parsed.subject)) and not delay_words
+        failure_subject = (bool(_FAILURE_SUBJECT.search(parsed.subject.lower()))
+                           and not delay_words)
         if failed and not delay_words:
             parsed.bounce = BounceInfo(recipients=[
                 _classic_details(parsed.text, address) for address in sorted(failed)])
