@@ -373,8 +373,8 @@ def _ses_notification(parsed: ParsedEmail) -> dict | None:
     ``Message`` string ("email-json"). Documented at docs.aws.amazon.com/ses/latest/dg/
     notification-contents.html. None for anything else; only read for mail from AWS."""
     sender = parsed.from_.email if parsed.from_ else ""
-    if not sender.endswith(_SES_DOMAINS):
-        return None
+    if not sender.endswith(_SES_DOMAINS) or parsed.dmarc == "fail":
+        return None  # AWS signs its mail: one that fails DMARC is not from AWS
     text = parsed.text
     start = text.find("{")
     if start < 0 or ("notificationType" not in text and "eventType" not in text):
@@ -383,15 +383,24 @@ def _ses_notification(parsed: ParsedEmail) -> dict | None:
         data, _ = json.JSONDecoder().raw_decode(text[start:])
         if isinstance(data, dict) and isinstance(data.get("Message"), str):
             data = json.loads(data["Message"])  # the SNS envelope of "email-json"
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
+def _object(value) -> dict:
+    """A JSON object from an untrusted document, or {} for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _array(value) -> list:
+    return value if isinstance(value, list) else []
+
+
 def _ses_ids(notification: dict) -> list[str]:
-    mail = notification.get("mail") or {}
-    ids = [str((mail.get("commonHeaders") or {}).get("messageId") or "")]
-    for header in mail.get("headers") or []:
+    mail = _object(notification.get("mail"))
+    ids = [str(_object(mail.get("commonHeaders")).get("messageId") or "")]
+    for header in _array(mail.get("headers")):
         if isinstance(header, dict) and str(header.get("name", "")).lower() == "message-id":
             ids.append(str(header.get("value") or ""))
     seen: dict[str, None] = {}
@@ -403,13 +412,12 @@ def _ses_ids(notification: dict) -> list[str]:
 
 
 def _ses_apply(parsed: ParsedEmail, notification: dict) -> bool:
-    """Fill ``parsed`` from an SES notification; False when it is no event we know."""
+    """Fill ``parsed`` from an SES notification; False when it is none (no ``mail``)."""
     kind = str(notification.get("notificationType") or notification.get("eventType") or "")
     ids = _ses_ids(notification)
     if kind == "Bounce":
-        bounce = notification.get("bounce") or {}
         recipients = []
-        for entry in bounce.get("bouncedRecipients") or []:
+        for entry in _array(_object(notification.get("bounce")).get("bouncedRecipients")):
             if not isinstance(entry, dict) or "@" not in str(entry.get("emailAddress", "")):
                 continue
             address = _addresses([str(entry["emailAddress"])])
@@ -421,22 +429,31 @@ def _ses_apply(parsed: ParsedEmail, notification: dict) -> bool:
         parsed.bounce = BounceInfo(original_message_id=(ids or [""])[0],
                                    recipients=recipients, referenced_message_ids=ids)
         return True
+    if kind == "Reject":  # SES refused to send it at all (say, a virus): nobody got it
+        parsed.bounce = BounceInfo(
+            original_message_id=(ids or [""])[0], referenced_message_ids=ids,
+            recipients=[BounceRecipient(recipient=a.email, action="failed",
+                                        diagnostic="rejected by Amazon SES")
+                        for a in _addresses([str(d) for d in _array(
+                            _object(notification.get("mail")).get("destination"))])][:20])
+        return True
     if kind == "Complaint":
-        complaint = notification.get("complaint") or {}
+        complaint = _object(notification.get("complaint"))
         parsed.complaint = ComplaintInfo(
             feedback_type=str(complaint.get("complaintFeedbackType") or "").lower()[:40],
-            recipients=[a.email for entry in complaint.get("complainedRecipients") or []
+            recipients=[a.email for entry in _array(complaint.get("complainedRecipients"))
                         if isinstance(entry, dict)
                         for a in _addresses([str(entry.get("emailAddress", ""))])][:20],
             referenced_message_ids=ids)
         return True
-    if kind in ("Delivery", "DeliveryDelay"):
-        if kind == "Delivery":
-            parsed.is_auto_reply, parsed.auto_reply_reason = True, "delivery notification"
-        else:
-            parsed.is_delay = True
+    if kind == "DeliveryDelay":
+        parsed.is_delay = True
         return True
-    return False
+    if not _object(notification.get("mail")):
+        return False
+    # Delivery, and the tracking events (Send, Open, Click, ...): automatic, no ticket.
+    parsed.is_auto_reply, parsed.auto_reply_reason = True, "delivery notification"
+    return True
 
 
 def _report_type(headers: dict[str, list[str]]) -> str:

@@ -150,6 +150,21 @@ def test_an_inline_forward_is_a_customer_even_without_fw_in_the_subject():
     assert not parsed.is_bounce and not parsed.is_auto_reply
 
 
+def test_an_ses_notification_that_fails_dmarc_is_not_read():
+    raw = (FIXTURES / "amazon-ses-bounce-sns-email.eml").read_bytes().replace(
+        b"From: AWS", b"Authentication-Results: mx.acme.example; dmarc=fail "
+        b"header.from=sns.amazonaws.com\nFrom: AWS")
+    assert not parse_email(raw).is_bounce
+
+
+def test_an_ses_notification_of_odd_shape_is_read_without_raising():
+    raw = (FIXTURES / "amazon-ses-bounce-sns-email.eml").read_bytes()
+    head = raw[:raw.index(b"\n\n") + 2]
+    parsed = parse_email(head + b'{"notificationType":"Bounce","bounce":[1],"mail":"x"}\n')
+    assert not parsed.quarantine_reason
+    assert parsed.is_bounce and parsed.bounce.recipients == []
+
+
 @pytest.mark.django_db
 def test_a_bounce_without_a_sender_is_recorded_as_a_bounce_not_quarantined(tenant):
     with tenant_scope(tenant):
