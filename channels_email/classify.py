@@ -69,6 +69,7 @@ _FORWARD_MARKER = re.compile(
     r"^[ \t>]*(?:-{2,}\s*(?:forwarded message|weitergeleitete nachricht|message transf[ée]r[ée]|"
     r"mensaje reenviado|messaggio inoltrato|doorgestuurd bericht)\s*-{2,}|"
     r"begin forwarded message\s*:)", re.IGNORECASE | re.MULTILINE)
+_INNER_PREFIX = re.compile(r"\b(?:re|aw|sv|fw|fwd|wg|tr|rv|antw)\s*(?:\[\d+\])?\s*:")
 _REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|aw|sv|fw|fwd|wg|tr|rv|enc|doorst|vs|vl|i)\s*"
                                r"(?:\[\d+\])?\s*:", re.IGNORECASE)
 # Matched against the lower-cased subject: a case-sensitive search is some twenty
@@ -172,6 +173,18 @@ def _sent_by_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) -> 
 def _from_mailing_list(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
     sender = parsed.from_.email if parsed.from_ else ""
     return bool(sender and _LIST_LOCALPART.match(_localpart(sender)))
+
+
+def _own_failure_subject(subject: str) -> bool:
+    """The subject itself reports a failure: not a success notice, not an auto-reply,
+    and the failure words come before any "Re:" (in "Automatic reply: Re: Refund
+    rejected" they are the original's subject, in "Undeliverable: Re: ..." they are not)."""
+    lower = subject.lower()
+    failure = _FAILURE_SUBJECT.search(lower)
+    if failure is None or _SUCCESS_SUBJECT.search(lower) or _AUTO_SUBJECT.search(subject):
+        return False
+    quoted = _INNER_PREFIX.search(lower)
+    return quoted is None or failure.start() < quoted.start()
 
 
 def _looks_like_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
@@ -557,7 +570,7 @@ def _delivery_report(parsed: ParsedEmail, raw: bytes, headers: dict[str, list[st
                 _classic_details(parsed.text, address) for address in sorted(temporary)])
         elif temporary or failed or delay_words:
             parsed.is_delay = True
-        elif failure_subject and not _SUCCESS_SUBJECT.search(parsed.subject) and (
+        elif failure_subject and _own_failure_subject(parsed.subject) and (
                 _sent_by_mail_system(parsed, headers)
                 or ("return-path" not in headers and _machine_made(headers) and embedded)):
             # A mail system's failure notice in wording no detector knows: the sender

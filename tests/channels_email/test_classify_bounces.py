@@ -79,6 +79,8 @@ SUCCESS_NOTICES = {"rfc3464-action-delivered.eml", "rfc3464-action-relayed.eml",
 CUSTOMER_MAIL = {"guard-customer-forwards-a-bounce.eml",
                  "guard-customer-forwards-a-bounce-inline.eml"}
 NOT_BOUNCES = {"guard-mailing-list-notice.eml"}  # automatic, but no delivery report
+# An auto-reply from a null return path whose subject quotes a failure word of ours.
+AUTO_REPLIES = {"guard-auto-reply-quoting-a-failure-subject.eml"}
 
 
 def parse(name: str):
@@ -87,7 +89,7 @@ def parse(name: str):
 
 def test_every_fixture_has_an_expectation_and_a_readme_entry():
     files = {p.name for p in FIXTURES.glob("*.eml")}
-    judged = set(BOUNCES) | DELAYS | SUCCESS_NOTICES | CUSTOMER_MAIL | NOT_BOUNCES
+    judged = set(BOUNCES) | DELAYS | SUCCESS_NOTICES | CUSTOMER_MAIL | NOT_BOUNCES | AUTO_REPLIES
     assert files == judged
     readme = (FIXTURES / "README.md").read_text()
     documented = set(re.findall(r"^\| `([^`]+\.eml)` \|", readme, re.MULTILINE))
@@ -129,6 +131,12 @@ def test_a_customer_forwarding_a_bounce_is_a_customer(name):
 def test_a_mailing_list_notice_is_not_a_bounce(name):
     parsed = parse(name)
     assert not parsed.is_bounce and not parsed.is_delay
+
+
+@pytest.mark.parametrize("name", sorted(AUTO_REPLIES))
+def test_an_auto_reply_quoting_a_failure_subject_is_an_auto_reply(name):
+    parsed = parse(name)
+    assert parsed.is_auto_reply and not parsed.is_bounce and not parsed.is_delay
 
 
 def test_the_daemon_rule_needs_a_failure_subject():
