@@ -56,7 +56,9 @@ _DAEMON_LOCALPART = re.compile(
     r"^microsoftexchange[0-9a-f]{0,40}$")
 _DAEMON_NAMES = re.compile(r"mail delivery (system|subsystem|service)|mailer.?daemon|"
                            r"post.?master|mail administrator|delivery status|"
-                           r"mail system administrator", re.IGNORECASE)
+                           r"mail system administrator|^system administrator$|"
+                           r"^mail (?:system|router)$|^internet mail delivery$",
+                           re.IGNORECASE)
 # Mailing-list software and list role addresses (RFC 2142, RFC 2369): their notices
 # ("your message awaits approval", "posting rejected") are not delivery reports.
 _LIST_LOCALPART = re.compile(r"^(?:owner-.+|.+-(?:owner|request|bounces?|admin)|mailman|"
@@ -82,7 +84,18 @@ _FAILURE_SUBJECT = re.compile(
     r"non remis|nicht zustellbar|mail status report|user unknown|no such user|"
     r"delivery (error|unsuccessful)|message status|mail returned|bounced? mail|"
     r"rejected|nondeliverable|failed delivery|delivery warning|warning: could not send|"
-    r"mail system error|failure delivery|not deliverable|"
+    r"mail system error|failure delivery|not deliverable|delivery status|"
+    r"message blocked|\((?:failure|fehler|error|échec|errore|erro|fout)\)|"
+    # Exchange's and other MTAs' localised "Undeliverable": German, French, Spanish,
+    # Portuguese, Italian, Dutch, Nordic, Polish, Czech, Hungarian, Turkish, Russian,
+    # Chinese, Korean.
+    r"nicht zugestellt|échec de (?:la )?remise|no entregad|"
+    r"no se (?:pudo|puede) entregar|não entregue|não foi possível entregar|"
+    r"non recapitabil|recapito non riuscito|onbestelbaar|niet bezorgd|"
+    r"kunde inte levereras|olevererbar|ikke levert|ikke leveret|kan ikke leveres|"
+    r"ei voitu toimittaa|niedostarczal|nie dostarczono|nedoručitel|kézbesíthetetlen|"
+    r"teslim edilemedi|недоставлен|не доставлено|невозможно доставить|"
+    r"退信|未送达|投递失败|無法傳遞|無法投遞|送達失敗|배달되지|전송 실패|반송|"
     # Japanese carriers and providers: "delivery error", "could not be sent",
     # "undelivered", "unknown address", "returned mail", "did not arrive".
     r"配信(?:エラー|不能|失敗|できません)|送信(?:エラー|失敗|できません)|不達|未達|"
@@ -244,10 +257,16 @@ def _report_blocks(part: EmailMessage) -> list[dict[str, str]]:
             return blocks
     if text is None:
         text = _part_text(part) if not isinstance(payload, list) else ""
+    return _text_blocks(text)
+
+
+def _text_blocks(text: str) -> list[dict[str, str]]:
+    """Field blocks (separated by blank lines) read from report text."""
+    blocks = []
     for chunk in re.split(r"\r?\n\s*\r?\n", text):
-        fields = {}
-        for match in re.finditer(r"^([A-Za-z-]+)\s*:\s*(.*(?:\r?\n[ \t].*)*)", chunk,
-                                 re.MULTILINE):
+        fields: dict[str, str] = {}
+        for match in re.finditer(r"^[ \t]*([A-Za-z-]+)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+\S.*)*)",
+                                 chunk, re.MULTILINE):
             fields.setdefault(match.group(1).lower(),
                               re.sub(r"\s+", " ", match.group(2)).strip())
         if fields:
@@ -256,12 +275,24 @@ def _report_blocks(part: EmailMessage) -> list[dict[str, str]]:
 
 
 def _dsn_recipients(part: EmailMessage) -> list[BounceRecipient]:
-    recipients = []
-    blocks = _report_blocks(part)
     # A top-level delivery-status part carries its recipient fields in its own headers.
     own = {name.strip().lower(): re.sub(r"\s+", " ", _unsurrogate(str(value))).strip()
            for name, value in part.raw_items()}
-    for fields in [own, *blocks]:
+    return _block_recipients([own, *_report_blocks(part)])
+
+
+def _inline_report_recipients(parsed: ParsedEmail) -> list[BounceRecipient]:
+    """RFC 3464 fields written into the text of a mail system's notice instead of a
+    delivery-status part (some MTAs and gateways do)."""
+    text = parsed.text[:50000]
+    if "final-recipient" not in text.lower():
+        return []
+    return _block_recipients(_text_blocks(text))
+
+
+def _block_recipients(blocks: list[dict[str, str]]) -> list[BounceRecipient]:
+    recipients = []
+    for fields in blocks:
         address = fields.get("final-recipient") or fields.get("original-recipient")
         if not address or "action" not in fields and "status" not in fields:
             continue
@@ -375,8 +406,14 @@ def _original_recipients(parsed: ParsedEmail, embedded: list[EmailMessage | str]
             first = _QUOTED_HEADER.search(block)
             notice = notice[:start + (first.start() if first else 0)]
     candidates = [c for c in dict.fromkeys(candidates) if c not in ours]
-    named = {m.lower() for m in _ADDRESS.findall(notice)}
+    named = [m.lower().strip(".") for m in _ADDRESS.findall(notice)]
     chosen = [c for c in candidates if c in named] or candidates
+    if not chosen and not embedded:
+        # Nothing returned with the notice: the addresses it names, except ours and
+        # those of mail systems ("contact postmaster@...").
+        sender = parsed.from_.email if parsed.from_ else ""
+        chosen = [a for a in dict.fromkeys(named)
+                  if a not in ours and a != sender and not _is_daemon(a)][:5]
     return [_classic_details(parsed.text, address) for address in chosen[:20]]
 
 
@@ -555,6 +592,13 @@ def _delivery_report(parsed: ParsedEmail, raw: bytes, headers: dict[str, list[st
     elif dsn:
         parsed.is_auto_reply, parsed.auto_reply_reason = True, "delivery notification"
     elif _looks_like_mail_system(parsed, headers):
+        inline = _inline_report_recipients(parsed)
+        if any(_is_permanent(r) for r in inline):
+            parsed.bounce = BounceInfo(recipients=[r for r in inline if _is_permanent(r)])
+            return
+        if any(_is_delay(r) for r in inline):
+            parsed.is_delay = True
+            return
         temporary, failed = _classic_failures(raw)
         failed |= {a.email for a in _addresses(headers.get("x-failed-recipients", []))}
         delay_words = _DELAY_SUBJECT.search(parsed.subject)

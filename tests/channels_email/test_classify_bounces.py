@@ -52,6 +52,12 @@ BOUNCES = {
                                                "reply-63ef@helpdesk.acme.example"),
     "no-from-header.eml": ("piet.jansen@old-host.example", "5.1.1",
                            "reply-66f0@helpdesk.acme.example"),
+    # Report fields in the text (only the failed recipient counts, not the delayed
+    # one); a notice returning no original (its References name our reply).
+    "inline-report-fields.eml": ("yusuf.demir@customer.example", "5.4.1",
+                                 "reply-109c@helpdesk.acme.example"),
+    "daemon-notice-without-original.eml": ("nina.petrova@customer.example", "5.2.1",
+                                           "reply-111d@helpdesk.acme.example"),
     # Provider formats.
     "amazon-ses-bounce-sns-email.eml": ("noah.smith@customer.example", "5.1.1",
                                         "reply-71ab@helpdesk.acme.example"),
@@ -61,6 +67,8 @@ BOUNCES = {
                           "reply-81aa@helpdesk.acme.example"),
     "exchange-ndr-without-report.eml": ("lucas.martin@customer.example", "",
                                         "reply-85bb@helpdesk.acme.example"),
+    "exchange-ndr-localised-subject.eml": ("lucia.fernandez@cliente.example", "",
+                                           "reply-107b@helpdesk.acme.example"),
     "gmail-address-not-found.eml": ("chen.jie@customer.example", "5.1.1",
                                     "reply-90cc@helpdesk.acme.example"),
     "yahoo-failure-notice.eml": ("sofia.rossi@customer.example", "554",
