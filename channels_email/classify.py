@@ -85,7 +85,10 @@ _FAILURE_SUBJECT = re.compile(
     r"delivery (error|unsuccessful)|message status|mail returned|bounced? mail|"
     r"rejected|nondeliverable|failed delivery|delivery warning|warning: could not send|"
     r"mail system error|failure delivery|not deliverable|delivery status|"
-    r"message blocked|\((?:failure|fehler|error|échec|errore|erro|fout)\)|"
+    r"message blocked|sent blocked|blocked by|\((?:failure|fehler|error|échec|errore|erro|fout)\)|"
+    r"failed mail|mail failure|failed to deliver|delivery error|error sending|not delivered|"
+    r"returned message|(?:mail|message) bounced|\bbounce\b|\bndn\b|non-?delivery|"
+    r"delivery problem|mail error|"
     # Exchange's and other MTAs' localised "Undeliverable": German, French, Spanish,
     # Portuguese, Italian, Dutch, Nordic, Polish, Czech, Hungarian, Turkish, Russian,
     # Chinese, Korean.
@@ -98,7 +101,7 @@ _FAILURE_SUBJECT = re.compile(
     r"退信|未送达|投递失败|無法傳遞|無法投遞|送達失敗|배달되지|전송 실패|반송|"
     # Japanese carriers and providers: "delivery error", "could not be sent",
     # "undelivered", "unknown address", "returned mail", "did not arrive".
-    r"配信(?:エラー|不能|失敗|できません)|送信(?:エラー|失敗|できません)|不達|未達|"
+    r"配[信送](?:エラー|不能|失敗|できません)|送信(?:エラー|失敗|できません)|不達|未達|不着|未配信|"
     r"宛先不明|返送(?:され|メール)|届きませんでした|届けられませんでした|エラーメール")
 # Success notices without a report part ("Delivery Status Notification (Success)").
 _SUCCESS_SUBJECT = re.compile(r"\((?:success|relayed|delivered)\)|successful(?:ly)? "
