@@ -2,18 +2,27 @@
 challenge-response requests and auto-replies. Fills the flags of a ParsedEmail.
 
 Order of evidence, strongest first:
-1. RFC 3464 delivery-status parts: per recipient, ``Action: failed`` with a non-4.x.x
-   status is a bounce; ``delayed`` (or a 4.x.x status) is a delay, never a bounce;
+1. Amazon SES notifications (JSON mailed by SNS, from AWS and not failing DMARC):
+   Bounce and Reject are bounces, Complaint a complaint, DeliveryDelay a delay, the
+   rest (Delivery, tracking events) automatic.
+2. RFC 3464 delivery-status parts, in any transfer encoding: per recipient,
+   ``Action: failed`` or ``expired`` is a bounce (the status tells soft from hard);
+   ``delayed`` (or, without an action, a 4.x.x status) is a delay, never a bounce;
    ``delivered``/``relayed``/``expanded`` is a success notice (automatic, no ticket).
-2. RFC 5965 feedback reports and the known non-standard complaint formats: complaint.
-3. Classic MTA bounce texts, only for mail that looks like it comes from a mail system
-   (a mailer-daemon or postmaster sender, an empty Return-Path, or a failure subject):
-   ``flufl.bounce`` finds the failed recipients; temporary-only findings are delays.
-4. Challenge-response services and auto-replies by their headers, and a short list of
+3. RFC 5965 feedback reports and the known non-standard complaint formats: complaint.
+4. Only for mail that looks like it comes from a mail system (cheap header checks: a
+   missing, "<>" or daemon sender such as MAILER-DAEMON, postmaster and its variants or
+   Exchange's MicrosoftExchange<hex>; a null Return-Path; X-Failed-Recipients; Exchange's
+   NDR header; or a failure subject, unless a reply, a forward or a list notice): report
+   fields in the text, then ``flufl.bounce`` on the classic MTA texts (temporary-only
+   findings are delays), then the sender side plus a failure subject of its own: a bounce
+   in any wording, the recipient read from the returned original.
+5. Challenge-response services and auto-replies by their headers, and a short list of
    auto-reply subjects.
 
 Ordinary mail is never inspected by the classic-text detectors, which keeps customer
-emails that merely mention "undeliverable" from being taken for bounces.
+emails that merely mention "undeliverable", or forward a bounce, from being taken for
+bounces, and keeps the classification of ordinary mail cheap.
 """
 
 from __future__ import annotations
@@ -268,8 +277,8 @@ def _text_blocks(text: str) -> list[dict[str, str]]:
     blocks = []
     for chunk in re.split(r"\r?\n\s*\r?\n", text):
         fields: dict[str, str] = {}
-        for match in re.finditer(r"^[ \t]*([A-Za-z-]+)[ \t]*:[ \t]*(.*(?:\r?\n[ \t]+\S.*)*)",
-                                 chunk, re.MULTILINE):
+        for match in re.finditer(r"^([A-Za-z-]+)\s*:\s*(.*(?:\r?\n[ \t].*)*)", chunk,
+                                 re.MULTILINE):
             fields.setdefault(match.group(1).lower(),
                               re.sub(r"\s+", " ", match.group(2)).strip())
         if fields:
@@ -425,8 +434,9 @@ def _ses_notification(parsed: ParsedEmail) -> dict | None:
     the notification JSON as the body ("email" subscriptions) or inside the SNS envelope's
     ``Message`` string ("email-json"). Documented at docs.aws.amazon.com/ses/latest/dg/
     notification-contents.html. None for anything else; only read for mail from AWS."""
-    sender = parsed.from_.email if parsed.from_ else ""
-    if not sender.endswith(_SES_DOMAINS) or parsed.dmarc == "fail":
+    domain = (parsed.from_.email if parsed.from_ else "").rsplit("@", 1)[-1]
+    if not any(domain == d or domain.endswith("." + d) for d in _SES_DOMAINS) or (
+            parsed.dmarc == "fail"):
         return None  # AWS signs its mail: one that fails DMARC is not from AWS
     text = parsed.text
     start = text.find("{")
