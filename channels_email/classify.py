@@ -66,7 +66,8 @@ _DAEMON_LOCALPART = re.compile(
 _DAEMON_NAMES = re.compile(r"mail delivery (system|subsystem|service)|mailer.?daemon|"
                            r"post.?master|mail administrator|delivery status|"
                            r"mail system administrator|^system administrator$|"
-                           r"^mail (?:system|router)$|^internet mail delivery$",
+                           r"^mail (?:system|router)$|^internet mail delivery$|"
+                           r"^microsoft (?:outlook|exchange)",
                            re.IGNORECASE)
 # Mailing-list software and list role addresses (RFC 2142, RFC 2369): their notices
 # ("your message awaits approval", "posting rejected") are not delivery reports.
@@ -188,11 +189,23 @@ def _null_return_path(headers: dict[str, list[str]]) -> bool:
     return bool(values) and values[0].strip() in ("<>", "", "< >")
 
 
+def _daemon_return_path(headers: dict[str, list[str]]) -> bool:
+    """``Return-Path: <MAILER-DAEMON>`` (some MTAs record the null sender so) or a daemon
+    address."""
+    values = headers.get("return-path")
+    if not values:
+        return False
+    address = values[0].strip().strip("<>").strip().lower()
+    return bool(address) and _is_daemon(address)
+
+
 def _sent_by_mail_system(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:
     """The sender side says a mail system wrote this: no sender or a daemon sender, a null
-    return path, or a header only MTAs add (X-Failed-Recipients; Exchange's NDR mark)."""
+    or daemon return path, or a header only MTAs add (X-Failed-Recipients; Exchange's NDR
+    mark; a multipart/report of report-type delivery-status, RFC 6522)."""
     return (_from_mail_system(parsed, headers) or _null_return_path(headers)
-            or "x-failed-recipients" in headers or "x-ms-exchange-message-is-ndr" in headers)
+            or "x-failed-recipients" in headers or "x-ms-exchange-message-is-ndr" in headers
+            or _daemon_return_path(headers) or _report_type(headers) == "delivery-status")
 
 
 def _from_mailing_list(parsed: ParsedEmail, headers: dict[str, list[str]]) -> bool:

@@ -48,6 +48,8 @@ BOUNCES = {
                                         "reply-57c3@helpdesk.acme.example"),
     "mail-delivery-subsystem-name.eml": ("camille.roux@customer.example", "",
                                          "reply-61de@helpdesk.acme.example"),
+    "return-path-mailer-daemon.eml": ("rosa.klein@customer.example", "",
+                                      "reply-113e@helpdesk.acme.example"),
     "missing-return-path-auto-submitted.eml": ("tomas.novak@customer.example", "5.7.1",
                                                "reply-63ef@helpdesk.acme.example"),
     "no-from-header.eml": ("piet.jansen@old-host.example", "5.1.1",
