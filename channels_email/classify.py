@@ -61,7 +61,8 @@ _DAEMONS = {"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "mdaem
 # "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e".
 _DAEMON_LOCALPART = re.compile(
     r"^(?:mailer[-_.]?daemon|mail[-_.]?daemon|post[-_.]?ma?ste?r\d*|"
-    r"mail[-_.]?delivery(?:[-_.]?sub)?(?:[-_.]?system)?)(?:[-_.+][a-z0-9._-]*)?$|"
+    r"mail[-_.]?delivery(?:[-_.]?sub)?(?:[-_.]?system)?|ndr|non[-_.]?delivery)"
+    r"(?:[-_.+][a-z0-9._-]*)?$|"
     r"^microsoftexchange[0-9a-f]{0,40}$")
 _DAEMON_NAMES = re.compile(r"mail delivery (system|subsystem|service)|mailer.?daemon|"
                            r"post.?master|mail administrator|delivery status|"
@@ -325,24 +326,41 @@ def _block_recipients(blocks: list[dict[str, str]]) -> list[BounceRecipient]:
         diagnostic = _TYPE_PREFIX.sub("", fields.get("diagnostic-code", ""))
         recipients.append(BounceRecipient(
             recipient=address[:320], status=fields.get("status", "")[:20],
-            diagnostic=diagnostic[:500], action=fields.get("action", "").lower()[:20],
+            diagnostic=diagnostic[:500], action=_action(fields.get("action", "")),
         ))
     return recipients
 
 
+# RFC 3464 section 2.3.3 names failed, delayed, delivered, relayed and expanded; MTAs
+# also write "failure", "error", "expired" (given up after the retry period) and
+# "deferred", sometimes followed by a comment ("failed (Bad destination mailbox)").
+_FAILED_ACTIONS = {"failed", "failure", "fail", "error", "expired", "bounced", "rejected"}
+_DELAY_ACTIONS = {"delayed", "deferred", "delay"}
+_SUCCESS_ACTIONS = {"delivered", "relayed", "expanded"}
+
+
+def _action(value: str) -> str:
+    """The Action field's keyword, lower case, without a trailing comment."""
+    word = re.match(r"\s*([A-Za-z]+)", value)
+    return word.group(1).lower()[:20] if word else ""
+
+
 def _is_permanent(recipient: BounceRecipient) -> bool:
     # RFC 3464: "failed" is final even with a 4.x.x status (the server gave up, e.g.
-    # 4.4.7 delivery time expired); the status tells a soft from a hard bounce.
-    # "expired" is not in RFC 3464's list, but MTAs (and RFC 3464 section 2.3.3's
-    # "gave up") use it for the same final failure after the retry period.
-    if recipient.action:
-        return recipient.action in ("failed", "expired")
+    # 4.4.7 delivery time expired); the status tells a soft from a hard bounce. An
+    # action we do not know falls back to the status.
+    if recipient.action in _FAILED_ACTIONS:
+        return True
+    if recipient.action in _DELAY_ACTIONS or recipient.action in _SUCCESS_ACTIONS:
+        return False
     return recipient.status.startswith("5")
 
 
 def _is_delay(recipient: BounceRecipient) -> bool:
-    if recipient.action:
-        return recipient.action == "delayed"
+    if recipient.action in _DELAY_ACTIONS:
+        return True
+    if recipient.action in _FAILED_ACTIONS or recipient.action in _SUCCESS_ACTIONS:
+        return False
     return recipient.status.startswith("4")
 
 

@@ -38,6 +38,8 @@ BOUNCES = {
                            "reply-9a30@helpdesk.acme.example"),
     "rfc3464-action-expired.eml": ("li.wei@customer.example", "4.4.7",
                                    "reply-c0ffee@helpdesk.acme.example"),
+    "rfc3464-nonstandard-action.eml": ("li.wei@customer.example", "5.1.1",
+                                       "reply-c0ffee@helpdesk.acme.example"),
     # The sender side says "mail system", the wording is unknown: the original names
     # the recipient (narrowed to the one the notice names: Lea was only in Cc).
     "daemon-sender-unknown-wording.eml": ("omar.haddad@customer.example", "",
