@@ -319,10 +319,15 @@ def _inline_report_recipients(parsed: ParsedEmail) -> list[BounceRecipient]:
 def _block_recipients(blocks: list[dict[str, str]]) -> list[BounceRecipient]:
     recipients = []
     for fields in blocks:
-        address = fields.get("final-recipient") or fields.get("original-recipient")
-        if not address or "action" not in fields and "status" not in fields:
+        if "action" not in fields and "status" not in fields:
             continue
-        address = _TYPE_PREFIX.sub("", address).strip().strip("<>").strip().lower()
+        # Final-Recipient first; Original-Recipient when the final one is no address
+        # (CommuniGate writes "Final-Recipient: system;<>").
+        addresses = [_TYPE_PREFIX.sub("", fields[name]).strip().strip("<>").strip().lower()
+                     for name in ("final-recipient", "original-recipient") if fields.get(name)]
+        if not addresses:
+            continue
+        address = next((a for a in addresses if "@" in a), addresses[0])
         diagnostic = _TYPE_PREFIX.sub("", fields.get("diagnostic-code", ""))
         recipients.append(BounceRecipient(
             recipient=address[:320], status=fields.get("status", "")[:20],
