@@ -1,5 +1,5 @@
 """Bounces as real MTAs and providers send them (tests/fixtures/bounces/, one .eml per
-case, each described in its README.md): the verdict, the bounced recipient and status,
+case, each described in tests/fixtures/README): the verdict, the bounced recipient and status,
 and our Message-ID; the guards (a customer forwarding a bounce, a mailing-list notice);
 and the whole path from a bounce of one of our replies to the reply marked Bounced."""
 
@@ -103,8 +103,9 @@ def test_every_fixture_has_an_expectation_and_a_readme_entry():
     files = {p.name for p in FIXTURES.glob("*.eml")}
     judged = set(BOUNCES) | DELAYS | SUCCESS_NOTICES | CUSTOMER_MAIL | NOT_BOUNCES | AUTO_REPLIES
     assert files == judged
-    readme = (FIXTURES / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([^`]+\.eml)` \|", readme, re.MULTILINE))
+    readme = (FIXTURES.parent / "README").read_text()
+    section = readme.split("## bounces/ (bounce verdicts)", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+\.eml)` \|", section, re.MULTILINE))
     assert documented == files
 
 
