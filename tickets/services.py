@@ -156,22 +156,23 @@ def message_add(
 
 def ticket_touch_for_inbound(*, tenant_id: int, ticket_id: int,
                              add_cc: Iterable[str] = ()) -> Ticket:
-    """A customer wrote on ``ticket_id``: bump ``updated_at``, reopen a solved or closed
-    ticket, join new CC addresses, notify its assignee (if any, and still a member of the
-    tenant), and return the ticket, in one statement (UPDATE ... RETURNING, with the
-    notification's INSERT in a CTE). ``message_add`` calls it for inbound messages;
-    ingest, which writes the message in a statement of its own, calls it directly."""
+    """A customer wrote on ``ticket_id``: bump ``updated_at``, reopen a pending (the
+    answer it waited for), solved or closed ticket, join new CC addresses, notify its
+    assignee (if any, and still a member of the tenant), and return the ticket, in one
+    statement (UPDATE ... RETURNING, with the notification's INSERT in a CTE).
+    ``message_add`` calls it for inbound messages; ingest, which writes the message in a
+    statement of its own, calls it directly."""
     table = Ticket._meta.db_table  # our model's table name, never input
     notify_sql, notify_params = notifications.customer_reply_insert_sql(ticket_rows="t")
     query = (
         f"WITH t AS (UPDATE {table} SET updated_at = now(), "  # noqa: S608
-        "status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END, "
+        "status = CASE WHEN status IN (%s, %s, %s) THEN %s ELSE status END, "
         "cc_addresses = cc_addresses || ARRAY(SELECT a FROM unnest(%s::varchar(320)[]) a "
         "  WHERE NOT a = ANY(cc_addresses)) "
         f"WHERE id = %s AND tenant_id = %s RETURNING {sql.columns(Ticket)}), "
         f"n AS ({notify_sql}) SELECT * FROM t"
     )
-    params = [TicketStatus.SOLVED, TicketStatus.CLOSED, TicketStatus.OPEN,
+    params = [TicketStatus.PENDING, TicketStatus.SOLVED, TicketStatus.CLOSED, TicketStatus.OPEN,
               list(dict.fromkeys(add_cc)), ticket_id, tenant_id, *notify_params]
     return sql.fetch_one(Ticket, query, params)[0]
 

@@ -122,6 +122,20 @@ def test_inbound_message_reopens_a_solved_ticket(tenant):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("status", [TicketStatus.PENDING, TicketStatus.CLOSED])
+def test_a_customer_reply_reopens_a_pending_or_closed_ticket(tenant, status):
+    """Pending waits for the customer: their answer puts the ticket back in the queue."""
+    from tickets.services import message_add
+
+    ticket = TicketFactory(tenant=tenant, status=status)
+    with tenant_scope(tenant):
+        message_add(ticket=ticket, kind=MessageKind.INBOUND, body_text="Here it is",
+                    author_contact=ticket.contact)
+        ticket.refresh_from_db()
+    assert ticket.status == TicketStatus.OPEN
+
+
+@pytest.mark.django_db
 def test_attachments_download_safely_and_only_raster_images_show_inline(agent_client, tenant):
     from tests.factories import AttachmentFactory, MessageFactory, TicketFactory
 
