@@ -309,7 +309,8 @@ def assert_exactly_once(tenant, sandbox: str, *, tickets: dict[str, int],
                         replies: list[str] = ()) -> None:
     """Every email delivered to the mailbox is one processed row and one inbound message;
     ``tickets`` maps each ticket's title to its number of inbound messages; each of
-    ``replies`` (subjects) was sent exactly once."""
+    ``replies`` (subjects, before the ticket's ``[#n]`` token goes in) was sent exactly
+    once."""
     inbox = [m for m in requests.get(sandbox + "/_sandbox/messages", timeout=5).json()
              ["messages"] if "INBOX" in m["labelIds"]]
     with unscoped():
@@ -322,7 +323,11 @@ def assert_exactly_once(tenant, sandbox: str, *, tickets: dict[str, int],
         assert Message.objects.filter(kind="inbound").count() == len(inbox)
     assert got == tickets
     outgoing = sorted(m["subject"] for m in sent(sandbox))
-    assert outgoing == sorted(replies)
+    with tenant_scope(tenant):
+        numbers = {t.title: t.number for t in Ticket.objects.all()}
+    expected = [f"Re: [#{numbers[subject.removeprefix('Re: ')]}] "
+                f"{subject.removeprefix('Re: ')}" for subject in replies]
+    assert outgoing == sorted(expected)
 
 
 def reply(tenant, title: str, author) -> Message:
