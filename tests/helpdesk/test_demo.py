@@ -5,22 +5,48 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from django.core.management import call_command
 
-from helpdesk.demo import AGENT_EMAIL, demo_report
+from channels_email.models import ConnectionStatus, EmailConnection
+from channels_email.tasks import redrive_pending_replies
+from helpdesk.demo import AGENT_EMAIL, DEMO_MAILBOX, demo_report
 from helpdesk.models import User
+from helpdesk.tenancy import unscoped
+from tickets.models import (
+    DeliveryStatus,
+    Message,
+    MessageKind,
+    Notification,
+    NotificationKind,
+    Ticket,
+)
+
+
+def _snapshot() -> dict:
+    """Everything the seed writes that a second run could duplicate or change."""
+    with unscoped():
+        return {
+            "messages": sorted(Message.objects.values_list(
+                "ticket__number", "kind", "delivery_status", "to_addresses", "body_text")),
+            "notifications": sorted(Notification.objects.values_list(
+                "user__email", "ticket__number", "kind")),
+            "mailboxes": list(EmailConnection.objects.values_list("address", "status")),
+        }
 
 
 @pytest.mark.django_db
 def test_seed_twice_creates_what_it_says_once(client, capsys):
     call_command("seed_demo")
-    first = demo_report()
+    first, written = demo_report(), _snapshot()
     call_command("seed_demo")
     assert demo_report() == first
+    assert _snapshot() == written
     assert (first.tenants, first.users, first.teams, first.flows) == (2, 2, 2, 1)
     assert first.contacts == 7 and first.tickets == 8 and first.messages == 15
+    assert first.mailboxes == 1
     assert "8 tickets" in capsys.readouterr().out
 
     client.force_login(User.objects.get(email=AGENT_EMAIL))
@@ -29,6 +55,39 @@ def test_seed_twice_creates_what_it_says_once(client, capsys):
     ticket = client.get("/acme/tickets/1/").content.decode()
     assert "my card was charged twice" in ticket and "msg note" in ticket
     assert client.get("/globex/tickets/").status_code == 404  # the agent is not in Globex
+
+
+@pytest.mark.django_db
+def test_seeded_replies_are_settled_with_recipients_and_notices_are_not_repeated():
+    """No seeded reply waits for a send that never comes: each went through the send path
+    and Failed on the disconnected demo mailbox, addressed to the ticket's customer, so
+    the redrive sweep finds nothing. Nobody is told twice about the same thing."""
+    call_command("seed_demo")
+    with unscoped():
+        replies = list(Message.objects.filter(kind=MessageKind.OUTBOUND)
+                       .select_related("ticket__contact", "email_connection"))
+        assert len(replies) == 4
+        for reply in replies:
+            assert reply.delivery_status in (DeliveryStatus.DELIVERED, DeliveryStatus.FAILED)
+            assert reply.to_addresses == [reply.ticket.contact.email]
+            assert reply.email_connection.address == DEMO_MAILBOX
+            assert reply.message_id_header
+            if reply.delivery_status == DeliveryStatus.FAILED:
+                assert "reconnect" in reply.delivery_error
+        assert EmailConnection.objects.get(address=DEMO_MAILBOX).status == \
+            ConnectionStatus.DISCONNECTED
+
+        notices = list(Notification.objects.values_list("user_id", "ticket_id", "kind"))
+        assert notices, "the seeded team and assignee tickets tell somebody"
+        assert [n for n, count in Counter(notices).items() if count > 1] == []
+        # "Customer replied" only where the customer wrote again after opening the ticket.
+        inbound = Counter(Message.objects.filter(kind=MessageKind.INBOUND)
+                          .values_list("ticket_id", flat=True))
+        replied = {t for _, t, kind in notices if kind == NotificationKind.CUSTOMER_REPLY}
+        assigned = set(Ticket.objects.filter(assignee__isnull=False).values_list("pk", flat=True))
+        assert replied == {t for t, count in inbound.items() if count > 1 and t in assigned}
+        assert replied, "a seeded customer wrote again on an assigned ticket"
+    assert redrive_pending_replies(older_than_minutes=0) == 0
 
 
 @pytest.mark.slow
