@@ -12,7 +12,7 @@ from django.core.management import call_command
 
 from channels_email.models import ConnectionStatus, EmailConnection
 from channels_email.tasks import redrive_pending_replies
-from helpdesk.demo import AGENT_EMAIL, DEMO_MAILBOX, demo_report
+from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_MAILBOX, demo_report
 from helpdesk.models import User
 from helpdesk.tenancy import unscoped
 from tickets.models import (
@@ -110,3 +110,33 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
     assert "demo check passed" in result.stdout
     assert "gmail: connect, route to a team, sandbox email -> ticket OK" in result.stdout
     assert "demo stopped" in result.stdout
+
+
+@pytest.mark.django_db
+def test_invitation_flash_says_where_the_demo_mail_went(client, settings, capsys, tmp_path,
+                                                       django_capture_on_commit_callbacks):
+    """The demo's mail backend is the console: the flash says the invitation is in the
+    server's output, and it is there."""
+    call_command("seed_demo")
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    client.force_login(User.objects.get(email=ADMIN_EMAIL))
+    capsys.readouterr()
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post("/acme/settings/members/", {"email": "nia@example.com",
+                                                        "role": "agent"}, follow=True)
+    assert ("Invitation for nia@example.com created; this server prints email instead of "
+            "sending it: the invitation, with its link, is in the output of the terminal "
+            "where the server runs.") in page.content.decode()
+    printed = capsys.readouterr().out
+    assert "To: nia@example.com" in printed and "/accounts/invite/" in printed
+
+    # Mail written to files: the flash names the folder, and the invitation is in it.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    settings.EMAIL_FILE_PATH = str(tmp_path / "mail")
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post("/acme/settings/members/", {"email": "omar@example.com",
+                                                        "role": "agent"}, follow=True)
+    assert (f"the invitation, with its link, is in {tmp_path / 'mail'}."
+            in page.content.decode())
+    [written] = (tmp_path / "mail").iterdir()
+    assert "To: omar@example.com" in written.read_text()
