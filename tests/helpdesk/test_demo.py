@@ -93,8 +93,10 @@ def test_seeded_replies_are_settled_with_recipients_and_notices_are_not_repeated
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
-    """`make demo`'s command end to end: migrate, seed, gunicorn + worker + beat, then a
-    sign-in, the ticket list, a ticket and a task through the worker, then a clean stop.
+    """`make demo`'s command end to end: migrate, seed, gunicorn + worker + beat, one Ready
+    line once they answer, then a sign-in, the ticket list, a ticket and a task through the
+    worker, a Gmail mailbox connected through the sandbox, the demo mailbox reconnected with
+    a seeded reply retried and answered by the customer, then a clean stop.
     It runs against the test database so that the developer's demo data is untouched."""
     from django.db import connection
 
@@ -109,6 +111,12 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo check passed" in result.stdout
     assert "gmail: connect, route to a team, sandbox email -> ticket OK" in result.stdout
+    assert ("demo mailbox: support@acme.example suggested and reconnected, a seeded reply "
+            "retried and delivered, the customer's answer threaded OK") in result.stdout
+    ready = [line for line in result.stdout.splitlines() if line.startswith("Ready: ")]
+    assert len(ready) == 1 and "http://127.0.0.1:8790/" in ready[0]
+    assert "admin@acme.example" in ready[0] and "demo-pass-2026" in ready[0]
+    assert result.stdout.index("worker: ping") > result.stdout.index("Ready: ")
     assert "demo stopped" in result.stdout
 
 

@@ -249,6 +249,7 @@ class Command(BaseCommand):
         if procs["beat"].poll() is not None:
             raise CommandError("beat exited")
         self._check_gmail(url, sandbox_url)
+        self._check_demo_mailbox(url, sandbox_url)
 
     def _check_gmail(self, url: str, sandbox_url: str) -> None:
         """The Gmail path as an admin walks it, against the sandbox: connect (OAuth
@@ -287,3 +288,63 @@ class Command(BaseCommand):
         connection_id = re.search(r"/email/(\d+)/$", where).group(1)
         post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
         self.stdout.write("gmail: connect, route to a team, sandbox email -> ticket OK")
+
+    @staticmethod
+    def _sandbox(sandbox_url: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(sandbox_url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+    def _check_demo_mailbox(self, url: str, sandbox_url: str) -> None:
+        """The demo's own story: the picker suggests the seeded mailbox, connecting it
+        reconnects it, Retry delivers a seeded reply through the sandbox, and the
+        customer's answer to it (the sandbox's Reply as the customer) threads into the
+        same ticket. The mailbox is disconnected again afterwards."""
+        opener, _, post = self._signed_in(url, ADMIN_EMAIL)
+        channels = url + "acme/settings/email/"
+        opener.open(channels, timeout=10).read()
+        picker = post(channels + "connect/gmail/", {}, channels)
+        if f"{DEMO_MAILBOX}</button> <small>suggested</small>" not in picker.read().decode():
+            raise CommandError(f"the sandbox's account picker does not suggest {DEMO_MAILBOX}")
+        auth = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(picker.geturl()).query))
+        fields = [*auth.items(), ("step", "consent"), ("email", DEMO_MAILBOX),
+                  ("decision", "allow"), *(("grant_scope", s) for s in auth["scope"].split())]
+        opener.open(urllib.request.Request(
+            picker.geturl().split("?")[0], data=urllib.parse.urlencode(fields).encode()),
+            timeout=20).read()  # Allow -> our callback -> the seeded connection, reconnected
+
+        ticket = f"{url}acme/tickets/1/"
+        page = opener.open(ticket, timeout=10).read().decode()
+        retry = re.search(r'hx-post="(/acme/tickets/1/messages/\d+/retry/)"', page)
+        if not retry:
+            raise CommandError("the seeded reply on ticket 1 has no Retry")
+        before = {m["id"] for m in self._sandbox(
+            sandbox_url, f"/_sandbox/sent?mailbox={DEMO_MAILBOX}")["messages"]}
+        post(url + retry.group(1).lstrip("/"), {}, ticket).read()
+        deadline = time.monotonic() + 60
+        while True:
+            sent = [m for m in self._sandbox(
+                sandbox_url, f"/_sandbox/sent?mailbox={DEMO_MAILBOX}")["messages"]
+                if m["id"] not in before]
+            if sent:
+                break
+            if time.monotonic() > deadline:
+                raise CommandError("Retry did not send the seeded reply within 60 s")
+            time.sleep(0.5)
+        answer = f"Refund received, thanks ({uuid.uuid4().hex[:8]})"
+        self._sandbox(sandbox_url, "/_sandbox/reply",
+                      {"mailbox": DEMO_MAILBOX, "id": sent[0]["id"], "body": answer})
+        deadline = time.monotonic() + 60
+        while answer not in opener.open(ticket, timeout=10).read().decode():
+            if time.monotonic() > deadline:
+                raise CommandError("the customer's answer did not thread into ticket 1 "
+                                   "within 60 s")
+            time.sleep(0.5)
+        listing = opener.open(channels, timeout=10).read().decode()
+        connection = re.search(rf'href="/acme/settings/email/(\d+)/">{re.escape(DEMO_MAILBOX)}<',
+                               listing)
+        if connection:
+            post(f"{channels}{connection.group(1)}/disconnect/", {}, channels).read()
+        self.stdout.write(f"demo mailbox: {DEMO_MAILBOX} suggested and reconnected, a seeded "
+                          "reply retried and delivered, the customer's answer threaded OK")
