@@ -922,8 +922,10 @@ class SandboxApp:
         options = "".join(f"<option>{html.escape(b)}</option>" for b in state["mailboxes"])
         faults = "".join(f"<li>{html.escape(json.dumps(f))}</li>" for f in state["faults"]) \
             or "<li>none</li>"
-        sent = [(b, m) for b in state["mailboxes"].values() for m in b["messages"].values()
-                if "SENT" in m["labelIds"]][-20:]
+        # Newest first: the reply just sent is the one a newcomer wants to answer.
+        sent = sorted(((b, m) for b in state["mailboxes"].values()
+                       for m in b["messages"].values() if "SENT" in m["labelIds"]),
+                      key=lambda bm: bm[1]["internalDate"], reverse=True)[:20]
         sent_rows = "".join(
             f"<tr><td>{html.escape(b['email'])}</td><td>{html.escape(m['to'])}</td>"
             f"<td>{html.escape(m['subject'])}</td><td>{m['id']}</td><td>"

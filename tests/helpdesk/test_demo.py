@@ -92,7 +92,7 @@ def test_seeded_replies_are_settled_with_recipients_and_notices_are_not_repeated
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
+def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker, settings, tmp_path):
     """`make demo`'s command end to end: migrate, seed, gunicorn + worker + beat, one Ready
     line once they answer, then a sign-in, the ticket list, a ticket and a task through the
     worker, a Gmail mailbox connected through the sandbox, the demo mailbox reconnected with
@@ -103,13 +103,21 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
     db = connection.settings_dict
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     url = f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    env = dict(os.environ, DATABASE_URL=url, DJANGO_ENV="dev", DEBUG="false")
+    # A var dir and a Redis database of its own: the sandbox's mailboxes stay out of the
+    # developer's demo sandbox, and a demo running from the same checkout (same Redis
+    # server) does not take this check's tasks off the queues. DEBUG=true in the
+    # environment: the demo turns it off all the same.
+    (tmp_path / "var" / "run").mkdir(parents=True)
+    redis_url = settings.REDIS_URL.rsplit("/", 1)[0] + "/1"
+    env = dict(os.environ, DATABASE_URL=url, REDIS_URL=redis_url, DJANGO_ENV="dev",
+               DEBUG="true", HELPDESK_VAR_DIR=str(tmp_path / "var"))
     result = subprocess.run(
         [sys.executable, "manage.py", "rundemo", "--check", "--port", "8790"],
         env=env, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo check passed" in result.stdout
+    assert "web: login, ticket list, ticket view and a plain 404 OK" in result.stdout
     assert "gmail: connect, route to a team, sandbox email -> ticket OK" in result.stdout
     assert ("demo mailbox: support@acme.example suggested and reconnected, a seeded reply "
             "retried and delivered, the customer's answer threaded OK") in result.stdout
@@ -118,6 +126,7 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker):
     assert "admin@acme.example" in ready[0] and "demo-pass-2026" in ready[0]
     assert result.stdout.index("worker: ping") > result.stdout.index("Ready: ")
     assert "demo stopped" in result.stdout
+    assert not (tmp_path / "var" / "sandbox" / "server.json").exists()  # the sandbox stopped
 
 
 @pytest.mark.django_db

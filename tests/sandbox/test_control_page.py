@@ -4,6 +4,7 @@ confirmation after Deliver, and replying as the customer to mail the helpdesk se
 from __future__ import annotations
 
 import base64
+import time
 import urllib.parse
 
 import requests
@@ -68,6 +69,11 @@ def test_reply_as_the_customer_threads_and_pushes(sandbox, connect, receiver):  
     _, _, gmail = connect("support@acme.test")
     gmail.users().watch(userId="me", body={"topicName": TOPIC, "labelIds": ["INBOX"]}).execute()
     receiver.wait_for(1)  # the watch's own first notification
+    older = (b"From: support@acme.test\r\nTo: dev@northwind.example\r\nSubject: Older\r\n"
+             b"\r\nEarlier.\r\n")
+    gmail.users().messages().send(userId="me", body={
+        "raw": base64.urlsafe_b64encode(older).decode()}).execute()
+    time.sleep(0.01)  # a later internalDate (milliseconds)
     raw = (b"From: Acme Support <support@acme.test>\r\nTo: Maria Lopez <maria@example.com>\r\n"
            b"Subject: Re: Charged twice\r\nMessage-ID: <reply-1@acme.test>\r\n"
            b"In-Reply-To: <ask-1@example.com>\r\nReferences: <ask-1@example.com>\r\n\r\n"
@@ -76,8 +82,10 @@ def test_reply_as_the_customer_threads_and_pushes(sandbox, connect, receiver):  
         "raw": base64.urlsafe_b64encode(raw).decode()}).execute()
 
     page = requests.get(sandbox + "/_sandbox/", timeout=5).text
-    form = next(f for f in forms_of(page) if f["action"] == "/_sandbox/reply")
-    assert dict(form["fields"])["id"] == sent["id"]
+    forms = [f for f in forms_of(page) if f["action"] == "/_sandbox/reply"]
+    assert len(forms) == 2
+    form = forms[0]
+    assert dict(form["fields"])["id"] == sent["id"]  # newest first
     fields = [(k, v) for k, v in form["fields"] if k != "body"] + [("body", "All good now")]
     answer = requests.post(sandbox + "/_sandbox/reply", data=fields, timeout=5)
     assert answer.status_code == 200
@@ -95,7 +103,7 @@ def test_reply_as_the_customer_threads_and_pushes(sandbox, connect, receiver):  
     assert reply["references"] == "<ask-1@example.com> <reply-1@acme.test>"
     assert reply["threadId"] == sent["threadId"]
     assert b"All good now" in base64.b64decode(reply["raw"])
-    push = receiver.wait_for(2)[1]
+    push = receiver.wait_for(2)[-1]
     assert decode(push) == {"emailAddress": "support@acme.test",
                             "historyId": int(reply["historyId"])}
 

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -232,7 +233,14 @@ class Command(BaseCommand):
         detail = opener.open(f"{url}acme/tickets/{number.group(1)}/", timeout=10).read().decode()
         if 'class="msg' not in detail:
             raise CommandError("ticket view shows no timeline")
-        self.stdout.write("web: login, ticket list and ticket view OK")
+        try:
+            opener.open(url + "acme/no-such-page/", timeout=10).read()
+            raise CommandError("a missing page did not answer 404")
+        except urllib.error.HTTPError as missing:
+            if missing.code != 404 or b"DEBUG = True" in missing.read():
+                raise CommandError("a missing page shows Django's technical 404 (DEBUG is "
+                                   "on)") from missing
+        self.stdout.write("web: login, ticket list, ticket view and a plain 404 OK")
 
         from helpdesk.tasks import ping
 
