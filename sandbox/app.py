@@ -919,7 +919,11 @@ class SandboxApp:
             f"<td>{b['history_id']}</td><td>{'yes' if b['watch'] else 'no'}</td></tr>"
             for b in state["mailboxes"].values()
         ) or "<tr><td colspan=4>No mailboxes yet.</td></tr>"
-        options = "".join(f"<option>{html.escape(b)}</option>" for b in state["mailboxes"])
+        # A suggested account (the demo's mailbox) is the one a newcomer delivers to.
+        suggested = {a.strip().lower() for a in self.store.settings().get("suggested_accounts")
+                     or []}
+        boxes = sorted(state["mailboxes"], key=lambda b: (b not in suggested, b))
+        options = "".join(f"<option>{html.escape(b)}</option>" for b in boxes)
         faults = "".join(f"<li>{html.escape(json.dumps(f))}</li>" for f in state["faults"]) \
             or "<li>none</li>"
         # Newest first: the reply just sent is the one a newcomer wants to answer.

@@ -37,6 +37,9 @@ def test_picker_offers_the_suggested_account_first_and_once(sandbox):
     page = _picker(sandbox)
     assert [dict(f["buttons"])["email"] for f in forms_of(page) if f["buttons"]] == \
         ["support@acme.test", "other@acme.test"]
+    home = requests.get(sandbox + "/_sandbox/", timeout=5).text
+    assert home.index("<option>support@acme.test</option>") < \
+        home.index("<option>other@acme.test</option>")  # Deliver's default: the suggestion
     chosen = next(f for f in forms_of(page) if f["buttons"])
     consent = requests.post(sandbox + "/o/oauth2/v2/auth", timeout=5,
                             data=chosen["fields"] + chosen["buttons"])
