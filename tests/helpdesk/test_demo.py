@@ -157,3 +157,32 @@ def test_invitation_flash_says_where_the_demo_mail_went(client, settings, capsys
             in page.content.decode())
     [written] = (tmp_path / "mail").iterdir()
     assert "To: omar@example.com" in written.read_text()
+
+
+@pytest.mark.django_db
+def test_client_errors_log_one_line_without_traceback(client, caplog):
+    """gunicorn's access log has a line for every request: Django adds none for a 404 or
+    a 403, and a security event's one line carries no traceback."""
+    import io
+    import logging
+
+    call_command("seed_demo")
+    client.force_login(User.objects.get(email=AGENT_EMAIL))
+    with caplog.at_level(logging.INFO):
+        assert client.get("/acme/tickets/9999/").status_code == 404
+        assert client.get("/acme/settings/email/").status_code == 403  # admins only
+        assert client.get("/acme/tickets/", headers={"host": "evil.example"}).status_code == 400
+    django_records = [r for r in caplog.records if r.name.startswith("django")]
+    assert [r.name for r in django_records] == ["django.security.DisallowedHost"]
+
+    console = next(h for h in logging.getLogger().handlers
+                   if isinstance(h, logging.StreamHandler) and h.filters)
+    out = io.StringIO()
+    stream, console.stream = console.stream, out
+    try:
+        console.handle(django_records[0])
+    finally:
+        console.stream = stream
+    assert out.getvalue().count("\n") == 1 and "Traceback" not in out.getvalue()
+    assert "Invalid HTTP_HOST header: 'evil.example'" in out.getvalue()
+    assert len(logging.getLogger("django").handlers) == 0  # no second console handler
