@@ -1,7 +1,16 @@
-"""The demo data set: two workspaces with people, teams, a flow, contacts and threads.
+"""The demo data set: two workspaces with people, teams, a flow, contacts, a mailbox and
+threads.
 
-``seed_demo()`` is idempotent: users, teams, flows and contacts are matched by their
-natural keys, and a workspace's tickets are only created while it has none.
+``seed_demo()`` is idempotent: users, teams, flows, contacts and the mailbox are matched by
+their natural keys, and a workspace's tickets are only created while it has none.
+
+It writes only what the product could have written itself, through its own services:
+tickets as email ingest creates them (the opening mail tells the team and the assignee,
+once), later customer mail as ``message_add`` appends it, notes with ``note_add``, and
+agent replies with ``reply_create`` then ``deliver``, the send path the worker runs. Acme's
+mailbox (``DEMO_MAILBOX``) was connected once and is disconnected now, so each seeded reply
+ends Failed ("reconnect needed, then retry") with its recipient; connecting that address
+through the Google sandbox reconnects the mailbox, and Retry then delivers the reply.
 """
 
 from __future__ import annotations
@@ -12,6 +21,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
+from channels_email.connect import connection_disconnect
+from channels_email.models import ConnectionStatus, EmailConnection, Provider, RoutingMode
+from channels_email.outbound import deliver, reply_create
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create
 from helpdesk.models import Role, Tenant, User
@@ -19,11 +31,13 @@ from helpdesk.services import membership_set, tenant_create
 from helpdesk.tenancy import tenant_scope
 from routing.models import Flow, Rule, Team, TeamMember
 from tickets.models import MessageKind, SourceChannel, Ticket, TicketPriority, TicketStatus
-from tickets.services import message_add, ticket_create
+from tickets.services import message_add, note_add, ticket_create, ticket_update
 
 DEMO_PASSWORD = "demo-pass-2026"
 ADMIN_EMAIL = "admin@acme.example"
 AGENT_EMAIL = "agent@acme.example"
+# Acme's Gmail mailbox: the sandbox's account picker suggests it (rundemo tells it so).
+DEMO_MAILBOX = "support@acme.example"
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,7 @@ class SeedReport:
     teams: int
     flows: int
     contacts: int
+    mailboxes: int
     tickets: int
     messages: int
 
@@ -140,6 +155,7 @@ def seed_demo() -> SeedReport:
                                  "value": r"(?i)\b(down|outage|401|500)\b"}],
                     actions=[{"type": "set_priority", "value": "urgent"}],
                 )
+            mailbox = _mailbox(acme, flow, admin)
             contacts = [
                 contact_get_or_create(tenant=acme, email=email, name=name,
                                       source=ContactSource.EMAIL)[0]
@@ -148,7 +164,7 @@ def seed_demo() -> SeedReport:
             if not Ticket.objects.filter(tenant=acme).exists():
                 for idx, subject, team, status, priority, who, thread in THREADS:
                     _thread(acme, contacts[idx], subject, teams.get(team), status, priority,
-                            people.get(who), thread, agent)
+                            people.get(who), thread, agent, mailbox)
 
         with tenant_scope(globex):
             customer, _ = contact_get_or_create(tenant=globex, email="homer@example.com",
@@ -157,21 +173,48 @@ def seed_demo() -> SeedReport:
                 _thread(globex, customer, "Reactor console shows a warning light", None,
                         TicketStatus.NEW, TicketPriority.HIGH, None,
                         [(MessageKind.INBOUND, "The red light is blinking again. Is that bad?")],
-                        admin)
+                        admin, None)
     return demo_report()
 
 
-def _thread(tenant, contact, subject, team, status, priority, assignee, thread, replier):
+def _mailbox(tenant: Tenant, flow: Flow, admin: User) -> EmailConnection:
+    """Acme's mailbox, routed by the Triage flow: connected once (no credentials are kept
+    for it here) and disconnected by its admin, as ``connection_disconnect`` leaves one."""
+    mailbox = EmailConnection.objects.filter(tenant=tenant, address=DEMO_MAILBOX).first()
+    if mailbox is None:
+        mailbox = EmailConnection.objects.create(
+            tenant=tenant, provider=Provider.GMAIL, address=DEMO_MAILBOX,
+            display_name="Acme Support", status=ConnectionStatus.ACTIVE,
+            routing_mode=RoutingMode.FLOW, routing_flow=flow)
+        connection_disconnect(connection=mailbox, actor=admin)
+    return mailbox
+
+
+def _thread(tenant, contact, subject, team, status, priority, assignee, thread, replier,
+            mailbox):
+    """One ticket as the product records it: the opening mail creates the ticket (its
+    team and assignee are told once, by ``ticket_create``), the rest is appended in
+    order, and the agent's final status is set like the ticket page sets it."""
     ticket = ticket_create(tenant=tenant, title=subject, contact=contact,
                            description=thread[0][1], team=team, priority=priority,
-                           assignee=assignee, source_channel=SourceChannel.EMAIL)
-    for kind, text in thread:
-        message_add(
-            ticket=ticket, kind=kind, body_text=text, subject=subject,
-            author_contact=contact if kind == MessageKind.INBOUND else None,
-            author_user=(assignee or replier) if kind != MessageKind.INBOUND else None,
-        )
-    Ticket.objects.filter(pk=ticket.pk).update(status=status)
+                           assignee=assignee, source_channel=SourceChannel.EMAIL,
+                           email_connection=mailbox)
+    author = assignee or replier
+    for position, (kind, text) in enumerate(thread):
+        if kind == MessageKind.INBOUND:
+            # The opening mail is the ticket's creation (no "customer replied" on top of
+            # "new ticket"), as ingest writes it.
+            message_add(ticket=ticket, kind=kind, body_text=text, subject=subject,
+                        author_contact=contact, touch=position > 0)
+        elif kind == MessageKind.NOTE:
+            note_add(ticket=ticket, author=author, body_text=text)
+        else:
+            reply = reply_create(ticket=ticket, author=author, body_text=text)
+            deliver(reply.pk)  # the mailbox is disconnected: Failed, with the reason
+    if status != ticket.status:
+        ticket.refresh_from_db()
+        ticket_update(ticket=ticket, status=status, priority=ticket.priority,
+                      team=ticket.team, assignee=ticket.assignee, actor=author)
 
 
 def demo_report() -> SeedReport:
@@ -188,6 +231,7 @@ def demo_report() -> SeedReport:
             teams=Team.objects.filter(tenant__slug__in=slugs).count(),
             flows=Flow.objects.filter(tenant__slug__in=slugs).count(),
             contacts=Contact.objects.filter(tenant__slug__in=slugs).count(),
+            mailboxes=EmailConnection.objects.filter(tenant__slug__in=slugs).count(),
             tickets=Ticket.objects.filter(tenant__slug__in=slugs).count(),
             messages=Message.objects.filter(tenant__slug__in=slugs).count(),
         )

@@ -364,13 +364,35 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "run" / "celerybeat-schedule")
 
+
+
+def _client_error_without_traceback(record) -> bool:
+    """A 4xx (Http404, PermissionDenied, SuspiciousOperation) is the client's doing: its
+    line stays, its traceback goes. 5xx keep theirs."""
+    if getattr(record, "status_code", 500) < 500:
+        record.exc_info = record.exc_text = None
+    return True
+
+
+# One line per event: the root's console handler is the only one. Django's own "django"
+# handlers (a console one while DEBUG, mail_admins) are removed, or every Django record
+# would print twice. gunicorn's access log already has a line for every request, so
+# django.request adds only 5xx (with traceback); security events (a CSRF failure, a bad
+# Host) keep their one line, without a traceback.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"client_error_without_traceback": {
+        "()": lambda: _client_error_without_traceback}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "filters": ["client_error_without_traceback"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"axes": {"level": "WARNING"}},
+    "loggers": {
+        "axes": {"level": "WARNING"},
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.request": {"level": "ERROR"},
+    },
 }
 
 TENANT_RESERVED_SLUGS = frozenset(

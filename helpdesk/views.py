@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -44,6 +45,31 @@ def tenant_home(request):
     return redirect("tickets:list", tenant_slug=request.tenant.slug)
 
 
+# Mail backends that do not send: where the invitation goes instead (the demo and dev use
+# the console one, helpdesk/settings.py).
+_MAIL_KEPT = {
+    "django.core.mail.backends.console.EmailBackend":
+        "this server prints email instead of sending it: the invitation, with its link, is "
+        "in the output of the terminal where the server runs",
+    "django.core.mail.backends.filebased.EmailBackend":
+        "this server writes email to files instead of sending it: the invitation, with its "
+        "link, is in {EMAIL_FILE_PATH}",
+    "django.core.mail.backends.locmem.EmailBackend":
+        "this server keeps email in memory instead of sending it (test mail)",
+    "django.core.mail.backends.dummy.EmailBackend":
+        "this server discards email: nothing was sent",
+}
+
+
+def _invitation_sent(email: str) -> str:
+    """The flash after an invitation: true to the configured mail backend."""
+    kept = _MAIL_KEPT.get(settings.EMAIL_BACKEND)
+    if kept is None:
+        return f"Invitation sent to {email}."
+    where = kept.format(EMAIL_FILE_PATH=getattr(settings, "EMAIL_FILE_PATH", ""))
+    return f"Invitation for {email} created; {where}."
+
+
 def members(request):
     form = InvitationForm()
     if request.method == "POST":
@@ -56,7 +82,7 @@ def members(request):
             except ValidationError as exc:
                 form.add_error("email", exc)
             else:
-                messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+                messages.success(request, _invitation_sent(form.cleaned_data["email"]))
                 return redirect("tenant:members", tenant_slug=request.tenant.slug)
     return render(request, "helpdesk/members.html", {
         "members": tenant_members(tenant=request.tenant),

@@ -220,6 +220,7 @@ class SandboxApp:
             ("GET", _route(r"/_sandbox/mailboxes"), self.sb_mailboxes),
             ("POST", _route(r"/_sandbox/mailboxes"), self.sb_create_mailbox),
             ("POST", _route(r"/_sandbox/deliver"), self.sb_deliver),
+            ("POST", _route(r"/_sandbox/reply"), self.sb_reply),
             ("GET", _route(r"/_sandbox/sent"), self.sb_sent),
             ("GET", _route(r"/_sandbox/messages"), self.sb_messages),
             ("GET", _route(r"/_sandbox/state"), self.sb_state),
@@ -375,12 +376,20 @@ class SandboxApp:
         return self._picker_page(params)
 
     def _picker_page(self, params: dict) -> Response:
-        boxes = sorted(self.store.read()["mailboxes"])
+        suggested = [a.strip().lower() for a in self.store.settings().get("suggested_accounts")
+                     or [] if a and "@" in a]
+        boxes = [b for b in sorted(self.store.read()["mailboxes"]) if b not in suggested]
         hidden = self._hidden(params)
+
+        def choice(address: str, note: str = "") -> str:
+            return (f"<form method='post'>{hidden}<input type='hidden' name='step' "
+                    f"value='choose'><button name='email' "
+                    f"value='{html.escape(address, quote=True)}'>{html.escape(address)}"
+                    f"</button>{note}</form>")
+
         items = "".join(
-            f"<form method='post'>{hidden}<input type='hidden' name='step' value='choose'>"
-            f"<button name='email' value='{html.escape(b, quote=True)}'>{html.escape(b)}"
-            "</button></form>" for b in boxes
+            [choice(a, " <small>suggested</small>") for a in suggested]
+            + [choice(b) for b in boxes]
         ) or "<p>No accounts yet.</p>"
         body = (f"<div class='card'><h1>Choose an account</h1>{items}"
                 f"<form method='post'>{hidden}<input type='hidden' name='step' value='choose'>"
@@ -882,23 +891,57 @@ class SandboxApp:
                               "labelIds": rec["labelIds"]})
 
     # -- control endpoints -----------------------------------------------------------------
+    def _delivered_notice(self, state: dict, request: Request) -> str:
+        """The confirmation of the Deliver (or reply) that redirected here, read back from
+        the mailbox: what landed, and whether a push tells the helpdesk."""
+        box = state["mailboxes"].get((request.arg("mailbox") or "").lower())
+        rec = box["messages"].get(request.arg("delivered") or "") if box else None
+        if rec is None:
+            return ""
+        parsed = gmail.parse(self.store.get_raw(rec["blob"]))
+        answering = str(parsed.get("In-Reply-To", "") or "")
+        what = (f"a reply to {html.escape(answering)}" if answering else "a new email")
+        watch = box.get("watch")
+        push = ("The helpdesk watches this mailbox: a push tells it now."
+                if watch and watch["expiration"] >= gmail.now_ms() else
+                "Nobody watches this mailbox, so no push is sent: connect it in the helpdesk "
+                "first (it is not fetched until then).")
+        return (f"<div class='card' id='delivered'><p><strong>Delivered</strong> {what} "
+                f"into the INBOX of {html.escape(box['email'])}: "
+                f"&ldquo;{html.escape(rec['subject'])}&rdquo; from "
+                f"{html.escape(rec['from'])} (id {html.escape(rec['id'])}).</p>"
+                f"<p>{push}</p></div>")
+
     def home(self, request: Request) -> Response:
         state = self.store.read()
+        notice = self._delivered_notice(state, request)
         rows = "".join(
             f"<tr><td>{html.escape(b['email'])}</td><td>{len(b['messages'])}</td>"
             f"<td>{b['history_id']}</td><td>{'yes' if b['watch'] else 'no'}</td></tr>"
             for b in state["mailboxes"].values()
         ) or "<tr><td colspan=4>No mailboxes yet.</td></tr>"
-        options = "".join(f"<option>{html.escape(b)}</option>" for b in state["mailboxes"])
+        # A suggested account (the demo's mailbox) is the one a newcomer delivers to.
+        suggested = {a.strip().lower() for a in self.store.settings().get("suggested_accounts")
+                     or []}
+        boxes = sorted(state["mailboxes"], key=lambda b: (b not in suggested, b))
+        options = "".join(f"<option>{html.escape(b)}</option>" for b in boxes)
         faults = "".join(f"<li>{html.escape(json.dumps(f))}</li>" for f in state["faults"]) \
             or "<li>none</li>"
-        sent = [(b, m) for b in state["mailboxes"].values() for m in b["messages"].values()
-                if "SENT" in m["labelIds"]][-20:]
+        # Newest first: the reply just sent is the one a newcomer wants to answer.
+        sent = sorted(((b, m) for b in state["mailboxes"].values()
+                       for m in b["messages"].values() if "SENT" in m["labelIds"]),
+                      key=lambda bm: bm[1]["internalDate"], reverse=True)[:20]
         sent_rows = "".join(
             f"<tr><td>{html.escape(b['email'])}</td><td>{html.escape(m['to'])}</td>"
-            f"<td>{html.escape(m['subject'])}</td><td>{m['id']}</td></tr>" for b, m in sent
-        ) or "<tr><td colspan=4>Nothing sent yet.</td></tr>"
-        body = f"""<h1>Google sandbox</h1>
+            f"<td>{html.escape(m['subject'])}</td><td>{m['id']}</td><td>"
+            "<form method='post' action='/_sandbox/reply'>"
+            f"<input type='hidden' name='mailbox' value='{html.escape(b['email'], True)}'>"
+            f"<input type='hidden' name='id' value='{html.escape(m['id'], True)}'>"
+            "<input name='body' value='Thanks, that answers it.' size=24 "
+            "aria-label='Reply text'><button>Reply as the customer</button></form></td></tr>"
+            for b, m in sent
+        ) or "<tr><td colspan=5>Nothing sent yet.</td></tr>"
+        body = f"""<h1>Google sandbox</h1>{notice}
 <div class='card'><h2>Mailboxes</h2><table><tr><th>Address</th><th>Messages</th>
 <th>historyId</th><th>Watched</th></tr>{rows}</table>
 <form method='post' action='/_sandbox/mailboxes'><label>New mailbox
@@ -912,8 +955,11 @@ class SandboxApp:
 <label>Attachment <input type='file' name='attachment'></label>
 <label>…or a whole .eml file <input type='file' name='eml' accept='.eml,message/rfc822'>
 </label><button class='primary'>Deliver</button></form></div>
-<div class='card'><h2>Sent by the helpdesk</h2><table><tr><th>Mailbox</th><th>To</th>
-<th>Subject</th><th>id</th></tr>{sent_rows}</table></div>
+<div class='card'><h2>Sent by the helpdesk</h2>
+<p>Reply as the customer: the answer goes into the mailbox's INBOX the way Deliver does,
+with In-Reply-To and References naming the sent message, so it threads into its ticket.</p>
+<table><tr><th>Mailbox</th><th>To</th><th>Subject</th><th>id</th><th></th></tr>{sent_rows}
+</table></div>
 <div class='card'><h2>Active faults</h2><ul>{faults}</ul>
 <p>Set them with <code>POST /_sandbox/faults</code> or
 <code>python -m sandbox fault add KIND</code>.</p></div>"""
@@ -959,7 +1005,33 @@ class SandboxApp:
             return google_error(400, str(exc), "invalidArgument")
         self.worker.wake.set()
         if self._is_form(request):
-            return Response(302, b"", "text/html", headers=[("Location", "/_sandbox/")])
+            return self._delivered_redirect(result)
+        return Response(200, result)
+
+    @staticmethod
+    def _delivered_redirect(result: dict) -> Response:
+        """Back to the control page, which confirms the delivery it is named."""
+        query = urllib.parse.urlencode({"delivered": result["id"],
+                                        "mailbox": result["mailbox"]})
+        return Response(302, b"", "text/html",
+                        headers=[("Location", f"/_sandbox/?{query}#delivered")])
+
+    def sb_reply(self, request: Request) -> Response:
+        """The customer answers a message the helpdesk sent (form or JSON: ``mailbox``,
+        ``id`` of the sent message, optional ``body``): delivered like Deliver does, with
+        the sent message's Message-ID as In-Reply-To and at the end of References."""
+        data = request.json() if not self._is_form(request) else {
+            k: request.field(k) for k in ("mailbox", "id", "body")}
+        try:
+            result = customer_reply(self.store, (data.get("mailbox") or "").strip().lower(),
+                                    data.get("id") or "", data.get("body") or "")
+        except _BadRequest as exc:
+            return google_error(400, str(exc), "invalidArgument")
+        except KeyError:
+            return google_error(404, "Requested entity was not found.", "notFound")
+        self.worker.wake.set()
+        if self._is_form(request):
+            return self._delivered_redirect(result)
         return Response(200, result)
 
     def _messages(self, request: Request, sent_only: bool) -> Response:
@@ -1155,3 +1227,30 @@ def deliver(store: Store, spec: dict) -> dict:
         return {"id": rec["id"], "threadId": rec["threadId"], "labelIds": rec["labelIds"],
                 "historyId": str(rec["historyId"]), "messageId": rec["messageIdHeader"],
                 "mailbox": to}
+
+
+def customer_reply(store: Store, mailbox: str, sent_id: str, body: str = "") -> dict:
+    """Deliver the customer's answer to the message ``sent_id`` that ``mailbox`` sent:
+    from its first To recipient, "Re:" its subject, In-Reply-To its Message-ID and
+    References its References plus that id (RFC 5322 section 3.6.4). KeyError for an
+    unknown mailbox or message; _BadRequest when it is not a sent message."""
+    state = store.read()
+    rec = state["mailboxes"][mailbox]["messages"][sent_id]
+    if "SENT" not in rec["labelIds"]:
+        raise _BadRequest("only a message the mailbox sent can be answered")
+    sent = gmail.parse(store.get_raw(rec["blob"]))
+    customers = email.utils.getaddresses([str(v) for v in sent.get_all("To", [])])
+    customer = next(((n, a) for n, a in customers if a and a.lower() != mailbox), None)
+    message_id = rec["messageIdHeader"]  # with its angle brackets
+    if customer is None or not message_id:
+        raise _BadRequest("the sent message has no recipient or no Message-ID to answer")
+    subject = rec["subject"]
+    if not re.match(r"^\s*re\s*:", subject, re.IGNORECASE):
+        subject = f"Re: {subject}"
+    references = str(sent.get("References", "") or "").split()
+    return deliver(store, {
+        "to": mailbox, "from": email.utils.formataddr(customer), "subject": subject,
+        "body": body or "Thanks, that answers it.",
+        "headers": {"In-Reply-To": message_id,
+                    "References": " ".join([*references, message_id])},
+    })

@@ -46,6 +46,8 @@ DEFAULT_SETTINGS: dict = {
     "user_quota_per_minute": 15000,
     "watch_days": 7,
     "deliver_locally": True,  # mail sent to another sandbox mailbox lands in its INBOX
+    # Addresses the account picker offers first (e.g. the demo's mailbox), existing or not.
+    "suggested_accounts": [],
 }
 
 

@@ -4,6 +4,10 @@ our webhook): an admin can connect a Gmail mailbox and deliver customer mail fro
 
 Started by ``make demo`` (inside ``python -m helpdesk.embedded run``, which provides
 PostgreSQL and Redis when the environment names none). Ctrl-C stops every process.
+The demo runs with DEBUG off, as newcomers should judge it (our own error pages, never
+Django's technical ones); whitenoise serves the static files from their source folders
+outside prod, so nothing is collected first. One "Ready" line with the address and the
+sign-ins is printed once web, worker and beat all answer.
 ``--check`` starts everything, proves it works over HTTP and through the worker, then
 stops: the demo's own smoke test.
 """
@@ -19,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -28,7 +33,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from helpdesk.coordination import redis_client
-from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_PASSWORD, seed_demo
+from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_MAILBOX, DEMO_PASSWORD, seed_demo
 
 # The demo's Google side: the sandbox's OAuth client and Pub/Sub topic (no real secrets).
 DEMO_GOOGLE = {
@@ -72,39 +77,77 @@ class Command(BaseCommand):
         }
         public = f"http://127.0.0.1:{port}"
         sandbox_proc, sandbox_url = self._start_sandbox(public)
-        env = dict(os.environ, PUBLIC_BASE_URL=public, SANDBOX_URL=sandbox_url,
+        env = dict(os.environ, PUBLIC_BASE_URL=public, SANDBOX_URL=sandbox_url, DEBUG="false",
                    **DEMO_GOOGLE)
         procs = {"sandbox": sandbox_proc}
+        started = time.time()
         procs.update({name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
-        self.stdout.write(self.style.SUCCESS(f"\nHelpdesk demo is starting at {url}"))
-        self.stdout.write(f"  Demo data: {report}")
-        self.stdout.write(f"  Admin: {ADMIN_EMAIL} / {DEMO_PASSWORD}  (also /admin/)")
-        self.stdout.write(f"  Agent: {AGENT_EMAIL} / {DEMO_PASSWORD}")
-        self.stdout.write(f"  Google sandbox: {sandbox_url}/_sandbox/  (connect a Gmail "
-                          "mailbox under Email channels, then deliver customer mail there)")
-        self.stdout.write("  Press Ctrl-C to stop everything.\n")
-
-        stopping = False
+        self.stdout.write(f"Starting the demo ({report}): web, worker, beat and the "
+                          "Google sandbox...")
+        self._stopping = False
 
         def stop(signum, _frame):
-            nonlocal stopping
-            stopping = True
+            self._stopping = True
 
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         try:
+            if not self._wait_ready(url, procs, started):
+                return  # Ctrl-C while starting
+            self.stdout.write(self.style.SUCCESS(
+                f"Ready: {url}  sign in as {ADMIN_EMAIL} (admin) or {AGENT_EMAIL} (agent), "
+                f"password {DEMO_PASSWORD}; Google sandbox {sandbox_url}/_sandbox/ (connect "
+                f"{DEMO_MAILBOX} under Email channels); Ctrl-C stops everything"))
             if check:
                 self._check(url, procs, sandbox_url)
                 self.stdout.write(self.style.SUCCESS("demo check passed"))
                 return
-            while not stopping:
+            while not self._stopping:
                 for name, proc in procs.items():
                     if proc.poll() is not None:
                         raise CommandError(f"{name} exited with code {proc.returncode}")
                 time.sleep(0.5)
         finally:
             self._stop(procs)
+
+    def _wait_ready(self, url: str, procs, started: float, timeout: float = 90) -> bool:
+        """True once the web answers /healthz, the worker has run a ping task and beat
+        has written its schedule; False on Ctrl-C meanwhile; CommandError when one of them
+        exits or is not there in ``timeout`` seconds."""
+        from helpdesk.tasks import ping
+
+        deadline = time.monotonic() + timeout
+        key, value = f"demo-ready:{uuid.uuid4().hex}", "pong"
+        client = redis_client()
+        ping.delay(key=key, value=value)
+        schedule = settings.CELERY_BEAT_SCHEDULE_FILENAME
+        waiting = {"web", "worker", "beat"}
+        while waiting and not self._stopping:
+            for name in ("web", "worker", "beat", "sandbox"):
+                if procs[name].poll() is not None:
+                    raise CommandError(f"{name} exited with code {procs[name].returncode}")
+            if "web" in waiting:
+                try:
+                    urllib.request.urlopen(url + "healthz", timeout=5).read()
+                    waiting.discard("web")
+                except OSError:
+                    pass
+            if "worker" in waiting and client.get(key) == value.encode():
+                client.delete(key)
+                waiting.discard("worker")
+            # Beat writes its schedule file (shelve: one of these suffixes) once its
+            # scheduler is set up.
+            if "beat" in waiting and any(
+                    os.path.exists(schedule + suffix)
+                    and os.path.getmtime(schedule + suffix) >= started - 1
+                    for suffix in ("", ".db", ".dat", ".dir")):
+                waiting.discard("beat")
+            if waiting and time.monotonic() > deadline:
+                raise CommandError(f"not answering after {timeout:.0f} s: "
+                                   + ", ".join(sorted(waiting)))
+            time.sleep(0.3)
+        return not waiting
 
     def _start_sandbox(self, public: str) -> tuple[subprocess.Popen, str]:
         """Start the sandbox on a free port and point it at this demo: our OAuth client
@@ -127,7 +170,8 @@ class Command(BaseCommand):
                                    "redirect_uris": [f"{public}/oauth/gmail/callback/"]}),
             ("/_sandbox/settings", {"topics": {DEMO_GOOGLE["GMAIL_PUBSUB_TOPIC"]: {
                 "push_endpoint": webhook, "audience": webhook,
-                "service_account": DEMO_GOOGLE["PUBSUB_SERVICE_ACCOUNT"]}}}),
+                "service_account": DEMO_GOOGLE["PUBSUB_SERVICE_ACCOUNT"]}},
+                "suggested_accounts": [DEMO_MAILBOX]}),
         ):
             request = urllib.request.Request(sandbox_url + path, method="POST",
                                              data=json.dumps(body).encode(),
@@ -189,7 +233,14 @@ class Command(BaseCommand):
         detail = opener.open(f"{url}acme/tickets/{number.group(1)}/", timeout=10).read().decode()
         if 'class="msg' not in detail:
             raise CommandError("ticket view shows no timeline")
-        self.stdout.write("web: login, ticket list and ticket view OK")
+        try:
+            opener.open(url + "acme/no-such-page/", timeout=10).read()
+            raise CommandError("a missing page did not answer 404")
+        except urllib.error.HTTPError as missing:
+            if missing.code != 404 or b"DEBUG = True" in missing.read():
+                raise CommandError("a missing page shows Django's technical 404 (DEBUG is "
+                                   "on)") from missing
+        self.stdout.write("web: login, ticket list, ticket view and a plain 404 OK")
 
         from helpdesk.tasks import ping
 
@@ -206,6 +257,7 @@ class Command(BaseCommand):
         if procs["beat"].poll() is not None:
             raise CommandError("beat exited")
         self._check_gmail(url, sandbox_url)
+        self._check_demo_mailbox(url, sandbox_url)
 
     def _check_gmail(self, url: str, sandbox_url: str) -> None:
         """The Gmail path as an admin walks it, against the sandbox: connect (OAuth
@@ -244,3 +296,63 @@ class Command(BaseCommand):
         connection_id = re.search(r"/email/(\d+)/$", where).group(1)
         post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
         self.stdout.write("gmail: connect, route to a team, sandbox email -> ticket OK")
+
+    @staticmethod
+    def _sandbox(sandbox_url: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(sandbox_url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+    def _check_demo_mailbox(self, url: str, sandbox_url: str) -> None:
+        """The demo's own story: the picker suggests the seeded mailbox, connecting it
+        reconnects it, Retry delivers a seeded reply through the sandbox, and the
+        customer's answer to it (the sandbox's Reply as the customer) threads into the
+        same ticket. The mailbox is disconnected again afterwards."""
+        opener, _, post = self._signed_in(url, ADMIN_EMAIL)
+        channels = url + "acme/settings/email/"
+        opener.open(channels, timeout=10).read()
+        picker = post(channels + "connect/gmail/", {}, channels)
+        if f"{DEMO_MAILBOX}</button> <small>suggested</small>" not in picker.read().decode():
+            raise CommandError(f"the sandbox's account picker does not suggest {DEMO_MAILBOX}")
+        auth = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(picker.geturl()).query))
+        fields = [*auth.items(), ("step", "consent"), ("email", DEMO_MAILBOX),
+                  ("decision", "allow"), *(("grant_scope", s) for s in auth["scope"].split())]
+        opener.open(urllib.request.Request(
+            picker.geturl().split("?")[0], data=urllib.parse.urlencode(fields).encode()),
+            timeout=20).read()  # Allow -> our callback -> the seeded connection, reconnected
+
+        ticket = f"{url}acme/tickets/1/"
+        page = opener.open(ticket, timeout=10).read().decode()
+        retry = re.search(r'hx-post="(/acme/tickets/1/messages/\d+/retry/)"', page)
+        if not retry:
+            raise CommandError("the seeded reply on ticket 1 has no Retry")
+        before = {m["id"] for m in self._sandbox(
+            sandbox_url, f"/_sandbox/sent?mailbox={DEMO_MAILBOX}")["messages"]}
+        post(url + retry.group(1).lstrip("/"), {}, ticket).read()
+        deadline = time.monotonic() + 60
+        while True:
+            sent = [m for m in self._sandbox(
+                sandbox_url, f"/_sandbox/sent?mailbox={DEMO_MAILBOX}")["messages"]
+                if m["id"] not in before]
+            if sent:
+                break
+            if time.monotonic() > deadline:
+                raise CommandError("Retry did not send the seeded reply within 60 s")
+            time.sleep(0.5)
+        answer = f"Refund received, thanks ({uuid.uuid4().hex[:8]})"
+        self._sandbox(sandbox_url, "/_sandbox/reply",
+                      {"mailbox": DEMO_MAILBOX, "id": sent[0]["id"], "body": answer})
+        deadline = time.monotonic() + 60
+        while answer not in opener.open(ticket, timeout=10).read().decode():
+            if time.monotonic() > deadline:
+                raise CommandError("the customer's answer did not thread into ticket 1 "
+                                   "within 60 s")
+            time.sleep(0.5)
+        listing = opener.open(channels, timeout=10).read().decode()
+        connection = re.search(rf'href="/acme/settings/email/(\d+)/">{re.escape(DEMO_MAILBOX)}<',
+                               listing)
+        if connection:
+            post(f"{channels}{connection.group(1)}/disconnect/", {}, channels).read()
+        self.stdout.write(f"demo mailbox: {DEMO_MAILBOX} suggested and reconnected, a seeded "
+                          "reply retried and delivered, the customer's answer threaded OK")
