@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.generics import GenericAPIView
+from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.response import Response
 
 from channels_email.ingest import inbound_email_ingest
@@ -28,7 +28,6 @@ from channels_email.services import (
     suppression_add,
     suppression_remove,
 )
-from helpdesk.api import KeysetPagination
 
 
 class _HealthFlag(serializers.Serializer):
@@ -67,16 +66,14 @@ class ConnectionSerializer(serializers.ModelSerializer):
                 "flow": connection.routing_flow_id}
 
 
-class ConnectionListView(GenericAPIView):
+class ConnectionListView(ListAPIView):
     """The workspace's mailboxes with their health, by address."""
 
     serializer_class = ConnectionSerializer
-    pagination_class = KeysetPagination
     keyset = ("address", "id")
 
-    def get(self, request):
-        page = self.paginate_queryset(connections_for_tenant(tenant=request.tenant))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+    def get_queryset(self):
+        return connections_for_tenant(tenant=self.request.tenant)
 
 
 class ConnectionDetailView(GenericAPIView):
@@ -101,17 +98,15 @@ class SuppressionAddSerializer(serializers.Serializer):
     details = serializers.CharField(max_length=2000, required=False, allow_blank=True)
 
 
-class SuppressionListView(GenericAPIView):
+class SuppressionListView(ListAPIView):
     """Addresses no acknowledgement or reply goes to (bounced, complained or added)."""
 
     admin_only = True
     serializer_class = SuppressionSerializer
-    pagination_class = KeysetPagination
     keyset = ("-created_at", "-id")
 
-    def get(self, request):
-        page = self.paginate_queryset(suppressions_for_tenant(tenant=request.tenant))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+    def get_queryset(self):
+        return suppressions_for_tenant(tenant=self.request.tenant)
 
     @extend_schema(request=SuppressionAddSerializer,
                    responses={201: SuppressionSerializer, 200: SuppressionSerializer})
@@ -146,24 +141,25 @@ class InboundEmailSerializer(serializers.ModelSerializer):
                   "processed_at"]
 
 
-class InboundEmailListView(GenericAPIView):
+class InboundEmailListView(ListAPIView):
     """Every email that reached the workspace's mailboxes, newest first; ``state``
     narrows it (e.g. ``quarantined``)."""
 
     admin_only = True
     serializer_class = InboundEmailSerializer
-    pagination_class = KeysetPagination
     keyset = ("-received_at", "-id")
 
-    @extend_schema(parameters=[OpenApiParameter("state", str, required=False,
-                                                enum=InboundState.values)])
-    def get(self, request):
-        wanted = request.query_params.get("state", "")
+    def get_queryset(self):
+        wanted = self.request.query_params.get("state", "")
         if wanted and wanted not in InboundState.values:
             raise serializers.ValidationError(
                 {"state": [f"One of: {', '.join(InboundState.values)}."]})
-        page = self.paginate_queryset(inbound_email_log(tenant=request.tenant, state=wanted))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+        return inbound_email_log(tenant=self.request.tenant, state=wanted)
+
+    @extend_schema(parameters=[OpenApiParameter("state", str, required=False,
+                                                enum=InboundState.values)])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
 
 class InboundEmailReprocessView(GenericAPIView):

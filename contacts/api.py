@@ -8,13 +8,12 @@ from django.http import Http404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.generics import GenericAPIView
+from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.response import Response
 
 from contacts.models import Contact, ContactSource
 from contacts.selectors import contact_get, contact_list
 from contacts.services import contact_create, contact_update
-from helpdesk.api import KeysetPagination
 from tickets.selectors import tickets_for_contact
 
 CONTACT_TICKETS_SHOWN = 100
@@ -58,19 +57,19 @@ class ContactWriteSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
-class ContactListView(GenericAPIView):
+class ContactListView(ListAPIView):
     """Contacts of the key's workspace by address; ``q`` searches address and name."""
 
     serializer_class = ContactSerializer
-    pagination_class = KeysetPagination
     keyset = ("email", "id")
 
-    @extend_schema(parameters=[OpenApiParameter("q", str, required=False)],
-                   responses=ContactSerializer(many=True))
-    def get(self, request):
-        search = request.query_params.get("q", "")[:200]
-        page = self.paginate_queryset(contact_list(tenant=request.tenant, search=search))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+    def get_queryset(self):
+        search = self.request.query_params.get("q", "")[:200]
+        return contact_list(tenant=self.request.tenant, search=search)
+
+    @extend_schema(parameters=[OpenApiParameter("q", str, required=False)])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(request=ContactWriteSerializer, responses={201: ContactSerializer})
     def post(self, request):

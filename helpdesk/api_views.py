@@ -5,9 +5,8 @@ pagination) is ``helpdesk.api``, which DRF imports while loading its settings, s
 from __future__ import annotations
 
 from rest_framework import serializers
-from rest_framework.generics import GenericAPIView
+from rest_framework.generics import ListAPIView
 
-from helpdesk.api import KeysetPagination
 from helpdesk.selectors import tenant_members
 
 
@@ -19,13 +18,11 @@ class MemberSerializer(serializers.Serializer):
     is_active = serializers.BooleanField(source="user.is_active")
 
 
-class MemberListView(GenericAPIView):
+class MemberListView(ListAPIView):
     """The workspace's members (the ids tickets are assigned to), by address."""
 
     serializer_class = MemberSerializer
-    pagination_class = KeysetPagination
     keyset = ("user__email", "id")
 
-    def get(self, request):
-        page = self.paginate_queryset(tenant_members(tenant=request.tenant))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+    def get_queryset(self):
+        return tenant_members(tenant=self.request.tenant)

@@ -4,9 +4,8 @@ the API key's tenant scope."""
 from __future__ import annotations
 
 from rest_framework import serializers
-from rest_framework.generics import GenericAPIView
+from rest_framework.generics import ListAPIView
 
-from helpdesk.api import KeysetPagination
 from routing.models import Flow, Rule, Team
 from routing.selectors import flow_list, team_list
 
@@ -40,21 +39,17 @@ class FlowSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "fallback_team", "is_active", "rules", "created_at"]
 
 
-class TeamListView(GenericAPIView):
+class TeamListView(ListAPIView):
     serializer_class = TeamSerializer
-    pagination_class = KeysetPagination
     keyset = ("name", "id")
 
-    def get(self, request):
-        page = self.paginate_queryset(team_list(tenant=request.tenant))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+    def get_queryset(self):
+        return team_list(tenant=self.request.tenant)
 
 
-class FlowListView(GenericAPIView):
+class FlowListView(ListAPIView):
     serializer_class = FlowSerializer
-    pagination_class = KeysetPagination
     keyset = ("name", "id")
 
-    def get(self, request):
-        page = self.paginate_queryset(flow_list(tenant=request.tenant))
-        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+    def get_queryset(self):
+        return flow_list(tenant=self.request.tenant)
