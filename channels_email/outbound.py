@@ -385,7 +385,7 @@ def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, st
     if message.cc_addresses:
         mime["Cc"] = ", ".join(message.cc_addresses)
     mime["Subject"] = message.subject
-    mime["Date"] = format_datetime(message.created_at)
+    mime["Date"] = format_datetime(timezone.now())  # when it goes out (a retry: now)
     mime["Message-ID"] = f"<{message.message_id_header}>"
     if parent:
         mime["In-Reply-To"] = f"<{parent}>"

@@ -52,7 +52,13 @@ class SeedReport:
     messages: int
 
     def __str__(self) -> str:
-        return ", ".join(f"{v} {k}" for k, v in self.__dict__.items())
+        # "1 flow", "2 flows": the field names are the plurals ("mailboxes": "mailbox").
+        def name(plural: str, count: int) -> str:
+            if count != 1:
+                return plural
+            return plural.removesuffix("es" if plural.endswith("xes") else "s")
+
+        return ", ".join(f"{v} {name(k, v)}" for k, v in self.__dict__.items())
 
 
 CUSTOMERS = [

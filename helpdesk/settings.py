@@ -290,7 +290,7 @@ API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=600)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Helpdesk API",
     "DESCRIPTION": "REST API v1. Authenticate with `Authorization: Bearer <API key>`; "
-                   "workspace admins create keys under Settings > API keys.",
+                   "workspace admins create keys on the API keys page.",
     "VERSION": "1",
     "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,

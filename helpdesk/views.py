@@ -137,12 +137,14 @@ def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
 
 
+NEW_API_KEY_SESSION = "new_api_key"
+
+
 def api_keys(request):
     """Workspace admins' API keys page: the keys (prefix, scope, creator, last use), a new
     key (its secret shown on this one answer only) and Revoke."""
     require_admin(request, "manage API keys")
     form = ApiKeyForm()
-    created = None
     if request.method == "POST":
         form = ApiKeyForm(request.POST)
         if form.is_valid():
@@ -153,10 +155,13 @@ def api_keys(request):
             except ApplicationError as exc:
                 form.add_error(exc.field, exc.message)
             else:
-                created = {"key": key, "secret": secret}
-                form = ApiKeyForm()
+                # Shown on the next page only (then dropped), so that reloading it cannot
+                # post the form again and make a second key.
+                request.session[NEW_API_KEY_SESSION] = {"name": key.name, "secret": secret}
+                return redirect("tenant:api_keys", tenant_slug=request.tenant.slug)
     return render(request, "helpdesk/api_keys.html", {
-        "keys": api_keys_for(tenant=request.tenant), "form": form, "created": created,
+        "keys": api_keys_for(tenant=request.tenant), "form": form,
+        "created": request.session.pop(NEW_API_KEY_SESSION, None),
     }, status=400 if form.errors else 200)
 
 

@@ -500,8 +500,9 @@ def test_ticket_view_shows_the_routing_panel(agent_client, tenant):
     page = agent_client.get(f"/{tenant.slug}/tickets/{ticket.number}/").content.decode()
     assert 'aria-label="Routing"' in page
     for text in ("Triage", "Billing", "matched", "not matched", "Never",
-                 "subject contains &#x27;refund&#x27;: yes", "assigned to team Billing"):
+                 "subject contains &#x27;refund&#x27;: yes", "✓ Assigned to team Billing"):
         assert text in page, text
+    assert "assign_team" not in page  # the trace in words, not the engine's codes
     assert "&lt;b&gt;Refunds&lt;/b&gt;" in page and "<b>Refunds</b>" not in page
 
 

@@ -110,3 +110,16 @@ def unread_label(count: int) -> str:
     from tickets.notifications import UNREAD_COUNT_CAP
 
     return f"{UNREAD_COUNT_CAP - 1}+" if count >= UNREAD_COUNT_CAP else str(count)
+
+
+@register.filter
+def routing_action(action: dict) -> str:
+    """One action of the ticket's routing trace in words: what the engine noted it did
+    ("assigned to team Billing"), else the editor's label and value ("Add tag billing")."""
+    from routing.forms import ACTION_LABELS
+
+    if action.get("note"):
+        return str(action["note"])[:1].upper() + str(action["note"])[1:]
+    value = action.get("value")
+    label = ACTION_LABELS.get(action.get("type"), action.get("type"))
+    return f"{label} {value}" if value is not None else str(label)

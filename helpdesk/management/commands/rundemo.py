@@ -68,7 +68,7 @@ class Command(BaseCommand):
         commands = {
             "web": [python, "-m", "gunicorn", "helpdesk.wsgi:application",
                     "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
-                    "--access-logfile", "-", "--graceful-timeout", "5"],
+                    "--access-logfile", "-", "--graceful-timeout", "20"],
             "worker": [python, "-m", "celery", "-A", "helpdesk", "worker",
                        "-Q", ",".join(settings.CELERY_TASK_QUEUES_NAMES),
                        "--concurrency", "2", "--loglevel", "INFO"],
