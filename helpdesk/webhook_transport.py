@@ -107,7 +107,6 @@ def guarded_session() -> requests.Session:
     """A session for one delivery (see the module's contract)."""
     session = requests.Session()
     session.trust_env = False
-    session.max_redirects = 0
     adapter = _CheckedAdapter(max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
