@@ -247,6 +247,10 @@ def connection_status_emit(*, connection, previous: str) -> int:
 
 
 def _clean(*, url: str, events: Iterable[str]) -> tuple[str, list[str]]:
+    return _clean_url(url), _clean_events(events)
+
+
+def _clean_url(url: str) -> str:
     url = (url or "").strip()
     if not url:
         raise ApplicationError("url_required", "Give the endpoint's URL.", field="url")
@@ -255,6 +259,10 @@ def _clean(*, url: str, events: Iterable[str]) -> tuple[str, list[str]]:
     refusal = url_refusal(url)
     if refusal:
         raise ApplicationError("url_refused", refusal, field="url")
+    return url
+
+
+def _clean_events(events: Iterable[str]) -> list[str]:
     wanted = list(dict.fromkeys(events or []))
     unknown = [e for e in wanted if e not in WebhookEventType.values]
     if unknown:
@@ -262,7 +270,7 @@ def _clean(*, url: str, events: Iterable[str]) -> tuple[str, list[str]]:
                                field="events")
     if not wanted:
         raise ApplicationError("events_required", "Choose at least one event.", field="events")
-    return url, wanted
+    return wanted
 
 
 def webhook_endpoint_create(*, tenant: Tenant, actor: User | None, url: str,
@@ -284,10 +292,10 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, actor: User | None,
                             url: str | None = None, events: Iterable[str] | None = None,
                             description: str | None = None,
                             is_active: bool | None = None) -> WebhookEndpoint:
-    """Change what is given. Enabling a disabled endpoint clears its failure record and
-    sends its still pending events now."""
-    new_url, wanted = _clean(url=endpoint.url if url is None else url,
-                             events=endpoint.events if events is None else events)
+    """Change what is given (a changed URL is checked as on create). Enabling a
+    disabled endpoint clears its failure record and sends its still pending events now."""
+    new_url = endpoint.url if url is None or url.strip() == endpoint.url else _clean_url(url)
+    wanted = endpoint.events if events is None else _clean_events(events)
     enabling = is_active is True and not endpoint.is_active
     with transaction.atomic():
         endpoint.url, endpoint.events = new_url, wanted

@@ -407,3 +407,18 @@ def test_agents_cannot_open_the_webhooks_page(agent_client, tenant, receiver):
     assert agent_client.get(base).status_code == 403
     assert agent_client.get(f"{base}{endpoint.pk}/").status_code == 403
     assert agent_client.post(f"{base}{endpoint.pk}/rotate/").status_code == 403
+
+
+def test_an_endpoint_whose_host_stopped_resolving_can_still_be_disabled(tenant, admin_user,
+                                                                        receiver):
+    endpoint = endpoint_for(tenant, receiver.url)
+    with tenant_scope(tenant):
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url="http://gone.invalid/hook")
+        endpoint.refresh_from_db()
+        webhook_endpoint_update(endpoint=endpoint, actor=admin_user, is_active=False)
+        endpoint.refresh_from_db()
+        assert not endpoint.is_active and endpoint.disabled_reason == "Disabled by an admin."
+        with pytest.raises(ApplicationError) as refused:
+            webhook_endpoint_update(endpoint=endpoint, actor=admin_user,
+                                    url="http://also-gone.invalid/")
+    assert refused.value.field == "url" and "does not resolve" in refused.value.message
