@@ -32,7 +32,7 @@ from helpdesk.webhooks_out import (
     webhooks_redrive,
 )
 from tests.api.test_foundation import bearer, make_key, problem_of
-from tests.factories import ContactFactory, TicketFactory
+from tests.factories import ContactFactory, EmailConnectionFactory, TicketFactory
 from tests.helpdesk.webhook_receiver import Receiver
 from tickets.models import MessageKind
 from tickets.services import message_add, ticket_create, ticket_update
@@ -146,6 +146,24 @@ def test_the_services_emit_their_events(tenant, receiver):
              for e in events_of(tenant)]
     assert kinds == [("ticket.created", "new"), ("ticket.updated", "open"),
                      ("message.created", "note")]
+
+
+def test_a_connection_status_change_is_an_event_and_a_mere_error_count_is_not(tenant,
+                                                                               receiver):
+    from channels_email import health
+    from channels_email.providers.base import AuthError, TransientError
+
+    endpoint_for(tenant, receiver.url, events=["connection.status_changed"])
+    with tenant_scope(tenant), transaction.atomic():
+        connection = EmailConnectionFactory(tenant=tenant, status="active")
+        health.record_error(connection, TransientError("503 from the provider"))
+        assert events_of(tenant) == []  # still Active
+        health.record_error(connection, AuthError("invalid_grant", reason="invalid_grant"))
+        health.reactivate(connection)
+    data = [e.payload["data"] for e in events_of(tenant)]
+    assert [(d["previous_status"], d["status"]) for d in data] == [
+        ("active", "token_expired"), ("token_expired", "active")]
+    assert data[0]["id"] == connection.pk and data[0]["address"] == connection.address
 
 
 def test_a_redirect_is_not_followed(tenant, receiver):
