@@ -8,7 +8,9 @@ Contract:
   caller's transaction, and queues their delivery on commit: a change that rolls back
   sends nothing, a change that commits is delivered even if the queue was down (the
   redrive sweep finds the row). Services call it where the change happens; the hooks are
-  one line each.
+  one line each. The scope's tenant (loaded once per request or task) says which types
+  some endpoint wants (``Tenant.webhook_events``): a workspace without webhooks pays no
+  query, and an endpoint added mid-request is seen from the next request or task on.
 - ``webhook_attempt(event_id=)`` (the ``webhooks.deliver`` task) makes one attempt: POST
   of the stored body with ``webhook-id`` (the same on every attempt), ``webhook-timestamp``
   and ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 over ``id.timestamp.body`` with
@@ -136,7 +138,9 @@ def _wanted(tenant_id: int, type_: str) -> bool:
 
 def _subscriptions_sync(tenant: Tenant) -> None:
     """Recompute ``Tenant.webhook_events`` from the active endpoints (in the caller's
-    transaction), also on the tenant objects at hand."""
+    transaction, holding the tenant row's lock so concurrent endpoint changes take turns),
+    also on the tenant objects at hand."""
+    list(Tenant.objects.select_for_update().filter(pk=tenant.pk).values_list("pk"))
     types = sorted({t for events in WebhookEndpoint.objects.filter(tenant=tenant, is_active=True)
                     .values_list("events", flat=True) for t in events})
     Tenant.objects.filter(pk=tenant.pk).update(webhook_events=types)
