@@ -428,6 +428,12 @@ WEBHOOK_RETRY_SCHEDULE_SECONDS = [int(s) for s in env.list(
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=15.0)
 # How long a rotated-out secret keeps signing alongside the new one.
 WEBHOOK_SECRET_OVERLAP = timedelta(hours=env.int("WEBHOOK_SECRET_OVERLAP_HOURS", default=24))
+# Delivered and failed events (and their attempts) are kept this long, then purged.
+WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["purge-webhook-events"] = {
+    "task": "maintenance.purge_webhook_events",
+    "schedule": timedelta(hours=6),
+}
 CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
     "task": "maintenance.redrive_webhooks",
     "schedule": timedelta(minutes=1),

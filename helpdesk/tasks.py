@@ -41,3 +41,12 @@ def redrive_webhooks() -> int:
     if queued:
         logger.info("webhooks.redriven count=%s", queued)
     return queued
+
+
+@shared_task(name="maintenance.purge_webhook_events")
+def purge_webhook_events() -> int:
+    from helpdesk.webhooks_out import webhooks_purge
+
+    deleted = webhooks_purge()
+    logger.info("webhooks.purged count=%s", deleted)
+    return deleted

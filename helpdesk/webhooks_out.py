@@ -538,3 +538,15 @@ def webhooks_redrive(*, limit: int = 500) -> int:
             .values_list("pk", flat=True)[:limit])
     _queue(due)
     return len(due)
+
+
+def webhooks_purge(*, older_than: timedelta | None = None) -> int:
+    """Delete delivered and failed events (with their attempts) finished more than
+    ``WEBHOOK_RETENTION_DAYS`` ago, in every tenant; pending ones stay. Returns how many."""
+    older_than = older_than or timedelta(days=settings.WEBHOOK_RETENTION_DAYS)
+    # Unscoped: a maintenance sweep over all tenants, deleting only finished old rows.
+    with unscoped():
+        deleted, _ = WebhookEvent.objects.filter(
+            finished_at__lt=timezone.now() - older_than,
+            state__in=[WebhookEventState.DELIVERED, WebhookEventState.FAILED]).delete()
+    return deleted

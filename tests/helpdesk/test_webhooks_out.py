@@ -29,6 +29,7 @@ from helpdesk.webhooks_out import (
     webhook_endpoint_test,
     webhook_endpoint_update,
     webhook_secret_rotate,
+    webhooks_purge,
     webhooks_redrive,
 )
 from tests.api.test_foundation import bearer, make_key, problem_of
@@ -440,3 +441,20 @@ def test_an_endpoint_whose_host_stopped_resolving_can_still_be_disabled(tenant, 
             webhook_endpoint_update(endpoint=endpoint, actor=admin_user,
                                     url="http://also-gone.invalid/")
     assert refused.value.field == "url" and "does not resolve" in refused.value.message
+
+
+def test_finished_events_are_purged_after_the_retention_and_pending_ones_stay(tenant,
+                                                                           receiver):
+    endpoint_for(tenant, receiver.url)
+    for title in ("old delivered", "recent delivered", "old pending"):
+        new_ticket(tenant, title)
+    old, recent, pending = events_of(tenant)
+    webhook_attempt(event_id=old.pk)
+    webhook_attempt(event_id=recent.pk)
+    with unscoped():
+        WebhookEvent.objects.filter(pk__in=[old.pk, pending.pk]).update(
+            finished_at=timezone.now() - timedelta(days=31))
+    assert webhooks_purge() >= 2  # the event and its attempt
+    assert [e.pk for e in events_of(tenant)] == [recent.pk, pending.pk]
+    with tenant_scope(tenant):
+        assert list(WebhookAttempt.objects.values_list("event_id", flat=True)) == [recent.pk]
