@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -85,6 +86,7 @@ def webhook_detail(request, endpoint_id: int):
     return render(request, "helpdesk/webhook_detail.html", {
         "endpoint": endpoint, "form": form, "secrets": secret_entries(endpoint),
         "attempts": webhook_attempts_for(endpoint=endpoint)[:ATTEMPTS_SHOWN],
+        "overlap_hours": int(settings.WEBHOOK_SECRET_OVERLAP.total_seconds() // 3600),
     }, status=400 if form.errors else 200)
 
 
