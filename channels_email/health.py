@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from channels_email.models import ConnectionStatus, EmailConnection
 from channels_email.providers.base import AuthError, ProviderError, RateLimited
+from helpdesk import webhooks_out
 
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 3600
@@ -128,10 +129,12 @@ def wait_seconds(connection: EmailConnection) -> float:
 
 
 def _refresh(connection: EmailConnection) -> None:
+    previous = connection.status
     connection.refresh_from_db(fields=["status", "consecutive_errors", "last_error",
                                        "last_error_at", "last_sync_at", "rate_limited_until",
                                        "credentials", "subscription_id",
                                        "subscription_expires_at", "updated_at"])
+    webhooks_out.connection_status_emit(connection=connection, previous=previous)
 
 
 __all__ = [

@@ -46,7 +46,7 @@ from channels_email.models import (
 from channels_email.outbound import acknowledgement_create, report_record
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
-from helpdesk import sql
+from helpdesk import sql, webhooks_out
 from helpdesk.models import Tenant
 from helpdesk.patterns import pattern_budget
 from helpdesk.tenancy import tenant_scope
@@ -517,6 +517,7 @@ def _thread_and_store(row: InboundEmail, conn: EmailConnection, parsed: ParsedEm
     head["details"]["threaded_by"] = found_by or "new-ticket"
     if not _store(row, ticket, message, parsed, head):
         raise _LostRace
+    webhooks_out.message_created_emit(message=message)
     if parsed.attachments:
         attachments_add(message=message, files=[
             (a.filename, a.content, a.content_type, a.content_id, a.inline)

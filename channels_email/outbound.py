@@ -54,6 +54,7 @@ from channels_email.selectors import (
 )
 from channels_email.tokens import authorized
 from contacts.models import normalize_email
+from helpdesk import webhooks_out
 from helpdesk.models import Tenant, User
 from helpdesk.tenancy import tenant_scope, unscoped
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
@@ -119,6 +120,7 @@ def delivery_bounce_record(*, tenant: Tenant, bounce: BounceInfo,
     Message.objects.filter(pk__in=message_ids).update(
         delivery_status=DeliveryStatus.BOUNCED, delivery_error=f"Bounced: {details}"[:2000],
     )
+    webhooks_out.message_delivery_status_emit(tenant_id=tenant.pk, message_ids=message_ids)
     # Only addresses we actually sent the bounced messages to count: a forged report
     # cannot suppress a stranger, and a soft bounce (4.x.x) never suppresses.
     sent_to = _sent_to(message_ids)
@@ -262,6 +264,7 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
             attachments_add(message=message, files=[(n, c, t, "", False)
                                                     for n, c, t in attachments])
         Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now())
+        webhooks_out.message_created_emit(message=message)
         transaction.on_commit(lambda: _queue_send(message.pk))
     return message
 
@@ -424,6 +427,8 @@ def _delivered(message: Message, sent) -> None:
         delivery_error=Case(When(bounced, then=F("delivery_error")), default=Value(""),
                             output_field=TextField()),
         delivered_at=timezone.now(), provider_message_id=sent.provider_message_id[:255])
+    webhooks_out.message_delivery_status_emit(tenant_id=message.tenant_id,
+                                              message_ids=[message.pk])
     stored = normalize_message_id(sent.message_id_header or "")
     if stored and stored != message.message_id_header:
         # The provider rewrote our Message-ID: replies will name its id, so register both.
@@ -433,8 +438,10 @@ def _delivered(message: Message, sent) -> None:
 
 
 def _failed(message: Message, reason: str) -> None:
-    Message.objects.filter(**_this_round(message), delivery_status=DeliveryStatus.PENDING) \
-        .update(delivery_status=DeliveryStatus.FAILED, delivery_error=reason[:2000])
+    if Message.objects.filter(**_this_round(message), delivery_status=DeliveryStatus.PENDING) \
+            .update(delivery_status=DeliveryStatus.FAILED, delivery_error=reason[:2000]):
+        webhooks_out.message_delivery_status_emit(tenant_id=message.tenant_id,
+                                                  message_ids=[message.pk])
 
 
 NO_MAILBOX_REASON = ("No mailbox to send from: connect one or set a default mailbox, then "
@@ -543,5 +550,7 @@ def reply_retry(*, message: Message) -> bool:
                                           ticket_id=current.ticket_id, message=current,
                                           message_id_header=fields["message_id_header"])
         Message.objects.filter(pk=current.pk).update(**fields)
+        webhooks_out.message_delivery_status_emit(tenant_id=current.tenant_id,
+                                                  message_ids=[current.pk])
         transaction.on_commit(lambda: _queue_send(current.pk))
     return True

@@ -2,7 +2,7 @@ from django import forms
 from django.contrib.auth import password_validation
 from django.core.validators import validate_email
 
-from helpdesk.models import ApiScope, Role
+from helpdesk.models import ApiScope, Role, WebhookEventType
 
 
 class InvitationForm(forms.Form):
@@ -55,3 +55,13 @@ class ApiKeyForm(forms.Form):
     scope = forms.ChoiceField(choices=ApiScope.choices, initial=ApiScope.READ,
                               help_text="Read only is enough for reporting; replies and "
                                         "updates need read and write.")
+
+
+class WebhookEndpointForm(forms.Form):
+    """An outgoing webhook endpoint; the rules on the URL are the service's."""
+
+    url = forms.CharField(label="URL", max_length=2000,
+                          help_text="Where events are POSTed, e.g. https://crm.example.com/hooks/helpdesk")
+    description = forms.CharField(max_length=200, required=False)
+    events = forms.MultipleChoiceField(choices=WebhookEventType.choices,
+                                       widget=forms.CheckboxSelectMultiple)

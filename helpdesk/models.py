@@ -6,11 +6,13 @@ import hashlib
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
+from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from helpdesk.crypto import EncryptedJSONField
 from helpdesk.tenancy import TenantOwnedModel
 
 
@@ -79,6 +81,10 @@ class Tenant(models.Model):
     # Outbound subjects carry "[#123]", so a reply that lost its threading headers still
     # finds its ticket (ingest honours the token for the ticket's participants only).
     subject_ticket_token = models.BooleanField(default=True)
+    # The event types some active webhook endpoint of the tenant wants, kept by
+    # helpdesk.webhooks_out with every endpoint change: services emitting an event check
+    # the scope's tenant here first, so a workspace without webhooks pays no query.
+    webhook_events = ArrayField(models.CharField(max_length=64), default=list, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -228,3 +234,100 @@ class IdempotencyRecord(TenantOwnedModel):
 
     def __str__(self) -> str:
         return f"Idempotency-Key {self.key}"
+
+
+# ------------------------------------------------------------------ outgoing webhooks
+
+
+class WebhookEventType(models.TextChoices):
+    """What an integration can subscribe to (``helpdesk.webhooks_out``)."""
+
+    TICKET_CREATED = "ticket.created", "Ticket created"
+    TICKET_UPDATED = "ticket.updated", "Ticket updated"
+    MESSAGE_CREATED = "message.created", "Message created"
+    MESSAGE_DELIVERY_STATUS_CHANGED = ("message.delivery_status_changed",
+                                       "Message delivery status changed")
+    CONNECTION_STATUS_CHANGED = "connection.status_changed", "Connection status changed"
+
+
+class WebhookEndpoint(TenantOwnedModel):
+    """A URL of an integration that receives the workspace's events it subscribed to,
+    signed with its secret (Standard Webhooks). ``secrets`` (encrypted at rest) holds
+    ``{"secret": "whsec_...", "expires_at": ISO time or None}`` entries, the current one
+    first; a rotated-out secret keeps signing alongside until its ``expires_at``."""
+
+    url = models.URLField(max_length=2000)
+    description = models.CharField(max_length=200, blank=True)
+    events = ArrayField(models.CharField(max_length=64, choices=WebhookEventType.choices),
+                        default=list)
+    secrets = EncryptedJSONField(default=list)
+    is_active = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "is_active"], name="webhook_ep_tenant_active")]
+
+    def __str__(self) -> str:
+        return f"Webhook endpoint {self.pk} ({self.url})"
+
+
+class WebhookEventState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+
+
+class WebhookEvent(TenantOwnedModel):
+    """The outbox: one event for one endpoint, written in the transaction of the change it
+    reports. ``webhook_id`` is its ``webhook-id`` header, the same on every attempt, so
+    receivers can drop a repeat. ``payload`` is the JSON body, sent as stored."""
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE,
+                                 related_name="outbox")
+    webhook_id = models.CharField(max_length=64, unique=True)
+    type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    state = models.CharField(max_length=10, choices=WebhookEventState.choices,
+                             default=WebhookEventState.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "endpoint", "-created_at"], name="webhook_ev_endpoint"),
+            models.Index(fields=["next_attempt_at"], name="webhook_ev_due",
+                         condition=models.Q(state="pending")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.webhook_id}"
+
+
+class WebhookAttempt(TenantOwnedModel):
+    """One try at delivering an event: when, the HTTP status (None when no answer came)
+    and, for a failure, why."""
+
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="tries")
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="+")
+    attempted_at = models.DateTimeField(default=timezone.now)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    succeeded = models.BooleanField(default=False)
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "endpoint", "-attempted_at"],
+                                name="webhook_try_endpoint")]
+
+    def __str__(self) -> str:
+        return f"Attempt {self.pk} of {self.event_id}: {self.status_code or self.error}"

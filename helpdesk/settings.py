@@ -437,3 +437,26 @@ PUBSUB_SERVICE_ACCOUNT = env.str(
     "PUBSUB_SERVICE_ACCOUNT",
     default="pubsub-push@helpdesk-dev.iam.gserviceaccount.com" if SANDBOX_URL else "")
 PROVIDER_HTTP_TIMEOUT_SECONDS = env.float("PROVIDER_HTTP_TIMEOUT_SECONDS", default=20.0)
+
+# --- Outgoing webhooks (helpdesk.webhooks_out) ---------------------------------------------
+# Delivery never reaches private, link-local or reserved addresses; loopback only outside
+# prod (a receiver on the same machine in dev and tests). WEBHOOK_ALLOW_PRIVATE_ADDRESSES
+# is for an on-premises install whose receivers live on the LAN.
+WEBHOOK_ALLOW_LOOPBACK = env.bool("WEBHOOK_ALLOW_LOOPBACK", default=not IS_PROD)
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = env.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", default=False)
+# Seconds to wait after each failed attempt (jittered +-10%): 8 attempts over ~27 hours.
+WEBHOOK_RETRY_SCHEDULE_SECONDS = [int(s) for s in env.list(
+    "WEBHOOK_RETRY_SCHEDULE_SECONDS", default=[5, 300, 1800, 7200, 18000, 36000, 36000])]
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=15.0)
+# How long a rotated-out secret keeps signing alongside the new one.
+WEBHOOK_SECRET_OVERLAP = timedelta(hours=env.int("WEBHOOK_SECRET_OVERLAP_HOURS", default=24))
+# Delivered and failed events (and their attempts) are kept this long, then purged.
+WEBHOOK_RETENTION_DAYS = env.int("WEBHOOK_RETENTION_DAYS", default=30)
+CELERY_BEAT_SCHEDULE["purge-webhook-events"] = {
+    "task": "maintenance.purge_webhook_events",
+    "schedule": timedelta(hours=6),
+}
+CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
+    "task": "maintenance.redrive_webhooks",
+    "schedule": timedelta(minutes=1),
+}

@@ -6,7 +6,7 @@ from django.urls import include, path, re_path
 
 from channels_email import views as channel_views
 from channels_email import webhooks
-from helpdesk import api, views
+from helpdesk import api, views, webhook_views
 from tickets import views as ticket_views
 
 tenant_patterns = [
@@ -17,6 +17,12 @@ tenant_patterns = [
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke_view,
          name="api_key_revoke"),
+    path("settings/webhooks/", webhook_views.webhook_list, name="webhooks"),
+    path("settings/webhooks/<int:endpoint_id>/", webhook_views.webhook_detail,
+         name="webhook_detail"),
+    *[path(f"settings/webhooks/<int:endpoint_id>/{action}/", webhook_views.webhook_action,
+           {"action": action}, name=f"webhook_{action}")
+      for action in webhook_views.ACTIONS],
 ]
 
 # The agent's own notifications; the one to open is posted, never named in the URL.

@@ -12,7 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from contacts.models import Contact
-from helpdesk import sql
+from helpdesk import sql, webhooks_out
 from helpdesk.models import Tenant, User
 from routing.models import Team
 from tickets import notifications
@@ -92,7 +92,7 @@ def ticket_create(
         actor_id=actor.pk if actor else None, ticket_id_sql="(SELECT id FROM t)")
     # One statement, so atomic by itself: the number's upsert and the row go in together.
     if notify is None:
-        return sql.insert(ticket, number)
+        return webhooks_out.ticket_created(sql.insert(ticket, number))
     # The notifications' INSERT rides along as a data-modifying CTE: still one statement
     # on the ingest path. It reads the new id from t's RETURNING (the foreign key is
     # checked at commit, when the ticket row exists).
@@ -106,7 +106,7 @@ def ticket_create(
     with connection.cursor() as cursor:
         cursor.execute(query, [*params, *notify_params])
         pk, ticket.number = cursor.fetchone()
-    return sql.saved(ticket, pk)
+    return webhooks_out.ticket_created(sql.saved(ticket, pk))
 
 
 def message_add(
@@ -141,6 +141,7 @@ def message_add(
             author_user=author_user,
             delivery_status=DeliveryStatus.PENDING if kind == MessageKind.OUTBOUND else "",
         )
+        webhooks_out.message_created_emit(message=message)
         if not touch:
             return message
         if kind == MessageKind.INBOUND:
@@ -248,8 +249,9 @@ def ticket_merge(*, source: Ticket, target: Ticket, actor: User | None = None) -
             status=TicketStatus.CLOSED, merged_into=target, updated_at=timezone.now())
         audit_record(tenant=target.tenant, actor=actor, action="ticket.merged", target=target,
                      details={"source": source.number, "messages": moved})
-    source.refresh_from_db()
-    target.refresh_from_db()
+        source.refresh_from_db()
+        target.refresh_from_db()
+        webhooks_out.tickets_updated(tickets=[source, target])
     return target
 
 
@@ -279,6 +281,7 @@ def ticket_update(*, ticket: Ticket, status: str, priority: str, team: Team | No
                                                                     assignee)
     with transaction.atomic(savepoint=False):
         ticket.save(update_fields=["status", "priority", "team", "assignee", "updated_at"])
+        webhooks_out.tickets_updated(tickets=[ticket])
         if moved:
             notifications.notifications_for_team_transfer(
                 ticket=ticket, actor=actor, reassigned=reassigned)
@@ -359,6 +362,7 @@ def ticket_reply(*, ticket: Ticket, author: User, body_text: str, public: bool,
             Ticket.objects.filter(pk=ticket.pk).update(status=status, assignee_id=assignee_id,
                                                        updated_at=ticket.updated_at)
             ticket.status, ticket.assignee_id = status, assignee_id
+            webhooks_out.tickets_updated(tickets=[ticket])
     return message
 
 

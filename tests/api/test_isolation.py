@@ -13,7 +13,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from channels_email.models import EmailConnection, InboundEmail, SuppressedAddress
 from contacts.models import Contact
-from helpdesk.models import ApiKey, Membership
+from helpdesk.models import ApiKey, Membership, WebhookEndpoint, WebhookEvent
 from helpdesk.tenancy import tenant_scope, unscoped
 from routing.models import Flow, Rule, Team
 from tests.api.test_foundation import bearer, make_key
@@ -66,10 +66,13 @@ def _victim(tenant) -> dict:
         suppression = SuppressedAddress.objects.create(tenant=tenant, reason="manual",
                                                        email=f"{MARK}-s@example.net")
         make_key(tenant, user, scope="admin", name=MARK)
+        endpoint = WebhookEndpoint.objects.create(
+            tenant=tenant, url=f"https://{MARK}.example/hook", description=MARK,
+            events=["ticket.created"], secrets=[{"secret": "whsec_dmljdGlt", "expires_at": None}])
     return {"number": tickets[-1].number, "contact_id": contact.pk,
             "connection_id": connection.pk, "suppression_id": suppression.pk,
             "inbound_email_id": inbound.pk, "team": team.pk, "flow": flow.pk,
-            "assignee": user.pk}
+            "assignee": user.pk, "webhook_endpoint_id": endpoint.pk}
 
 
 def _snapshot(tenant) -> dict:
@@ -77,7 +80,8 @@ def _snapshot(tenant) -> dict:
     with tenant_scope(tenant):
         rows = {}
         for model in (Ticket, Message, Contact, Team, Flow, Rule, EmailConnection,
-                      InboundEmail, SuppressedAddress, ApiKey, Membership):
+                      InboundEmail, SuppressedAddress, ApiKey, Membership, WebhookEndpoint,
+                      WebhookEvent):
             rows[model.__name__] = sorted(
                 json.dumps(r, sort_keys=True, default=str)
                 for r in model.objects.filter(tenant=tenant).values())

@@ -8,7 +8,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from channels_email.models import SuppressedAddress
 from contacts.models import Contact
-from helpdesk.models import Role, Tenant
+from helpdesk.models import Role, Tenant, WebhookEndpoint
 from helpdesk.services import api_key_create, tenant_create
 from helpdesk.tenancy import ScopeError, tenant_scope
 from tests.factories import (
@@ -45,6 +45,9 @@ UNSCOPED_URL_NAMES = {
     "api:member-list", "api:connection-list", "api:connection-detail",
     "api:suppression-list", "api:suppression-detail", "api:inbound-email-list",
     "api:inbound-email-reprocess", "api_not_found",
+    "api:webhook-endpoint-list", "api:webhook-endpoint-detail",
+    "api:webhook-endpoint-rotate-secret", "api:webhook-endpoint-test",
+    "api:webhook-endpoint-attempts",
 }
 
 
@@ -88,6 +91,9 @@ def tenant_object_kwargs(victim: Tenant) -> dict[str, int | str]:
         "rule_id": RuleFactory(tenant=victim, flow=flow).pk,
         "key_id": api_key_create(tenant=victim, actor=UserFactory(), name="Victim's",
                                  scope="admin")[0].pk,
+        "endpoint_id": WebhookEndpoint.objects.create(
+            tenant=victim, url="https://victim.example/hook", events=["ticket.created"],
+            secrets=[{"secret": "whsec_dmljdGlt", "expires_at": None}]).pk,
         # Not an object, but a URL word: an unknown provider must be a 404 too.
         "provider": "no-such-provider",
     }
