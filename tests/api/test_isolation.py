@@ -18,6 +18,7 @@ from helpdesk.tenancy import tenant_scope, unscoped
 from routing.models import Flow, Rule, Team
 from tests.api.test_foundation import bearer, make_key
 from tests.factories import (
+    AttachmentFactory,
     ContactFactory,
     EmailConnectionFactory,
     FlowFactory,
@@ -29,7 +30,7 @@ from tests.factories import (
     TicketFactory,
     UserFactory,
 )
-from tickets.models import Message, Ticket
+from tickets.models import Attachment, Message, Ticket
 
 pytestmark = pytest.mark.django_db
 MARK = "victimsecret"  # in every text field of B's objects
@@ -56,6 +57,10 @@ def _victim(tenant) -> dict:
         tickets = [TicketFactory(tenant=tenant, contact=contact, title=f"{MARK} {n}",
                                  tags=[MARK]) for n in range(3)]
         MessageFactory(ticket=tickets[-1], body_text=MARK)
+        failed = MessageFactory(ticket=tickets[-1], kind="outbound", author_contact=None,
+                                author_user=user, delivery_status="failed", body_text=MARK,
+                                delivery_error=MARK, to_addresses=[contact.email])
+        attachment = AttachmentFactory(message=failed, tenant=tenant, filename=f"{MARK}.txt")
         team = TeamFactory(tenant=tenant, name=f"{MARK} team")
         flow = FlowFactory(tenant=tenant, name=f"{MARK} flow", fallback_team=team)
         RuleFactory(tenant=tenant, flow=flow, name=MARK)
@@ -69,14 +74,14 @@ def _victim(tenant) -> dict:
     return {"number": tickets[-1].number, "contact_id": contact.pk,
             "connection_id": connection.pk, "suppression_id": suppression.pk,
             "inbound_email_id": inbound.pk, "team": team.pk, "flow": flow.pk,
-            "assignee": user.pk}
+            "assignee": user.pk, "message_id": failed.pk, "attachment_id": attachment.pk}
 
 
 def _snapshot(tenant) -> dict:
     """Everything of B an attack could change."""
     with tenant_scope(tenant):
         rows = {}
-        for model in (Ticket, Message, Contact, Team, Flow, Rule, EmailConnection,
+        for model in (Ticket, Message, Attachment, Contact, Team, Flow, Rule, EmailConnection,
                       InboundEmail, SuppressedAddress, ApiKey, Membership):
             rows[model.__name__] = sorted(
                 json.dumps(r, sort_keys=True, default=str)
@@ -93,7 +98,8 @@ def test_no_endpoint_shows_or_changes_another_workspaces_data(client, tenant, ot
         TicketFactory(tenant=tenant)
     body = {"contact": ids["contact_id"], "team": ids["team"], "assignee": ids["assignee"],
             "ticket": ids["number"], "email": "made-by-a@example.net", "name": "x",
-            "connection": ids["connection_id"], "status": "solved"}
+            "connection": ids["connection_id"], "status": "solved", "into": ids["number"],
+            "subject": "x", "body": "x", "tags": ["x"]}
     filters = "&".join(f"{name}={ids[name]}" for name in ("team", "assignee"))
     filters += f"&contact={ids['contact_id']}&q={MARK}&tag={MARK}"
     walked = 0

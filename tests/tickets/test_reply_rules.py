@@ -9,6 +9,7 @@ import uuid
 import pytest
 from django.contrib.messages import get_messages
 
+from helpdesk.errors import ApplicationError
 from helpdesk.tenancy import tenant_scope
 from tests.factories import (
     EmailConnectionFactory,
@@ -51,8 +52,10 @@ def test_status_after_a_reply_or_note(current, public, set_status, after):
 
 def test_a_reply_sets_only_pending_or_solved():
     for refused in (NEW, CLOSED, "bogus"):
-        with pytest.raises(ValueError, match="Pending or Solved"):
+        with pytest.raises(ApplicationError, match="Pending or Solved") as error:
             status_after_reply(current=OPEN, public=True, set_status=refused)
+        assert (error.value.code, error.value.field) == ("status_after_reply_invalid",
+                                                         "set_status")
 
 
 def _email_ticket(tenant, **fields):
@@ -122,9 +125,10 @@ def test_a_reply_that_fails_leaves_its_form_token_unused(tenant, agent):
     token = uuid.uuid4()
     with tenant_scope(tenant):
         ticket = TicketFactory(tenant=tenant)  # no mailbox to reply from
-        with pytest.raises(ValueError, match="no mailbox"):
+        with pytest.raises(ApplicationError, match="no mailbox") as error:
             ticket_reply(ticket=ticket, author=agent, body_text="Hi.", public=True,
                          form_token=token)
+        assert (error.value.code, error.value.status) == ("no_mailbox", 409)
         assert not ReplySubmission.objects.exists()
         note = ticket_reply(ticket=ticket, author=agent, body_text="Hi.", public=False,
                             form_token=token)
