@@ -353,7 +353,9 @@ def ticket_update(*, ticket: Ticket, status: str | _Keep = KEEP,
                       and new_assignee.pk != ticket.assignee_id else None)
     if tags is not KEEP:
         values["tags"] = ticket_tags_clean(tags)
-    with transaction.atomic(savepoint=False):
+    # A savepoint only with a precondition: its refusal must not doom a caller's
+    # transaction; the plain update keeps to its statements.
+    with transaction.atomic(savepoint=if_match is not None):
         if if_match is not None:
             current = Ticket.objects.select_for_update().get(pk=ticket.pk)
             if ticket_etag(current) not in set(if_match):
