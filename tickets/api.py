@@ -70,6 +70,11 @@ def _problems(**described: str) -> dict:
             for code, text in described.items()}
 
 
+def _etag_header(*statuses: int) -> OpenApiParameter:
+    return OpenApiParameter("ETag", str, OpenApiParameter.HEADER, response=list(statuses),
+                            description="The ticket's version, for If-Match on PATCH.")
+
+
 class _ContactRef(serializers.Serializer):
     id = serializers.IntegerField()
     email = serializers.EmailField()
@@ -198,7 +203,7 @@ class TicketListView(GenericAPIView):
     pagination_class = KeysetPagination
     keyset = ("-updated_at", "-id")
 
-    @extend_schema(request=TicketCreateSerializer,
+    @extend_schema(request=TicketCreateSerializer, parameters=[_etag_header(201)],
                    responses={201: TicketDetailSerializer, **_problems(
                        s409="No default mailbox to send the first message from.",
                        s413="The attachments are over the limits.")})
@@ -296,7 +301,7 @@ class TicketPatchSerializer(serializers.Serializer):
 class TicketDetailView(GenericAPIView):
     serializer_class = TicketDetailSerializer
 
-    @extend_schema(responses={200: OpenApiResponse(TicketDetailSerializer)})
+    @extend_schema(parameters=[_etag_header(200)], responses={200: TicketDetailSerializer})
     def get(self, request, number: int):
         ticket = _ticket_or_404(request, number)
         return _with_etag(Response(self.get_serializer(ticket).data), ticket)
@@ -305,7 +310,8 @@ class TicketDetailView(GenericAPIView):
         request=TicketPatchSerializer,
         parameters=[OpenApiParameter(
             "If-Match", str, OpenApiParameter.HEADER, required=True,
-            description="The ETag of the copy being changed (`*`: whatever it is now).")],
+            description="The ETag of the copy being changed (`*`: whatever it is now)."),
+            _etag_header(200)],
         responses={200: TicketDetailSerializer, **_problems(
             s412="The ticket changed since this ETag was read: read it again.",
             s428="PATCH needs If-Match (the ETag of a GET).")})
@@ -319,7 +325,8 @@ class TicketDetailView(GenericAPIView):
             raise ApplicationError("if_match_required", "Send If-Match with the ETag of "
                                    "your copy of the ticket (from a GET).", field="If-Match",
                                    status=428)
-        tags = [t.removeprefix("W/") for t in (v.strip() for v in header.split(","))]
+        # Strong comparison (RFC 9110 13.1.1): a weak W/"..." tag never matches.
+        tags = [v.strip() for v in header.split(",")]
         ticket_update(
             ticket=ticket, actor=_author(request),
             if_match=None if "*" in tags else tags,
@@ -342,7 +349,8 @@ class TicketMergeView(GenericAPIView):
 
     serializer_class = TicketDetailSerializer
 
-    @extend_schema(request=MergeSerializer, responses={200: TicketDetailSerializer})
+    @extend_schema(request=MergeSerializer, parameters=[_etag_header(200)],
+                   responses={200: TicketDetailSerializer})
     def post(self, request, number: int):
         source = _ticket_or_404(request, number)
         given = MergeSerializer(data=request.data)
