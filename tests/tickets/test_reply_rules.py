@@ -278,3 +278,43 @@ def test_admins_edit_the_ticket_settings_on_the_email_channels_page(client, tena
     assert client.post(url, {"subject_ticket_token": "on"}).status_code == 403
     tenant.refresh_from_db()
     assert tenant.subject_ticket_token is False
+
+
+def test_the_composer_shows_the_services_refusals_under_their_field(agent_client, tenant,
+                                                                    settings):
+    """The rules live in ``tickets.services`` (the API answers them as problems); the
+    composer shows each on its field, or above the form when no field of it is meant."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    with tenant_scope(tenant):
+        ticket = _email_ticket(tenant)
+    url = f"/{tenant.slug}/tickets/{ticket.number}/reply/"
+    own = agent_client.post(url, {"mode": "reply", "body": "Hi.", "to": "support@acme.test"})
+    assert own.status_code == 400
+    form = own.context["reply_form"]
+    assert form.errors["to"] == ["Not sent: the reply has no recipient outside our own "
+                                 "mailboxes."]
+    assert 'name="to"' in own.content.decode()
+    settings.REPLY_ATTACHMENT_MAX_BYTES = 1024 * 1024
+    big = agent_client.post(url, {"mode": "note", "body": "Log.", "attachments": [
+        SimpleUploadedFile("a.log", b"x" * (1024 * 1024 + 1))]})
+    assert big.status_code == 400
+    assert big.context["reply_form"].non_field_errors() == [
+        "a.log: attachments are limited to 1 MB each. Nothing was sent."]
+    with tenant_scope(tenant):
+        assert not ticket.messages.exists()
+
+
+def test_merge_refusals_of_the_service_show_in_the_flash(agent_client, tenant):
+    with tenant_scope(tenant):
+        survivor, first, second = (TicketFactory(tenant=tenant) for _ in range(3))
+    agent_client.post(f"/{tenant.slug}/tickets/{first.number}/merge/",
+                      {"into": survivor.number}, follow=True)  # its flash shown
+    answer = agent_client.post(f"/{tenant.slug}/tickets/{second.number}/merge/",
+                               {"into": first.number}, follow=True)
+    flashes = [str(m) for m in answer.context["messages"]]
+    assert flashes == [f"Merge refused: #{first.number} is merged already; choose two "
+                       "tickets that are not merged."]
+    with tenant_scope(tenant):
+        second.refresh_from_db()
+    assert second.merged_into_id is None
