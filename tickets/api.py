@@ -174,8 +174,18 @@ class TicketFilters(serializers.Serializer):
         return int(value)
 
 
-class TicketCreateSerializer(serializers.Serializer):
-    """A ticket we open to a contact, with our first message to them."""
+class _Files(serializers.Serializer):
+    attachments = serializers.ListField(child=serializers.FileField(), required=False,
+                                        max_length=20, help_text="Multipart only.")
+
+    def files(self) -> list[tuple[str, bytes, str]]:
+        return [(f.name, f.read(), f.content_type or "application/octet-stream")
+                for f in self.validated_data.get("attachments", [])]
+
+
+class TicketCreateSerializer(_Files):
+    """A ticket we open to a contact, with our first message to them (JSON, or
+    multipart with ``attachments``)."""
 
     contact = serializers.IntegerField(min_value=1, max_value=PK_MAX, required=False,
                                        help_text="A contact's id (or give contact_email).")
@@ -201,6 +211,7 @@ class TicketListView(GenericAPIView):
 
     serializer_class = TicketSerializer
     pagination_class = KeysetPagination
+    parser_classes = [JSONParser, MultiPartParser]
     keyset = ("-updated_at", "-id")
 
     @extend_schema(request=TicketCreateSerializer, parameters=[_etag_header(201)],
@@ -217,7 +228,8 @@ class TicketListView(GenericAPIView):
             contact_email=data.get("contact_email", ""),
             contact_name=data.get("contact_name", ""), cc=data.get("cc", []),
             priority=data["priority"], team=_team(request, data.get("team")),
-            assignee=_assignee(data.get("assignee")), tags=data.get("tags", []))
+            assignee=_assignee(data.get("assignee")), tags=data.get("tags", []),
+            attachments=given.files())
         ticket = _ticket_or_404(request, ticket.number)
         return _with_etag(Response(TicketDetailSerializer(ticket).data,
                                    status=status.HTTP_201_CREATED), ticket)
@@ -407,15 +419,6 @@ class ReplySerializer(MessageSerializer):
                  "detail": f"{address} is on the suppression list "
                            f"({entry.get_reason_display().lower()})."}
                 for address, entry in found.items()]
-
-
-class _Files(serializers.Serializer):
-    attachments = serializers.ListField(child=serializers.FileField(), required=False,
-                                        max_length=20, help_text="Multipart only.")
-
-    def files(self) -> list[tuple[str, bytes, str]]:
-        return [(f.name, f.read(), f.content_type or "application/octet-stream")
-                for f in self.validated_data.get("attachments", [])]
 
 
 class ReplyWriteSerializer(_Files):

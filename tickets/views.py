@@ -1,4 +1,8 @@
-"""Agent pages for tickets (read side). Run inside the tenant scope (TenantMiddleware)."""
+"""Agent pages for tickets. Run inside the tenant scope (TenantMiddleware).
+
+Thin: each parses its form, calls one selector or service (``tickets.selectors`` /
+``tickets.services``, the same the REST API calls) and renders; a rule the service
+refuses (``helpdesk.errors.ApplicationError``) shows on the form, under its field."""
 
 from __future__ import annotations
 

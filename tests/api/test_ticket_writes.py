@@ -188,9 +188,15 @@ def test_a_new_ticket_to_a_contact_by_address_or_id(client, tenant, other_tenant
 
     with tenant_scope(tenant):
         known = ContactFactory(tenant=tenant)
-    by_id = api(client, "POST", "/api/v1/tickets/", write_key,
-                {"contact": known.pk, "subject": "Hello", "body": "Hi."})
-    assert by_id.status_code == 201 and by_id.json()["contact"]["id"] == known.pk
+    by_id = client.post("/api/v1/tickets/", {
+        "contact": known.pk, "subject": "Hello", "body": "Hi.", "tags": ["a", "b"],
+        "attachments": [SimpleUploadedFile("quote.txt", b"42 EUR", "text/plain")]},
+        **bearer(write_key))
+    assert by_id.status_code == 201, by_id.content
+    assert by_id.json()["contact"]["id"] == known.pk and by_id.json()["tags"] == ["a", "b"]
+    with tenant_scope(tenant):
+        [quoted] = Ticket.objects.get(number=by_id.json()["number"]).messages.all()
+        assert [a.filename for a in quoted.attachments.all()] == ["quote.txt"]
 
     with tenant_scope(other_tenant):
         stranger = ContactFactory(tenant=other_tenant)
