@@ -13,6 +13,7 @@ Concurrency: GET and PATCH of a ticket answer with its ``ETag``; PATCH requires
 from __future__ import annotations
 
 from django.http import Http404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -120,6 +121,23 @@ class AttachmentSerializer(serializers.Serializer):
     size = serializers.IntegerField()
     sha256 = serializers.CharField()
     inline = serializers.BooleanField()
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, attachment) -> str | None:
+        """Where the file downloads (``GET``, any key of the workspace)."""
+        number, request = self.context.get("number"), self.context.get("request")
+        if number is None or request is None:
+            return None
+        return request.build_absolute_uri(reverse(
+            "api:ticket-attachment", kwargs={"number": number, "attachment_id": attachment.id}))
+
+
+class _OfTicket:
+    """Views under ``tickets/<number>/``: serializers know the ticket's number (for the
+    attachments' download links)."""
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "number": self.kwargs.get("number")}
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -377,7 +395,7 @@ class TicketMergeView(GenericAPIView):
         return _with_etag(Response(self.get_serializer(target).data), target)
 
 
-class TicketTimelineView(GenericAPIView):
+class TicketTimelineView(_OfTicket, GenericAPIView):
     """The ticket's messages and notes, oldest first."""
 
     serializer_class = MessageSerializer
@@ -441,7 +459,7 @@ class NoteWriteSerializer(_Files):
     body = serializers.CharField(max_length=100_000)
 
 
-class TicketReplyView(GenericAPIView):
+class TicketReplyView(_OfTicket, GenericAPIView):
     """A reply to the customer, as the composer sends it: JSON, or multipart with
     ``attachments``. Answers 201 with the Pending message (poll the timeline, or take
     the webhook, for its delivery status)."""
@@ -465,7 +483,7 @@ class TicketReplyView(GenericAPIView):
         return Response(self.get_serializer(message).data, status=status.HTTP_201_CREATED)
 
 
-class TicketNoteView(GenericAPIView):
+class TicketNoteView(_OfTicket, GenericAPIView):
     """An internal note (never emailed): JSON, or multipart with ``attachments``."""
 
     serializer_class = MessageSerializer
@@ -483,7 +501,7 @@ class TicketNoteView(GenericAPIView):
         return Response(self.get_serializer(message).data, status=status.HTTP_201_CREATED)
 
 
-class MessageRetryView(GenericAPIView):
+class MessageRetryView(_OfTicket, GenericAPIView):
     """Send a Failed or Bounced reply again (the Retry button): it is Pending again."""
 
     serializer_class = MessageSerializer

@@ -282,6 +282,9 @@ def test_multipart_replies_carry_files_within_the_limits(client, tenant, write_k
     sent = answer.json()
     assert sent["cc_addresses"] == ["a@example.net", "b@example.net"]
     assert [(a["filename"], a["size"]) for a in sent["attachments"]] == [("steps.txt", 9)]
+    download = client.get(sent["attachments"][0]["url"], **bearer(write_key))
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == b"1. unplug"
 
     settings.REPLY_ATTACHMENT_MAX_BYTES = 1024
     big = client.post(url, {"body": "Log.",
