@@ -1,7 +1,8 @@
 """Mail written over the API reaches the customer: a reply to an email ticket and the
 first message of a ticket opened over the API go out through the Gmail sandbox over
-HTTP, and their delivery status shows on the timeline; a Failed reply retried over the
-API goes out once more."""
+HTTP, and their delivery status shows on the timeline; a reply that bounced shows as
+Bounced (the next reply warns of the suppressed address) and, retried over the API,
+goes out again under a new Message-ID; a Failed one retried goes out once."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ from channels_email import outbound
 from channels_email.models import EmailConnection
 from helpdesk.tenancy import tenant_scope
 from tests.api.test_foundation import bearer, make_key
-from tests.channels_email.test_gmail_flow import admin_client, gmail  # noqa: F401 - fixtures
+from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
+    admin_client,
+    gmail,
+    run_tasks,
+)
 from tests.channels_email.test_outbound import (  # noqa: F401 - fixtures
     conversation,
     sent_mail,
     ticket_thread,
 )
+from tests.channels_email.test_outbound_settings import a_dsn, deliver_raw
 from tickets.models import DeliveryStatus, Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,3 +104,36 @@ def test_a_failed_reply_retried_over_the_api_goes_out(conversation, tenant,  # n
     assert retried.status_code == 200 and retried.json()["delivery_status"] == "pending"
     assert outbound.deliver(sent["id"]) == DeliveryStatus.DELIVERED
     assert len(sent_mail(sandbox)) == 1
+
+
+def test_a_bounced_reply_shows_warns_and_goes_out_again_when_retried(
+        conversation, tenant, admin_user):  # noqa: F811
+    sandbox, conn, ticket = conversation
+    _, key = make_key(tenant, admin_user, scope="write")
+    api = Client()
+    url = f"/api/v1/tickets/{ticket.number}/"
+    sent = api.post(url + "replies/", {"body": "Try this.", "cc": []},
+                    content_type="application/json", **bearer(key)).json()
+    assert sent["warnings"] == []
+    assert outbound.deliver(sent["id"]) == DeliveryStatus.DELIVERED
+    with tenant_scope(tenant):
+        message = Message.objects.get(pk=sent["id"])
+    deliver_raw(sandbox, "support@acme.test",
+                a_dsn(message, "maria@customer.example", "5.1.1"))  # no such user
+    run_tasks(conn.pk)
+    timeline = api.get(url + "timeline/", **bearer(key)).json()["results"]
+    [shown] = [m for m in timeline if m["id"] == sent["id"]]
+    assert shown["delivery_status"] == "bounced" and "5.1.1" in shown["delivery_error"]
+
+    # The address is suppressed now: the composer's warning comes with the next reply.
+    warned = api.post(url + "replies/", {"body": "Still there?", "cc": []},
+                      content_type="application/json", **bearer(key)).json()
+    assert [(w["code"], w["address"]) for w in warned["warnings"]] == [
+        ("suppressed_hard_bounce", "maria@customer.example")]
+
+    retried = api.post(f"{url}messages/{sent['id']}/retry/", **bearer(key))
+    assert retried.status_code == 200 and retried.json()["delivery_status"] == "pending"
+    assert outbound.deliver(sent["id"]) == DeliveryStatus.DELIVERED
+    first, second = (mime_of(m) for m in sent_mail(sandbox))
+    assert first["Message-ID"] == f"<{message.message_id_header}>"
+    assert second["Message-ID"] != first["Message-ID"] and second["To"] == first["To"]
