@@ -223,8 +223,8 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
     ticket we opened, its subject the ticket's title (no ``Re:``)."""
     connection = reply_connection_for(ticket=ticket)
     if connection is None:
-        raise ApplicationError("no_mailbox", "Not sent: there is no mailbox to reply from: "
-                               "this ticket did not come by email and the workspace has no "
+        raise ApplicationError("no_mailbox", "There is no mailbox to reply from: this "
+                               "ticket did not come by email and the workspace has no "
                                "default mailbox.", status=409)
     latest = latest_inbound_email(ticket_id=ticket.pk)
     own = tenant_addresses(tenant_id=ticket.tenant_id)
@@ -247,8 +247,8 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
     own = own | connection.own_addresses
     recipients = list(dict.fromkeys(a for a in map(normalize_email, to) if a and a not in own))
     if not recipients:
-        raise ApplicationError("no_recipient", "Not sent: the reply has no recipient outside "
-                               "our own mailboxes.", field="to")
+        raise ApplicationError("no_recipient", "The reply has no recipient outside our own "
+                               "mailboxes.", field="to")
     copies = list(dict.fromkeys(a for a in map(normalize_email, cc)
                                 if a and a not in own and a not in recipients))
     with transaction.atomic():
