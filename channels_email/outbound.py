@@ -55,6 +55,7 @@ from channels_email.selectors import (
 from channels_email.tokens import authorized
 from contacts.models import normalize_email
 from helpdesk import webhooks_out
+from helpdesk.errors import ApplicationError
 from helpdesk.models import Tenant, User
 from helpdesk.tenancy import tenant_scope, unscoped
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
@@ -211,19 +212,22 @@ def reply_subject(subject: str) -> str:
 
 def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] | None = None,
                  cc: list[str] | None = None,
-                 attachments: list[tuple[str, bytes, str]] = ()) -> Message:
+                 attachments: list[tuple[str, bytes, str]] = (),
+                 new_thread: bool = False) -> Message:
     """An agent's reply: a Pending outbound Message with our own Message-ID (registered for
     threading), written in the caller's transaction; the send is queued on commit.
 
     It goes out through the mailbox mapped for replies from the ticket's mailbox (default:
     that mailbox itself), or the workspace's default mailbox for a ticket that did not come
-    by email; ValueError when there is neither. ``to`` defaults to the latest inbound
-    mail's Reply-To, else its sender; ``cc`` to the ticket's CC addresses; our own
-    addresses are never copied."""
+    by email; ApplicationError ``no_mailbox`` (409) when there is neither. ``to`` defaults
+    to the latest inbound mail's Reply-To, else its sender; ``cc`` to the ticket's CC
+    addresses; our own addresses are never copied. ``new_thread``: the first message of a
+    ticket we opened, its subject the ticket's title (no ``Re:``)."""
     connection = reply_connection_for(ticket=ticket)
     if connection is None:
-        raise ValueError("there is no mailbox to reply from: this ticket did not come by "
-                         "email and the workspace has no default mailbox")
+        raise ApplicationError("no_mailbox", "There is no mailbox to reply from: this "
+                               "ticket did not come by email and the workspace has no "
+                               "default mailbox.", status=409)
     latest = latest_inbound_email(ticket_id=ticket.pk)
     own = tenant_addresses(tenant_id=ticket.tenant_id)
     default_to, default_cc = reply_recipients(ticket=ticket, latest=latest, own=own)
@@ -231,26 +235,29 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
         ticket=ticket, connection=connection, author=author, body_text=body_text,
         to=default_to if to is None else to, cc=default_cc if cc is None else cc,
         subject=latest.subject if latest is not None else ticket.title, own=own,
-        attachments=attachments)
+        attachments=attachments, new_thread=new_thread)
 
 
 def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: User | None,
                      body_text: str, to: list[str], cc: list[str], subject: str,
-                     own: set[str], attachments=(), auto_submitted: bool = False) -> Message:
+                     own: set[str], attachments=(), auto_submitted: bool = False,
+                     new_thread: bool = False) -> Message:
     """The Pending outbound Message, its thread reference and attachments, and the send
     queued on commit. ``own`` is every address of the workspace's mailboxes: never a
     recipient, whoever typed it (nor is the sending mailbox, whatever the caller passed).
-    ValueError when no recipient is left."""
+    ApplicationError ``no_recipient`` (on ``to``) when no recipient is left."""
     own = own | connection.own_addresses
     recipients = list(dict.fromkeys(a for a in map(normalize_email, to) if a and a not in own))
     if not recipients:
-        raise ValueError("the reply has no recipient outside our own mailboxes")
+        raise ApplicationError("no_recipient", "The reply has no recipient outside our own "
+                               "mailboxes.", field="to")
     copies = list(dict.fromkeys(a for a in map(normalize_email, cc)
                                 if a and a not in own and a not in recipients))
     with transaction.atomic():
         message = Message.objects.create(
             tenant_id=ticket.tenant_id, ticket=ticket, kind=MessageKind.OUTBOUND,
-            subject=ticket_subject(ticket=ticket, subject=reply_subject(subject))[:998],
+            subject=ticket_subject(ticket=ticket, subject=subject if new_thread
+                                   else reply_subject(subject))[:998],
             body_text=body_text, author_user=author,
             body_html=linebreaks(body_text, autoescape=True),
             delivery_status=DeliveryStatus.PENDING, to_addresses=recipients,
@@ -346,8 +353,8 @@ def acknowledgement_create(*, ticket: Ticket, connection: EmailConnection,
         return _outbound_create(ticket=ticket, connection=sender, author=None,
                                 body_text=body, to=to[:1], cc=[], subject=ticket.title,
                                 own=tenant_addresses, auto_submitted=True), ""
-    except ValueError as exc:  # refused before any write: the ticket must not fail with it
-        return None, str(exc)
+    except ApplicationError as exc:  # refused before any write: the ticket must not fail
+        return None, exc.message
 
 
 def _new_message_id(connection: EmailConnection) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
 from helpdesk.models import Tenant
-from tickets.models import Attachment, Message, Ticket, TicketStatus
+from tickets.models import Attachment, Message, MessageKind, Ticket, TicketStatus
 
 
 def ticket_list(
@@ -70,6 +70,44 @@ def ticket_get(*, tenant: Tenant, number: int) -> Ticket:
         .select_related("tenant", "contact", "team", "assignee", "merged_into")
         .get(number=number)
     )
+
+
+def ticket_get_for(*, tenant: Tenant, actor, number: int) -> Ticket:
+    """The ticket numbered ``number`` of ``tenant`` when ``actor`` may work on it; raises
+    Ticket.DoesNotExist otherwise ("not found" and "not yours" are one answer).
+
+    Agent access today: a member of the workspace (checked in the same query). ``actor``
+    is a User, or an API client (``helpdesk.api.ApiClient``) whose key belongs to
+    ``tenant`` (a key acts as a member of its workspace)."""
+    rows = (Ticket.objects.filter(tenant=tenant)
+            .select_related("tenant", "contact", "team", "assignee", "merged_into"))
+    key = getattr(actor, "key", None)
+    if key is not None:
+        if key.tenant_id != tenant.pk:
+            raise Ticket.DoesNotExist
+    else:
+        from helpdesk.models import Membership
+
+        user_id = getattr(actor, "pk", None)
+        if user_id is None:
+            raise Ticket.DoesNotExist
+        rows = rows.filter(Exists(Membership.objects.filter(tenant_id=OuterRef("tenant_id"),
+                                                            user_id=user_id)))
+    return rows.get(number=number)
+
+
+def attachment_get_for(*, ticket: Ticket, attachment_id: int) -> Attachment:
+    """An attachment of one of ``ticket``'s messages (a ticket from ``ticket_get_for``);
+    raises Attachment.DoesNotExist for any other."""
+    return Attachment.objects.filter(tenant_id=ticket.tenant_id,
+                                     message__ticket=ticket).get(pk=attachment_id)
+
+
+def outbound_message_get_for(*, ticket: Ticket, message_id: int) -> Message:
+    """One of ``ticket``'s outbound messages; raises Message.DoesNotExist otherwise."""
+    return (Message.objects.filter(tenant_id=ticket.tenant_id, ticket=ticket,
+                                   kind=MessageKind.OUTBOUND)
+            .select_related("author_user", "author_contact").get(pk=message_id))
 
 
 def ticket_timeline(*, ticket: Ticket) -> QuerySet[Message]:

@@ -7,12 +7,14 @@ import re
 import uuid
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from contacts.models import Contact
 from helpdesk import sql, webhooks_out
+from helpdesk.errors import ApplicationError
 from helpdesk.models import Tenant, User
 from routing.models import Team
 from tickets import notifications
@@ -228,15 +230,25 @@ def attachment_add(
 def ticket_merge(*, source: Ticket, target: Ticket, actor: User | None = None) -> Ticket:
     """Merge ``source`` into ``target``: every message (with its attachments), thread
     reference and inbound email of the source moves to the target; the source is closed
-    with a link to it, so later replies to its thread land in the target. Raises
-    ValueError for a ticket of another tenant, the same ticket, or an already merged one."""
+    with a link to it, so later replies to its thread land in the target.
+
+    Raises ApplicationError on ``into`` (the target's field): a ticket of another
+    workspace (``ticket_not_found``, the same answer as an unknown one), the same ticket
+    (``merge_same_ticket``), or either one merged already (``already_merged``, 409)."""
     from channels_email.models import EmailThreadRef, InboundEmail
     from helpdesk.services import audit_record
 
     if source.tenant_id != target.tenant_id:
-        raise ValueError("tickets of different workspaces cannot be merged")
-    if source.pk == target.pk or target.merged_into_id or source.merged_into_id:
-        raise ValueError("choose two different tickets that are not merged already")
+        raise ApplicationError("ticket_not_found", "There is no such ticket to merge into.",
+                               field="into")
+    if source.pk == target.pk:
+        raise ApplicationError("merge_same_ticket", "A ticket cannot be merged into itself; "
+                               "choose another ticket.", field="into")
+    if target.merged_into_id or source.merged_into_id:
+        merged = source if source.merged_into_id else target
+        raise ApplicationError("already_merged", f"#{merged.number} is merged already; "
+                               "choose two tickets that are not merged.", field="into",
+                               status=409)
     with transaction.atomic():
         moved = Message.objects.filter(ticket=source).update(ticket=target)
         EmailThreadRef.objects.filter(ticket=source).update(ticket=target)
@@ -267,20 +279,98 @@ def note_add(*, ticket: Ticket, author: User, body_text: str,
     return note
 
 
-def ticket_update(*, ticket: Ticket, status: str, priority: str, team: Team | None,
-                  assignee: User | None, actor: User | None = None) -> Ticket:
-    """Set the agent-controlled fields of a ticket. Raises ValueError for a team of another
-    workspace (the caller offers only its own). People other than ``actor`` (the agent
-    making the change) hear of it: a new assignee ("assigned to you"), and the members of
-    a team the ticket moved to ("moved to your team"); one more statement, only then."""
-    if team is not None and team.tenant_id != ticket.tenant_id:
-        raise ValueError(f"team {team.pk} is not in tenant {ticket.tenant_id}")
-    reassigned = assignee is not None and assignee.pk != ticket.assignee_id
-    moved = team is not None and team.pk != ticket.team_id
-    ticket.status, ticket.priority, ticket.team, ticket.assignee = (status, priority, team,
-                                                                    assignee)
-    with transaction.atomic(savepoint=False):
-        ticket.save(update_fields=["status", "priority", "team", "assignee", "updated_at"])
+class _Keep:
+    """The value of a ``ticket_update`` field the caller leaves as it is."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+TAG_MAX_LENGTH = 50
+TAGS_MAX = 50
+
+
+def ticket_etag(ticket: Ticket) -> str:
+    """The ticket's entity tag (a strong, quoted ETag): it changes with every write of
+    the ticket, since each one moves ``updated_at``."""
+    stamp = f"{ticket.pk}:{ticket.updated_at.isoformat()}".encode()
+    return f'"{hashlib.sha256(stamp).hexdigest()[:32]}"'
+
+
+def ticket_tags_clean(tags: Iterable[str]) -> list[str]:
+    """Tags as stored: stripped, lower case, each once, in the given order. Raises
+    ApplicationError (``tags``) for an empty or over-long tag or too many of them."""
+    cleaned = list(dict.fromkeys(str(t).strip().lower() for t in tags))
+    if any(not t or len(t) > TAG_MAX_LENGTH for t in cleaned):
+        raise ApplicationError("tag_invalid", f"A tag is 1 to {TAG_MAX_LENGTH} characters.",
+                               field="tags")
+    if len(cleaned) > TAGS_MAX:
+        raise ApplicationError("too_many_tags", f"A ticket has at most {TAGS_MAX} tags.",
+                               field="tags")
+    return cleaned
+
+
+def _assignment_check(*, tenant_id: int, team: Team | None, assignee: User | None) -> None:
+    """The assignment rules: the team is one of the ticket's workspace, the assignee an
+    active member of it. Never a link to another workspace, whatever the caller passed."""
+    from helpdesk.models import Membership
+
+    if team is not None and team.tenant_id != tenant_id:
+        raise ApplicationError("team_not_found", "There is no such team in this workspace.",
+                               field="team")
+    if assignee is not None and not (assignee.is_active and Membership.objects.filter(
+            tenant_id=tenant_id, user_id=assignee.pk).exists()):
+        raise ApplicationError("assignee_not_member", "The assignee must be an active member "
+                               "of this workspace.", field="assignee")
+
+
+def ticket_update(*, ticket: Ticket, status: str | _Keep = KEEP,
+                  priority: str | _Keep = KEEP, team: Team | None | _Keep = KEEP,
+                  assignee: User | None | _Keep = KEEP, tags: Iterable[str] | _Keep = KEEP,
+                  actor: User | None = None,
+                  if_match: Iterable[str] | None = None) -> Ticket:
+    """Set the agent-controlled fields of a ticket; a field passed as ``KEEP`` (the
+    default) stays as it is. Raises ApplicationError naming the field for a status or
+    priority that does not exist, a team of another workspace or an assignee who is not
+    an active member of it (``_assignment_check``), or bad tags.
+
+    ``if_match``: the ETags (``ticket_etag``) the caller's copy may have; when given, the
+    row is locked and a ticket changed since then is refused with ``ticket_changed``
+    (412) and nothing written: the caller reads it again rather than overwrite a change
+    it has not seen.
+
+    People other than ``actor`` (the agent making the change) hear of it: a new assignee
+    ("assigned to you"), and the members of a team the ticket moved to ("moved to your
+    team"); one more statement, only then."""
+    values = {"status": status, "priority": priority, "team": team, "assignee": assignee}
+    values = {name: value for name, value in values.items() if value is not KEEP}
+    for name, choices in (("status", TicketStatus), ("priority", TicketPriority)):
+        if name in values and values[name] not in choices.values:
+            raise ApplicationError(f"{name}_invalid", f"{values[name]!r} is not a {name}; "
+                                   f"one of {', '.join(choices.values)}.", field=name)
+    new_assignee = values.get("assignee")
+    _assignment_check(tenant_id=ticket.tenant_id, team=values.get("team"),
+                      assignee=new_assignee if new_assignee is not None
+                      and new_assignee.pk != ticket.assignee_id else None)
+    if tags is not KEEP:
+        values["tags"] = ticket_tags_clean(tags)
+    # A savepoint only with a precondition: its refusal must not doom a caller's
+    # transaction; the plain update keeps to its statements.
+    with transaction.atomic(savepoint=if_match is not None):
+        if if_match is not None:
+            current = Ticket.objects.select_for_update().get(pk=ticket.pk)
+            if ticket_etag(current) not in set(if_match):
+                raise ApplicationError("ticket_changed", "The ticket changed since this "
+                                       "copy was read (its ETag is not the If-Match one); "
+                                       "read it again and repeat the change.",
+                                       field="If-Match", status=412)
+        reassigned = values.get("assignee") is not None and \
+            values["assignee"].pk != ticket.assignee_id
+        moved = values.get("team") is not None and values["team"].pk != ticket.team_id
+        for name, value in values.items():
+            setattr(ticket, name, value)
+        ticket.save(update_fields=[*values, "updated_at"])
         webhooks_out.tickets_updated(tickets=[ticket])
         if moved:
             notifications.notifications_for_team_transfer(
@@ -315,11 +405,33 @@ def status_after_reply(*, current: str, public: bool, set_status: str = "") -> s
     Open or Pending ticket keeps its status. A note changes nothing by itself."""
     if set_status:
         if set_status not in STATUSES_AFTER_SEND:
-            raise ValueError(f"a reply can set Pending or Solved, not {set_status!r}")
+            raise ApplicationError("status_after_reply_invalid", "A reply can set Pending "
+                                   f"or Solved, not {set_status!r}.", field="set_status")
         return set_status
     if public and current in OPENED_BY_REPLY:
         return TicketStatus.OPEN
     return current
+
+
+def reply_attachments_check(*, attachments: Iterable[tuple[str, bytes, str]]) -> None:
+    """The limits of a reply's (or note's) files: ``REPLY_ATTACHMENT_MAX_BYTES`` each
+    and ``REPLY_ATTACHMENTS_TOTAL_MAX_BYTES`` together (what one email can carry).
+    Raises ApplicationError on ``attachments``."""
+    mb = 1024 * 1024
+    files = list(attachments)
+    too_big = [name for name, content, _ in files
+               if len(content) > settings.REPLY_ATTACHMENT_MAX_BYTES]
+    if too_big:
+        raise ApplicationError(
+            "attachment_too_large", f"{', '.join(too_big)}: attachments are limited to "
+            f"{settings.REPLY_ATTACHMENT_MAX_BYTES // mb} MB each. Nothing was sent.",
+            field="attachments", status=413)
+    total = sum(len(content) for _, content, _ in files)
+    if total > settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES:
+        raise ApplicationError(
+            "attachments_too_large", f"The attachments add up to {total / mb:.1f} MB; one "
+            f"reply can carry {settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES / mb:.1f} MB. "
+            "Nothing was sent.", field="attachments", status=413)
 
 
 def ticket_reply(*, ticket: Ticket, author: User, body_text: str, public: bool,
@@ -329,20 +441,30 @@ def ticket_reply(*, ticket: Ticket, author: User, body_text: str, public: bool,
                  assign_to_me: bool = False) -> Message:
     """What the ticket's composer does, in one transaction: the reply to the customer
     (``channels_email.outbound.reply_create``, its send queued on commit) or the internal
-    note, then the ticket's status (``status_after_reply``) and assignee.
+    note, then the ticket's status (``status_after_reply``) and assignee. The HTML
+    composer and the API both call it.
 
     An unassigned ticket gets the author as assignee when they ask (``assign_to_me``), or
     on a reply to the customer when the workspace assigns automatically
     (``Tenant.auto_assign_on_reply``). ``form_token`` is the form's one-time token: a
     second call with it raises DuplicateSubmission and writes nothing (concurrent posts
-    wait for the first one's commit on the unique index). A merged ticket takes no reply
-    (ValueError: the survivor does); nor does a reply without a mailbox or recipient
-    (ValueError from ``reply_create``), and then the token stays unused."""
+    wait for the first one's commit on the unique index).
+
+    Refused with ApplicationError, nothing written and the token unused: a merged ticket
+    (``ticket_merged``, 409: the survivor takes replies), a reply with ``to`` given but
+    empty (``recipient_required`` on ``to``), files over the limits
+    (``reply_attachments_check``), a ``set_status`` other than Pending or Solved, and
+    from ``reply_create``: no mailbox to reply from or no recipient outside our own."""
     from channels_email.outbound import reply_create
 
     if ticket.merged_into_id:
-        raise ValueError(f"this ticket was merged into #{ticket.merged_into.number}; "
-                         "reply there")
+        raise ApplicationError("ticket_merged", f"This ticket was merged into "
+                               f"#{ticket.merged_into.number}; reply there.", status=409)
+    if public and to is not None and not to:
+        raise ApplicationError("recipient_required", "Add the address the reply goes to.",
+                               field="to")
+    attachments = list(attachments)
+    reply_attachments_check(attachments=attachments)
     status = status_after_reply(current=ticket.status, public=public, set_status=set_status)
     auto = public and ticket.tenant.auto_assign_on_reply
     assignee_id = author.pk if ticket.assignee_id is None and (assign_to_me or auto) \
@@ -351,7 +473,7 @@ def ticket_reply(*, ticket: Ticket, author: User, body_text: str, public: bool,
         submission = _submission_take(ticket=ticket, author=author, token=form_token)
         if public:
             message = reply_create(ticket=ticket, author=author, body_text=body_text, to=to,
-                                   cc=cc, attachments=list(attachments))
+                                   cc=cc, attachments=attachments)
         else:
             message = note_add(ticket=ticket, author=author, body_text=body_text,
                                attachments=attachments)
@@ -364,6 +486,53 @@ def ticket_reply(*, ticket: Ticket, author: User, body_text: str, public: bool,
             ticket.status, ticket.assignee_id = status, assignee_id
             webhooks_out.tickets_updated(tickets=[ticket])
     return message
+
+
+def ticket_open_outbound(*, tenant: Tenant, actor: User, subject: str, body_text: str,
+                         contact_id: int | None = None, contact_email: str = "",
+                         contact_name: str = "", cc: Iterable[str] = (),
+                         attachments: Iterable[tuple[str, bytes, str]] = (),
+                         priority: str = TicketPriority.NORMAL, team: Team | None = None,
+                         assignee: User | None = None, tags: Iterable[str] = (),
+                         source_channel: str = SourceChannel.API) -> tuple[Ticket, Message]:
+    """A ticket opened by us on behalf of a contact, with our first message to them sent
+    through the workspace's default mailbox, in one transaction (the send queued on
+    commit). The contact is ``contact_id`` (one of ``tenant``'s) or ``contact_email``
+    (found or created). The ticket starts Open: it has its first answer.
+
+    Raises ApplicationError naming the field: an unknown contact (``contact``), neither
+    or both of id and address, an assignment the rules refuse (``team``, ``assignee``),
+    bad tags, files over the limits, and from ``reply_create``: no default mailbox
+    (``no_mailbox``, 409) or no recipient outside our own mailboxes."""
+    from channels_email.outbound import reply_create
+    from contacts.models import ContactSource
+    from contacts.services import contact_get_or_create
+
+    if (contact_id is None) == (not contact_email):
+        raise ApplicationError("contact_required", "Name the contact by id or by email "
+                               "address (one of the two).", field="contact")
+    _assignment_check(tenant_id=tenant.pk, team=team, assignee=assignee)
+    tags = ticket_tags_clean(tags)
+    attachments = list(attachments)
+    reply_attachments_check(attachments=attachments)
+    with transaction.atomic():
+        if contact_id is not None:
+            contact = Contact.objects.filter(tenant=tenant, pk=contact_id).first()
+            if contact is None:
+                raise ApplicationError("contact_not_found", "There is no such contact in "
+                                       "this workspace.", field="contact")
+        else:
+            contact, _ = contact_get_or_create(tenant=tenant, email=contact_email,
+                                               name=contact_name, source=ContactSource.API)
+        ticket = ticket_create(tenant=tenant, title=subject, contact=contact,
+                               description=body_text, status=TicketStatus.OPEN,
+                               priority=priority, team=team, assignee=assignee,
+                               source_channel=source_channel, cc_addresses=cc, tags=tags,
+                               actor=actor)
+        message = reply_create(ticket=ticket, author=actor, body_text=body_text,
+                               to=[contact.email], cc=list(ticket.cc_addresses),
+                               attachments=attachments, new_thread=True)
+    return ticket, message
 
 
 def _submission_take(*, ticket: Ticket, author: User,

@@ -1,4 +1,8 @@
-"""Agent pages for tickets (read side). Run inside the tenant scope (TenantMiddleware)."""
+"""Agent pages for tickets. Run inside the tenant scope (TenantMiddleware).
+
+Thin: each parses its form, calls one selector or service (``tickets.selectors`` /
+``tickets.services``, the same the REST API calls) and renders; a rule the service
+refuses (``helpdesk.errors.ApplicationError``) shows on the form, under its field."""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ import uuid
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from helpdesk.errors import ApplicationError
 from helpdesk.forms import clean_address
 from helpdesk.models import User
 from helpdesk.selectors import assignable_members, tenant_members
@@ -22,15 +26,16 @@ from tickets.models import (
     RASTER_IMAGE_TYPES,
     Attachment,
     Message,
-    MessageKind,
     Ticket,
     TicketPriority,
     TicketStatus,
 )
 from tickets.notifications import notifications_mark_read
 from tickets.selectors import (
+    attachment_get_for,
+    outbound_message_get_for,
     teams_of_user,
-    ticket_get,
+    ticket_get_for,
     ticket_list,
     ticket_timeline,
     tickets_for_contact,
@@ -180,24 +185,6 @@ class ReplyForm(forms.Form):
     def clean_cc(self):
         return self._addresses(self.cleaned_data["cc"])
 
-    def clean(self):
-        data = super().clean()
-        if data.get("mode") == "reply" and data.get("to") == []:
-            self.add_error("to", "Add the address the reply goes to.")
-        files = self.files.getlist("attachments")
-        too_big = [f.name for f in files if f.size > settings.REPLY_ATTACHMENT_MAX_BYTES]
-        total = sum(f.size for f in files)
-        mb = 1024 * 1024
-        if too_big:
-            raise ValidationError(
-                f"{', '.join(too_big)}: attachments are limited to "
-                f"{settings.REPLY_ATTACHMENT_MAX_BYTES // mb} MB each. Nothing was sent.")
-        if total > settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES:
-            raise ValidationError(
-                f"The attachments add up to {total / mb:.1f} MB; one reply can carry "
-                f"{settings.REPLY_ATTACHMENTS_TOTAL_MAX_BYTES / mb:.1f} MB. Nothing was sent.")
-        return data
-
     def attachments(self) -> list[tuple[str, bytes, str]]:
         return [(f.name, f.read(), f.content_type or "application/octet-stream")
                 for f in self.files.getlist("attachments")]
@@ -205,9 +192,20 @@ class ReplyForm(forms.Form):
 
 def _ticket_or_404(request, number: int) -> Ticket:
     try:
-        return ticket_get(tenant=request.tenant, number=number)
+        return ticket_get_for(tenant=request.tenant, actor=request.user, number=number)
     except Ticket.DoesNotExist as exc:
         raise Http404("No such ticket") from exc
+
+
+# The composer's names for the service's fields (tickets.services.ticket_reply).
+REPLY_FORM_FIELDS = {"set_status": "then"}
+
+
+def _form_error(form: forms.Form, exc: ApplicationError) -> None:
+    """A refusal of the service shown on the form: under its field when the form has
+    one, above the form otherwise."""
+    field = REPLY_FORM_FIELDS.get(exc.field, exc.field)
+    form.add_error(field if field in form.fields else None, exc.message)
 
 
 @require_POST
@@ -233,8 +231,8 @@ def ticket_reply_view(request, number: int):
                                   "resubmitted page): it went out once, nothing more was "
                                   "sent.")
         return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
-    except ValueError as exc:
-        form.add_error(None, f"Not sent: {str(exc)[:1].upper()}{str(exc)[1:]}.")
+    except ApplicationError as exc:
+        _form_error(form, exc)
         return render(request, "tickets/ticket_detail.html",
                       _detail_context(request, ticket, form), status=400)
     done = "Reply queued; its delivery status shows below." if public else "Note added."
@@ -248,8 +246,10 @@ def ticket_reply_view(request, number: int):
 
 def _outbound_or_404(request, number: int, message_id: int) -> tuple[Ticket, Message]:
     ticket = _ticket_or_404(request, number)
-    return ticket, get_object_or_404(Message, pk=message_id, ticket=ticket,
-                                     kind=MessageKind.OUTBOUND)
+    try:
+        return ticket, outbound_message_get_for(ticket=ticket, message_id=message_id)
+    except Message.DoesNotExist as exc:
+        raise Http404("No such message") from exc
 
 
 def message_delivery_view(request, number: int, message_id: int):
@@ -274,8 +274,18 @@ def attachment_download_view(request, number: int, attachment_id: int):
     """A ticket's attachment, for members of its workspace only. Raster images may be shown
     inline (``?inline=1``); everything else is a download, never rendered by the browser."""
     ticket = _ticket_or_404(request, number)
-    attachment = get_object_or_404(Attachment, pk=attachment_id, message__ticket=ticket)
-    inline = request.GET.get("inline") == "1" and attachment.content_type in RASTER_IMAGE_TYPES
+    try:
+        attachment = attachment_get_for(ticket=ticket, attachment_id=attachment_id)
+    except Attachment.DoesNotExist as exc:
+        raise Http404("No such attachment") from exc
+    return attachment_response(attachment=attachment, inline=request.GET.get("inline") == "1")
+
+
+def attachment_response(*, attachment: Attachment, inline: bool = False) -> FileResponse:
+    """The file of ``attachment`` as the UI and the API serve it: a download
+    (``application/octet-stream``), or for a raster image asked ``inline`` the image
+    itself; always ``nosniff`` and a sandboxing CSP, so nothing in it runs as our page."""
+    inline = inline and attachment.content_type in RASTER_IMAGE_TYPES
     response = FileResponse(
         attachment.file.open("rb"), as_attachment=not inline, filename=attachment.filename,
         content_type=attachment.content_type if inline else "application/octet-stream")
@@ -312,9 +322,15 @@ def ticket_update_view(request, number: int):
         return render(request, "tickets/ticket_detail.html",
                       {**_detail_context(request, ticket), "controls_errors": form.errors},
                       status=400)
-    ticket_update(ticket=ticket, actor=request.user,
-                  **{name: form.cleaned_data[name]
-                     for name in ("status", "priority", "team", "assignee")})
+    try:
+        ticket_update(ticket=ticket, actor=request.user,
+                      **{name: form.cleaned_data[name]
+                         for name in ("status", "priority", "team", "assignee")})
+    except ApplicationError as exc:
+        return render(request, "tickets/ticket_detail.html",
+                      {**_detail_context(request, ticket),
+                       "controls_errors": {exc.field or "ticket": [exc.message]}},
+                      status=400)
     messages.success(request, "Ticket updated.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=ticket.number)
 
@@ -326,7 +342,8 @@ def ticket_merge_view(request, number: int):
     source = _ticket_or_404(request, number)
     into = _int_or_none(request.POST.get("into", "").strip().lstrip("#"))
     try:
-        target = ticket_get(tenant=request.tenant, number=into) if into else None
+        target = ticket_get_for(tenant=request.tenant, actor=request.user,
+                                number=into) if into else None
     except Ticket.DoesNotExist:
         target = None
     if target is None:
@@ -334,8 +351,8 @@ def ticket_merge_view(request, number: int):
         return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
     try:
         ticket_merge(source=source, target=target, actor=request.user)
-    except ValueError as exc:
-        messages.error(request, f"Merge refused: {exc}.")
+    except ApplicationError as exc:
+        messages.error(request, f"Merge refused: {exc.message}")
         return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=number)
     messages.success(request, f"#{source.number} was merged into this ticket.")
     return redirect("tickets:detail", tenant_slug=request.tenant.slug, number=target.number)

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from django.contrib.messages import get_messages
 
+from helpdesk.errors import ApplicationError
 from helpdesk.tenancy import tenant_scope
 from tests.factories import (
     EmailConnectionFactory,
@@ -51,8 +52,10 @@ def test_status_after_a_reply_or_note(current, public, set_status, after):
 
 def test_a_reply_sets_only_pending_or_solved():
     for refused in (NEW, CLOSED, "bogus"):
-        with pytest.raises(ValueError, match="Pending or Solved"):
+        with pytest.raises(ApplicationError, match="Pending or Solved") as error:
             status_after_reply(current=OPEN, public=True, set_status=refused)
+        assert (error.value.code, error.value.field) == ("status_after_reply_invalid",
+                                                         "set_status")
 
 
 def _email_ticket(tenant, **fields):
@@ -122,9 +125,10 @@ def test_a_reply_that_fails_leaves_its_form_token_unused(tenant, agent):
     token = uuid.uuid4()
     with tenant_scope(tenant):
         ticket = TicketFactory(tenant=tenant)  # no mailbox to reply from
-        with pytest.raises(ValueError, match="no mailbox"):
+        with pytest.raises(ApplicationError, match="no mailbox") as error:
             ticket_reply(ticket=ticket, author=agent, body_text="Hi.", public=True,
                          form_token=token)
+        assert (error.value.code, error.value.status) == ("no_mailbox", 409)
         assert not ReplySubmission.objects.exists()
         note = ticket_reply(ticket=ticket, author=agent, body_text="Hi.", public=False,
                             form_token=token)
@@ -275,3 +279,42 @@ def test_admins_edit_the_ticket_settings_on_the_email_channels_page(client, tena
     assert client.post(url, {"subject_ticket_token": "on"}).status_code == 403
     tenant.refresh_from_db()
     assert tenant.subject_ticket_token is False
+
+
+def test_the_composer_shows_the_services_refusals_under_their_field(agent_client, tenant,
+                                                                    settings):
+    """The rules live in ``tickets.services`` (the API answers them as problems); the
+    composer shows each on its field, or above the form when no field of it is meant."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    with tenant_scope(tenant):
+        ticket = _email_ticket(tenant)
+    url = f"/{tenant.slug}/tickets/{ticket.number}/reply/"
+    own = agent_client.post(url, {"mode": "reply", "body": "Hi.", "to": "support@acme.test"})
+    assert own.status_code == 400
+    form = own.context["reply_form"]
+    assert form.errors["to"] == ["The reply has no recipient outside our own mailboxes."]
+    assert 'name="to"' in own.content.decode()
+    settings.REPLY_ATTACHMENT_MAX_BYTES = 1024 * 1024
+    big = agent_client.post(url, {"mode": "note", "body": "Log.", "attachments": [
+        SimpleUploadedFile("a.log", b"x" * (1024 * 1024 + 1))]})
+    assert big.status_code == 400
+    assert big.context["reply_form"].non_field_errors() == [
+        "a.log: attachments are limited to 1 MB each. Nothing was sent."]
+    with tenant_scope(tenant):
+        assert not ticket.messages.exists()
+
+
+def test_merge_refusals_of_the_service_show_in_the_flash(agent_client, tenant):
+    with tenant_scope(tenant):
+        survivor, first, second = (TicketFactory(tenant=tenant) for _ in range(3))
+    agent_client.post(f"/{tenant.slug}/tickets/{first.number}/merge/",
+                      {"into": survivor.number}, follow=True)  # its flash shown
+    answer = agent_client.post(f"/{tenant.slug}/tickets/{second.number}/merge/",
+                               {"into": first.number}, follow=True)
+    flashes = [str(m) for m in answer.context["messages"]]
+    assert flashes == [f"Merge refused: #{first.number} is merged already; choose two "
+                       "tickets that are not merged."]
+    with tenant_scope(tenant):
+        second.refresh_from_db()
+    assert second.merged_into_id is None
