@@ -149,12 +149,11 @@ def rate_limit_take(key: ApiKey) -> RateLimit | None:
 
 
 def _idempotent(request, key: ApiKey, get_response):
-    """POST with ``Idempotency-Key``: the first answer (2xx-4xx that changed something,
-    i.e. whose transaction committed) is stored with the request's changes and replayed
-    to the same key and body for ``IDEMPOTENCY_WINDOW``; the same key with another body
-    is a 422. A concurrent duplicate waits for the first on the unique index, then gets
-    its answer. A request that failed (rolled back, 5xx) leaves nothing: retrying runs it
-    again."""
+    """POST with ``Idempotency-Key``: the first successful answer (2xx/3xx) is stored in
+    the transaction of the request's own changes and replayed to the same key and body
+    for ``IDEMPOTENCY_WINDOW``; the same key with another body is a 422. A concurrent
+    duplicate waits for the first on the unique index, then gets its answer. A request
+    that was refused or failed (4xx, 5xx) leaves nothing: sending it again runs it."""
     token = request.headers.get("Idempotency-Key")
     if request.method != "POST" or token is None:
         return get_response(request)
@@ -179,8 +178,10 @@ def _idempotent(request, key: ApiKey, get_response):
             replay["Idempotent-Replayed"] = "true"
             return replay
         response = get_response(request)
-        if transaction.get_rollback() or response.status_code >= 500:
-            transaction.set_rollback(True)  # nothing happened: forget the key too
+        if transaction.get_rollback() or response.status_code >= 400:
+            # Refused or failed: the services changed nothing; forget the key too, so
+            # the corrected request can be sent under it.
+            transaction.set_rollback(True)
             return response
         IdempotencyRecord.objects.filter(pk=record.pk).update(
             status=response.status_code, content_type=response.get("Content-Type", ""),

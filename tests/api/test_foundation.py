@@ -238,13 +238,14 @@ def test_an_idempotency_key_replays_the_first_answer_and_refuses_another_body(
     plain = client.post("/api/v1/contacts/", {"email": "maria@customer.example"},
                         content_type="application/json", **bearer(write))
     assert plain.status_code == 409
-    # A failed request leaves no record: fixing it under the same key runs it.
+    # A refused request leaves no record: the corrected body under the same key runs.
     retry = {"HTTP_IDEMPOTENCY_KEY": "bad-then-good", **bearer(write)}
     bad = client.post("/api/v1/contacts/", {"email": "broken"},
                       content_type="application/json", **retry)
-    assert bad.status_code == 400
-    assert client.post("/api/v1/contacts/", {"email": "broken"},
-                       content_type="application/json", **retry).status_code == 400
+    assert bad.status_code == 400 and "Idempotent-Replayed" not in bad
+    fixed = client.post("/api/v1/contacts/", {"email": "fixed@customer.example"},
+                        content_type="application/json", **retry)
+    assert fixed.status_code == 201 and "Idempotent-Replayed" not in fixed
 
 
 def test_each_key_has_a_rate_limit_with_headers(client, tenant, admin_user, settings):
