@@ -415,3 +415,9 @@ PUBSUB_SERVICE_ACCOUNT = env.str(
     "PUBSUB_SERVICE_ACCOUNT",
     default="pubsub-push@helpdesk-dev.iam.gserviceaccount.com" if SANDBOX_URL else "")
 PROVIDER_HTTP_TIMEOUT_SECONDS = env.float("PROVIDER_HTTP_TIMEOUT_SECONDS", default=20.0)
+# The mail providers this server offers (channels_email/providers/), one class each; leave
+# one out to turn it off. Connections of a provider left out stay, and are shown as such.
+EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
+    "channels_email.providers.gmail.GmailProvider",
+    "channels_email.providers.manual.ManualProvider",
+])
