@@ -11,7 +11,10 @@ Contract:
   address this workspace has already, connected, Token Expired or disconnected,
   re-authorizes that connection, like Reconnect); credentials are
   stored encrypted; a new connection starts from the mailbox's current cursor (mail
-  already in the inbox is not imported) and gets its watch. A mailbox connected in another
+  already in the inbox is not imported). Its watch (subscription) is started by a task
+  queued on commit, never in the callback request: Graph validates the notification URL
+  while the creating call waits, which a one-worker server could not answer. A mailbox
+  connected in another
   tenant (or another connection of this one) is refused. Each outcome that changes
   something writes an AuditEvent.
 - ``connection_disconnect`` stops the watch, revokes the grant, wipes the credentials and
@@ -41,6 +44,7 @@ from channels_email.tokens import authorized
 from channels_email.webhooks import forget_mailbox
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
+from helpdesk.tenancy import tenant_scope, unscoped
 
 logger = logging.getLogger(__name__)
 
@@ -164,15 +168,31 @@ def _reconnect(request, tenant, connection_id, address, credentials) -> ConnectR
 
 def _signed_in(request, tenant: Tenant, conn: EmailConnection, action: str) -> None:
     """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the push
-    watch started (a failure shows on the health page; the beat task retries), audited."""
+    watch queued (``connection_watch_start``, after the commit), audited."""
     forget_mailbox(conn.provider, conn.address)
     if providers.can(conn.provider, Capability.PUSH):
-        try:
-            watch_start(conn)
-        except providers.ProviderError as exc:
-            health.record_error(conn, exc)
+        _queue_watch(conn)
     audit_record(tenant=tenant, actor=request.user, action=action, target=conn,
                  details={"provider": conn.provider, "address": conn.address})
+
+
+def _queue_watch(conn: EmailConnection) -> None:
+    from channels_email.tasks import start_watch
+
+    transaction.on_commit(lambda: start_watch.delay(connection_id=conn.pk))
+
+
+def connection_watch_start(*, connection_id: int) -> bool:
+    """The push watch of a just (re)connected mailbox (the ``start_watch`` task's unit):
+    started unless the connection is gone, disconnected or must wait; a provider failure
+    is recorded on its health (the beat task's renewal retries it). True when started."""
+    with unscoped():  # the id names the connection; the call runs in its tenant
+        conn = (EmailConnection.objects.select_related("tenant")
+                .filter(pk=connection_id).first())
+    if conn is None or not providers.can(conn.provider, Capability.PUSH):
+        return False
+    with tenant_scope(conn.tenant):
+        return watch_renew(conn)
 
 
 def watch_start(conn: EmailConnection) -> None:

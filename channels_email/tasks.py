@@ -153,6 +153,15 @@ def renew_watches(*, within_hours: int = 36) -> int:
     return renewed
 
 
+@shared_task(name="ingest.start_watch")
+def start_watch(*, connection_id: int) -> bool:
+    """Start the push watch of a just (re)connected mailbox (``connect.
+    connection_watch_start``): in a task, never in the OAuth callback request."""
+    from channels_email.connect import connection_watch_start
+
+    return connection_watch_start(connection_id=connection_id)
+
+
 @shared_task(bind=True, name="outbound.send_reply", max_retries=None,
              autoretry_for=(OperationalError, InterfaceError), retry_backoff=5)
 def send_reply(self, *, message_id: int) -> str:
