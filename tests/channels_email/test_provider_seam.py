@@ -12,6 +12,8 @@ import re
 import tokenize
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("channels_email", "helpdesk", "tickets", "contacts", "routing")
 ALLOWED = ("channels_email/providers/", "sandbox/", "/migrations/", "helpdesk/settings")
@@ -81,3 +83,33 @@ def test_the_check_finds_a_leak():
     finally:
         sample.unlink()
     assert [leak.split(":")[0] for leak in leaks] == ["1", "2", "3", "1"]
+
+
+@pytest.mark.django_db
+def test_a_provider_left_out_of_the_settings_is_off(client, admin_user, tenant, settings):
+    """EMAIL_PROVIDERS decides: without Gmail there is no Gmail button, its connect URL
+    and its webhook are 404, and a connection of it stays, shown without Reconnect."""
+    from urllib.parse import urlsplit
+
+    from tests.factories import EmailConnectionFactory
+
+    client.force_login(admin_user)
+    settings.GOOGLE_CLIENT_ID = "configured.apps.googleusercontent.com"
+    EmailConnectionFactory(tenant=tenant, provider="gmail", address="old@acme.test",
+                           status="token_expired")
+    sign_in = urlsplit(settings.GOOGLE_AUTH_URI)
+    origin = f"{sign_in.scheme}://{sign_in.netloc}"
+    answer = client.get(f"/{tenant.slug}/settings/email/")
+    page = answer.content.decode()
+    assert "Gmail: Authorize with Google" in page and "/reconnect/" in page
+    assert origin in answer["Content-Security-Policy"]
+
+    settings.EMAIL_PROVIDERS = ["channels_email.providers.manual.ManualProvider"]
+    answer = client.get(f"/{tenant.slug}/settings/email/")
+    page = answer.content.decode()
+    assert "Authorize with Google" not in page and "old@acme.test" in page
+    assert "/reconnect/" not in page and "/disconnect/" not in page
+    assert origin not in answer["Content-Security-Policy"]
+    assert client.post(f"/{tenant.slug}/settings/email/connect/gmail/").status_code == 404
+    assert client.post("/webhooks/google/pubsub/", data=b"{}",
+                       content_type="application/json").status_code == 404
