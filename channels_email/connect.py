@@ -10,8 +10,9 @@ Contract:
   address, and creates the connection or, on reconnect, updates it (signing in with an
   address this workspace has already, connected, Token Expired or disconnected,
   re-authorizes that connection, like Reconnect); credentials are
-  stored encrypted; a new connection starts from the mailbox's current cursor (mail
-  already in the inbox is not imported). Its watch (subscription) is started by a task
+  stored encrypted; a new connection starts from the mailbox's current cursor, read in
+  the callback (mail already in the inbox is not imported; mail arriving before the watch
+  runs is). Its watch (subscription) is started by a task
   queued on commit, never in the callback request: Graph validates the notification URL
   while the creating call waits, which a one-worker server could not answer. A mailbox
   connected in another
@@ -167,9 +168,19 @@ def _reconnect(request, tenant, connection_id, address, credentials) -> ConnectR
 
 
 def _signed_in(request, tenant: Tenant, conn: EmailConnection, action: str) -> None:
-    """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the push
-    watch queued (``connection_watch_start``, after the commit), audited."""
+    """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the
+    mailbox's current cursor recorded when the connection has none yet, the push watch
+    queued (``connection_watch_start``, after the commit), audited. A provider failure
+    shows on the health page (the first sync or the beat task retries)."""
     forget_mailbox(conn.provider, conn.address)
+    if not conn.cursor and providers.can(conn.provider, Capability.CURSOR_SYNC):
+        try:
+            cursor = authorized(conn).current_cursor()
+        except providers.ProviderError as exc:
+            health.record_error(conn, exc)
+        else:
+            EmailConnection.objects.filter(pk=conn.pk).update(cursor=cursor)
+            conn.cursor = cursor
     if providers.can(conn.provider, Capability.PUSH):
         _queue_watch(conn)
     audit_record(tenant=tenant, actor=request.user, action=action, target=conn,
@@ -185,14 +196,21 @@ def _queue_watch(conn: EmailConnection) -> None:
 def connection_watch_start(*, connection_id: int) -> bool:
     """The push watch of a just (re)connected mailbox (the ``start_watch`` task's unit):
     started unless the connection is gone, disconnected or must wait; a provider failure
-    is recorded on its health (the beat task's renewal retries it). True when started."""
+    is recorded on its health (the beat task's renewal retries it). Once started, one
+    sync is queued: mail that arrived between the callback and the watch got no push.
+    True when started."""
+    from channels_email.sync import sync_request
+
     with unscoped():  # the id names the connection; the call runs in its tenant
         conn = (EmailConnection.objects.select_related("tenant")
                 .filter(pk=connection_id).first())
     if conn is None or not providers.can(conn.provider, Capability.PUSH):
         return False
     with tenant_scope(conn.tenant):
-        return watch_renew(conn)
+        if not watch_renew(conn):
+            return False
+    sync_request(conn.pk, "watch")
+    return True
 
 
 def watch_start(conn: EmailConnection) -> None:

@@ -161,6 +161,21 @@ def test_connect_signs_in_and_the_watch_starts_in_a_task(driver, admin_client, t
     assert conn.subscription_expires_at is not None and conn.cursor
 
 
+def test_mail_arriving_before_the_watch_task_runs_is_not_skipped(driver, admin_client,
+                                                                  tenant):
+    """The callback records the mailbox's cursor itself: the first sync starts there even
+    when the watch task has not run (or failed), and imports what arrived meanwhile."""
+    start = admin_client.post(f"/{tenant.slug}/settings/email/connect/{driver.name}/")
+    back = urllib.parse.urlsplit(driver.consent(start["Location"], MAILBOX))
+    assert admin_client.get(back.path + "?" + back.query).status_code == 302
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get(address=MAILBOX)
+    assert conn.cursor and conn.subscription_expires_at is None
+    driver.deliver(MAILBOX, "Before the watch")
+    assert len(_sync_and_ingest(conn.pk).new_rows) == 1
+    assert _titles(tenant) == ["Before the watch"]
+
+
 def test_push_reaches_the_webhook_and_becomes_a_ticket(driver, admin_client, tenant):
     conn = _connect(driver, admin_client, tenant)
     driver.deliver(MAILBOX, "Printer on fire")
