@@ -12,10 +12,9 @@ Contract:
   re-authorizes that connection, like Reconnect); credentials are
   stored encrypted; a new connection starts from the mailbox's current cursor, read in
   the callback (mail already in the inbox is not imported; mail arriving before the watch
-  runs is). Its watch (subscription) is started by a task
-  queued on commit, never in the callback request: Graph validates the notification URL
-  while the creating call waits, which a one-worker server could not answer. A mailbox
-  connected in another
+  runs is). Its watch (subscription) is started by a task queued on commit, never in the
+  callback request: Graph validates the notification URL while the creating call waits,
+  which a one-worker server could not answer. A mailbox connected in another
   tenant (or another connection of this one) is refused. Each outcome that changes
   something writes an AuditEvent.
 - ``connection_disconnect`` stops the watch, revokes the grant, wipes the credentials and

@@ -8,9 +8,9 @@ Contract of ``provider_webhook`` (every ``/webhooks/<path>/`` a provider declare
   with its status; nothing changes for either.
 - ``Accepted``: mark "sync wanted" for each connection in Redis and, when no sync was
   pending, enqueue one; answer the accepted status. Writes no database row (it reads the
-  mailbox or subscription -> connection mapping, cached). If Redis cannot be reached (the
-  mapping's cache, the coalescing mark) or the task cannot be enqueued: 503, so that the
-  provider retries the push.
+  mailbox -> connection mapping, cached, or a subscription's connection and secret). If
+  Redis cannot be reached (the mapping's cache, the coalescing mark) or the task cannot
+  be enqueued: 503, so that the provider retries the push.
 - A provider that is not enabled (the route was built under other settings): 404.
 """
 
