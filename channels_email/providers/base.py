@@ -286,17 +286,6 @@ CAPABILITY_PROTOCOLS: dict[Capability, type] = {
 }
 
 
-@dataclass(frozen=True)
-class SandboxWiring:
-    """Dev and demo only (``rundemo``): how this provider is pointed at the local sandbox.
-    ``settings``: environment for web, worker and beat; ``requests``: (path, JSON body)
-    POSTed to the sandbox's control endpoints once it runs (our OAuth client and
-    callback, where pushes go)."""
-
-    settings: dict[str, str]
-    requests: tuple[tuple[str, dict], ...]
-
-
 class EmailProvider(Protocol):
     """What every provider declares; the calls are those of its capabilities."""
 
@@ -311,9 +300,5 @@ class EmailProvider(Protocol):
     def form_action_origins(self) -> tuple[str, ...]:
         """Origins outside ours that our pages' forms may lead to (the sign-in page the
         connect redirect goes to): the Content-Security-Policy's form-action."""
-        ...
-
-    def sandbox_wiring(self, public_base_url: str) -> SandboxWiring | None:
-        """How the demo points this provider at the sandbox (None: nothing to wire)."""
         ...
 

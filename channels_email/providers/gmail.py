@@ -60,7 +60,6 @@ from channels_email.providers.base import (
     ProviderError,
     RateLimited,
     Rejected,
-    SandboxWiring,
     SentMessage,
     SyncPage,
     TokenSet,
@@ -81,13 +80,6 @@ PAGE_SIZE = 500
 # seen as low as 1 MB; bigger mail goes through the media upload, up to its maxSize.
 JSON_SEND_MAX_BYTES = 512 * 1024
 SEND_MAX_BYTES = 36700160
-# The demo's Google side: the sandbox's OAuth client and Pub/Sub topic (no real secrets).
-DEMO_SANDBOX_SETTINGS = {
-    "GOOGLE_CLIENT_ID": "helpdesk-demo.apps.googleusercontent.com",
-    "GOOGLE_CLIENT_SECRET": "demo-sandbox-secret",
-    "GMAIL_PUBSUB_TOPIC": "projects/helpdesk-demo/topics/gmail",
-    "PUBSUB_SERVICE_ACCOUNT": "pubsub-push@helpdesk-demo.iam.gserviceaccount.com",
-}
 # NUL and the other C0 controls and DEL: never part of an address in a push.
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -496,21 +488,6 @@ class GmailProvider:
     def form_action_origins(self) -> tuple[str, ...]:
         auth = urlsplit(settings.GOOGLE_AUTH_URI)
         return (f"{auth.scheme}://{auth.netloc}",) if auth.scheme and auth.netloc else ()
-
-    def sandbox_wiring(self, public_base_url: str) -> SandboxWiring:
-        """The demo's OAuth client with its callback, and the Pub/Sub topic pushing to
-        our webhook."""
-        demo = DEMO_SANDBOX_SETTINGS
-        webhook = f"{public_base_url}/webhooks/google/pubsub/"
-        return SandboxWiring(settings=dict(demo), requests=(
-            ("/_sandbox/clients", {"client_id": demo["GOOGLE_CLIENT_ID"],
-                                   "client_secret": demo["GOOGLE_CLIENT_SECRET"],
-                                   "redirect_uris": [
-                                       f"{public_base_url}/oauth/{self.name}/callback/"]}),
-            ("/_sandbox/settings", {"topics": {demo["GMAIL_PUBSUB_TOPIC"]: {
-                "push_endpoint": webhook, "audience": webhook,
-                "service_account": demo["PUBSUB_SERVICE_ACCOUNT"]}}}),
-        ))
 
     def missing_scopes(self, tokens: TokenSet) -> set[str]:
         """The scopes we asked for that the consent did not grant (Google lets the user

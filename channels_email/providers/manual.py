@@ -20,6 +20,3 @@ class ManualProvider:
 
     def form_action_origins(self) -> tuple[str, ...]:
         return ()
-
-    def sandbox_wiring(self, public_base_url: str) -> None:
-        return None

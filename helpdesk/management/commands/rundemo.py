@@ -27,9 +27,16 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from channels_email import providers
 from helpdesk.coordination import redis_client
 from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_PASSWORD, seed_demo
+
+# The demo's Google side: the sandbox's OAuth client and Pub/Sub topic (no real secrets).
+DEMO_GOOGLE = {
+    "GOOGLE_CLIENT_ID": "helpdesk-demo.apps.googleusercontent.com",
+    "GOOGLE_CLIENT_SECRET": "demo-sandbox-secret",
+    "GMAIL_PUBSUB_TOPIC": "projects/helpdesk-demo/topics/gmail",
+    "PUBSUB_SERVICE_ACCOUNT": "pubsub-push@helpdesk-demo.iam.gserviceaccount.com",
+}
 
 
 def _port_free(port: int) -> bool:
@@ -64,12 +71,9 @@ class Command(BaseCommand):
                      "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
         }
         public = f"http://127.0.0.1:{port}"
-        # Each enabled provider says how it is pointed at the sandbox.
-        wirings = [w for p in providers.enabled() if (w := p.sandbox_wiring(public))]
-        sandbox_proc, sandbox_url = self._start_sandbox(wirings)
-        env = dict(os.environ, PUBLIC_BASE_URL=public, SANDBOX_URL=sandbox_url)
-        for wiring in wirings:
-            env.update(wiring.settings)
+        sandbox_proc, sandbox_url = self._start_sandbox(public)
+        env = dict(os.environ, PUBLIC_BASE_URL=public, SANDBOX_URL=sandbox_url,
+                   **DEMO_GOOGLE)
         procs = {"sandbox": sandbox_proc}
         procs.update({name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
@@ -102,10 +106,9 @@ class Command(BaseCommand):
         finally:
             self._stop(procs)
 
-    def _start_sandbox(self, wirings) -> tuple[subprocess.Popen, str]:
-        """Start the sandbox on a free port and point it at this demo: each provider's
-        ``sandbox_wiring`` requests (our OAuth client with its callback, where pushes
-        go)."""
+    def _start_sandbox(self, public: str) -> tuple[subprocess.Popen, str]:
+        """Start the sandbox on a free port and point it at this demo: our OAuth client
+        with its callback, and the Pub/Sub topic pushing to our webhook."""
         info = settings.VAR_DIR / "sandbox" / "server.json"
         info.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"],
@@ -117,7 +120,15 @@ class Command(BaseCommand):
                 raise CommandError("the Google sandbox did not start")
             time.sleep(0.1)
         sandbox_url = json.loads(info.read_text())["url"].rstrip("/")
-        for path, body in (request for wiring in wirings for request in wiring.requests):
+        webhook = f"{public}/webhooks/google/pubsub/"
+        for path, body in (
+            ("/_sandbox/clients", {"client_id": DEMO_GOOGLE["GOOGLE_CLIENT_ID"],
+                                   "client_secret": DEMO_GOOGLE["GOOGLE_CLIENT_SECRET"],
+                                   "redirect_uris": [f"{public}/oauth/gmail/callback/"]}),
+            ("/_sandbox/settings", {"topics": {DEMO_GOOGLE["GMAIL_PUBSUB_TOPIC"]: {
+                "push_endpoint": webhook, "audience": webhook,
+                "service_account": DEMO_GOOGLE["PUBSUB_SERVICE_ACCOUNT"]}}}),
+        ):
             request = urllib.request.Request(sandbox_url + path, method="POST",
                                              data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
