@@ -10,8 +10,11 @@ Contract:
   address, and creates the connection or, on reconnect, updates it (signing in with an
   address this workspace has already, connected, Token Expired or disconnected,
   re-authorizes that connection, like Reconnect); credentials are
-  stored encrypted; a new connection starts from the mailbox's current cursor (mail
-  already in the inbox is not imported) and gets its watch. A mailbox connected in another
+  stored encrypted; a new connection starts from the mailbox's current cursor, read in
+  the callback (mail already in the inbox is not imported; mail arriving before the watch
+  runs is). Its watch (subscription) is started by a task queued on commit, never in the
+  callback request: Graph validates the notification URL while the creating call waits,
+  which a one-worker server could not answer. A mailbox connected in another
   tenant (or another connection of this one) is refused. Each outcome that changes
   something writes an AuditEvent.
 - ``connection_disconnect`` stops the watch, revokes the grant, wipes the credentials and
@@ -35,11 +38,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from channels_email import health, providers
-from channels_email.models import ConnectionStatus, EmailConnection, Provider
+from channels_email.models import ConnectionStatus, EmailConnection
+from channels_email.providers.base import Capability
 from channels_email.tokens import authorized
 from channels_email.webhooks import forget_mailbox
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
+from helpdesk.tenancy import tenant_scope, unscoped
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +115,9 @@ def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
         credentials = tokens.as_credentials()
         address = client.mailbox_address(credentials).strip().lower()
     except providers.ProviderError as exc:
-        raise ConnectError(f"{Provider(provider).label} did not accept the sign-in "
+        raise ConnectError(f"{client.label} did not accept the sign-in "
                            f"({exc.reason or exc}). Nothing was changed.") from exc
-    missing = set(settings.GMAIL_SCOPES) - set(tokens.scopes) if provider == "gmail" else set()
-    if missing:
+    if client.missing_scopes(tokens):
         raise ConnectError("Both permissions are needed (read and send mail). Please allow "
                            "them on the consent screen.")
     reconnect_id = state.get("r")
@@ -157,32 +161,65 @@ def _reconnect(request, tenant, connection_id, address, credentials) -> ConnectR
             health.reactivate(conn, credentials=credentials)
     except IntegrityError as exc:
         raise ConnectError(f"{address} is connected in another workspace now.") from exc
-    _signed_in(request, tenant, conn, "email_connection.reconnected",
-               keep_cursor=True)
+    _signed_in(request, tenant, conn, "email_connection.reconnected")
     _queue_sync(conn)  # catch up from the last cursor
     return ConnectResult(conn, False)
 
 
-def _signed_in(request, tenant: Tenant, conn: EmailConnection, action: str,
-               keep_cursor: bool = False) -> None:
-    """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the push
-    watch started (a failure shows on the health page; the beat task retries), audited."""
+def _signed_in(request, tenant: Tenant, conn: EmailConnection, action: str) -> None:
+    """What follows a (re)connect: the webhook's cached mailbox lookup forgotten, the
+    mailbox's current cursor recorded when the connection has none yet, the push watch
+    queued (``connection_watch_start``, after the commit), audited. A provider failure
+    shows on the health page (the first sync or the beat task retries)."""
     forget_mailbox(conn.provider, conn.address)
-    try:
-        watch_start(conn, keep_cursor=keep_cursor)
-    except providers.ProviderError as exc:
-        health.record_error(conn, exc)
+    if not conn.cursor and providers.can(conn.provider, Capability.CURSOR_SYNC):
+        try:
+            cursor = authorized(conn).current_cursor()
+        except providers.ProviderError as exc:
+            health.record_error(conn, exc)
+        else:
+            EmailConnection.objects.filter(pk=conn.pk).update(cursor=cursor)
+            conn.cursor = cursor
+    if providers.can(conn.provider, Capability.PUSH):
+        _queue_watch(conn)
     audit_record(tenant=tenant, actor=request.user, action=action, target=conn,
                  details={"provider": conn.provider, "address": conn.address})
 
 
-def watch_start(conn: EmailConnection, keep_cursor: bool = False) -> None:
-    """Start (or renew) the provider's push for ``conn`` and record its expiry; a new
-    connection takes the watch's cursor, an existing one keeps its own."""
+def _queue_watch(conn: EmailConnection) -> None:
+    from channels_email.tasks import start_watch
+
+    transaction.on_commit(lambda: start_watch.delay(connection_id=conn.pk))
+
+
+def connection_watch_start(*, connection_id: int) -> bool:
+    """The push watch of a just (re)connected mailbox (the ``start_watch`` task's unit):
+    started unless the connection is gone, disconnected or must wait; a provider failure
+    is recorded on its health (the beat task's renewal retries it). Once started, one
+    sync is queued: mail that arrived between the callback and the watch got no push.
+    True when started."""
+    from channels_email.sync import sync_request
+
+    with unscoped():  # the id names the connection; the call runs in its tenant
+        conn = (EmailConnection.objects.select_related("tenant")
+                .filter(pk=connection_id).first())
+    if conn is None or not providers.can(conn.provider, Capability.PUSH):
+        return False
+    with tenant_scope(conn.tenant):
+        if not watch_renew(conn):
+            return False
+    sync_request(conn.pk, "watch")
+    return True
+
+
+def watch_start(conn: EmailConnection) -> None:
+    """Start (or renew) the provider's push for ``conn`` and record its expiry and secret;
+    a connection without a cursor yet takes the watch's, one with a cursor keeps it."""
     watch = authorized(conn).start_watch()
     fields = {"subscription_id": watch.subscription_id,
-              "subscription_expires_at": watch.expires_at}
-    if watch.cursor and not (keep_cursor and conn.cursor):
+              "subscription_expires_at": watch.expires_at,
+              "subscription_secret": watch.secret or None}
+    if watch.cursor and not conn.cursor:
         fields["cursor"] = watch.cursor
     EmailConnection.objects.filter(pk=conn.pk).update(**fields)
     for name, value in fields.items():
@@ -195,7 +232,7 @@ def watch_renew(conn: EmailConnection) -> bool:
     if not health.may_call(conn):
         return False
     try:
-        watch_start(conn, keep_cursor=True)
+        watch_start(conn)
     except providers.ProviderError as exc:
         health.record_error(conn, exc)
         return False
@@ -211,9 +248,11 @@ def _queue_sync(conn: EmailConnection) -> None:
 def connection_disconnect(*, connection: EmailConnection, actor: User | None) -> None:
     if connection.status == ConnectionStatus.DISCONNECTED:
         return
-    if connection.provider != Provider.MANUAL and connection.credentials:
+    if providers.can(connection.provider, Capability.OAUTH_SIGN_IN) and connection.credentials:
         client = authorized(connection)
-        for step in (client.stop_watch, lambda: client.revoke(connection.credentials)):
+        steps = [client.stop_watch] if providers.can(connection.provider, Capability.PUSH) \
+            else []
+        for step in (*steps, lambda: client.revoke(connection.credentials)):
             try:
                 step()
             except providers.ProviderError as exc:

@@ -26,7 +26,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from channels_email.models import ConnectionStatus, EmailConnection
-from channels_email.providers.base import AuthError, ProviderError, RateLimited
+from channels_email.providers.base import (
+    ACCESS_TOKEN_REFUSED,
+    AuthError,
+    ProviderError,
+    RateLimited,
+)
 from helpdesk import webhooks_out
 
 BACKOFF_BASE_SECONDS = 30
@@ -92,7 +97,7 @@ def record_error(connection: EmailConnection, error: BaseException) -> str:
     message = redact(f"{type(error).__name__}: {error}")[:1000]
     fields = {"consecutive_errors": F("consecutive_errors") + 1, "last_error": message,
               "last_error_at": now, "updated_at": now}
-    if isinstance(error, AuthError) and error.reason != "authError":
+    if isinstance(error, AuthError) and error.reason != ACCESS_TOKEN_REFUSED:
         # The grant itself is gone (invalid_grant, revoked): only Reconnect helps. A bare
         # 401 on a call is an expired access token, which a refresh fixes.
         fields["status"] = ConnectionStatus.TOKEN_EXPIRED
@@ -109,7 +114,8 @@ def record_error(connection: EmailConnection, error: BaseException) -> str:
 def record_disconnected(connection: EmailConnection) -> None:
     EmailConnection.objects.filter(pk=connection.pk).update(
         status=ConnectionStatus.DISCONNECTED, credentials=None, subscription_id="",
-        subscription_expires_at=None, rate_limited_until=None, updated_at=timezone.now())
+        subscription_expires_at=None, subscription_secret=None, rate_limited_until=None,
+        updated_at=timezone.now())
     _refresh(connection)
 
 

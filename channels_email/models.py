@@ -5,18 +5,14 @@ from __future__ import annotations
 import uuid
 
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from channels_email import providers
 from helpdesk.crypto import EncryptedJSONField
 from helpdesk.tenancy import TenantOwnedModel
-
-
-class Provider(models.TextChoices):
-    GMAIL = "gmail", "Gmail"
-    MICROSOFT = "microsoft", "Microsoft 365"
-    MANUAL = "manual", "Manual (files and tests)"
 
 
 class ConnectionStatus(models.TextChoices):
@@ -70,15 +66,19 @@ class EmailConnection(TenantOwnedModel):
     mailbox, and stop/revoke act on the whole account.
     """
 
-    provider = models.CharField(max_length=20, choices=Provider.choices)
+    # The provider's registry name (channels_email.providers): checked against the
+    # registry, not a choices list, so that adding a provider needs no migration.
+    provider = models.CharField(max_length=20)
     address = models.EmailField(max_length=320)
     display_name = models.CharField(max_length=200, blank=True)
     status = models.CharField(max_length=20, choices=ConnectionStatus.choices,
                               default=ConnectionStatus.ACTIVE)
     credentials = EncryptedJSONField(null=True, blank=True)
-    cursor = models.TextField(blank=True, help_text="Gmail historyId or Graph delta link")
+    cursor = models.TextField(blank=True, help_text="The provider's opaque sync cursor")
     subscription_id = models.CharField(max_length=255, blank=True)
     subscription_expires_at = models.DateTimeField(null=True, blank=True)
+    # The subscription's own secret its notifications carry (WatchState.secret), if any.
+    subscription_secret = EncryptedJSONField(null=True, blank=True)
 
     routing_mode = models.CharField(max_length=10, choices=RoutingMode.choices,
                                     default=RoutingMode.NONE)
@@ -146,17 +146,36 @@ class EmailConnection(TenantOwnedModel):
         indexes = [models.Index(fields=["tenant", "status"], name="connection_tenant_status")]
 
     def __str__(self) -> str:
-        return f"{self.address} ({self.get_provider_display()})"
+        return f"{self.address} ({self.provider_label})"
 
     def save(self, *args, **kwargs):
         self.address = (self.address or "").strip().lower()
         self.alias_addresses = [a.strip().lower() for a in self.alias_addresses if a.strip()]
         super().save(*args, **kwargs)
 
+    def clean_fields(self, exclude=None):
+        super().clean_fields(exclude=exclude)
+        if "provider" not in (exclude or ()) and not providers.is_enabled(self.provider):
+            raise ValidationError({"provider": f"No provider {self.provider!r} is enabled."})
+
+    @property
+    def provider_label(self) -> str:
+        return providers.label(self.provider)
+
+    @property
+    def can_push(self) -> bool:
+        """The provider keeps a watch/subscription for it (shown as "Watch expires")."""
+        return providers.can(self.provider, providers.Capability.PUSH)
+
+    @property
+    def can_sign_in(self) -> bool:
+        """Connected by signing in (Reconnect and Disconnect apply)."""
+        return providers.can(self.provider, providers.Capability.OAUTH_SIGN_IN)
+
     @property
     def watch_expired(self) -> bool:
         expires = self.subscription_expires_at
-        return (self.provider != Provider.MANUAL and self.status != ConnectionStatus.DISCONNECTED
+        return (self.can_push and self.status != ConnectionStatus.DISCONNECTED
                 and expires is not None and expires < timezone.now())
 
     @property

@@ -15,10 +15,10 @@ from channels_email.models import (
     EmailConnection,
     InboundEmail,
     InboundState,
-    Provider,
     SuppressedAddress,
     SuppressionReason,
 )
+from channels_email.providers import manual
 from helpdesk import sql
 from helpdesk.errors import ApplicationError
 from helpdesk.models import Tenant, User
@@ -29,7 +29,7 @@ def connection_create_manual(*, tenant: Tenant, address: str, display_name: str 
                              **settings) -> EmailConnection:
     """A connection of the manual kind: no provider calls; mail arrives as files."""
     return EmailConnection.objects.create(
-        tenant=tenant, provider=Provider.MANUAL, address=address, display_name=display_name,
+        tenant=tenant, provider=manual.NAME, address=address, display_name=display_name,
         status=ConnectionStatus.ACTIVE, **settings,
     )
 

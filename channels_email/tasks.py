@@ -89,6 +89,7 @@ def sync_connection(self, *, connection_id: int, trigger: str = "push") -> str:
 def reconcile_connections() -> int:
     """The safety net behind pushes: queue a (coalesced) sync of every connected mailbox,
     so a lost push delays a ticket but never loses it."""
+    from channels_email import providers
     from channels_email.models import ConnectionStatus, EmailConnection
     from channels_email.sync import sync_request
 
@@ -96,7 +97,8 @@ def reconcile_connections() -> int:
     with unscoped():
         ids = list(EmailConnection.objects.filter(
             status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
-        ).exclude(provider="manual").values_list("pk", flat=True))
+            provider__in=providers.names_with(providers.Capability.CURSOR_SYNC),
+        ).values_list("pk", flat=True))
     return sum(sync_request(pk, "reconcile") for pk in ids)
 
 
@@ -113,7 +115,7 @@ def refresh_tokens() -> int:
     with unscoped():
         connections = list(EmailConnection.objects.select_related("tenant").filter(
             status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
-        ).exclude(provider="manual"))
+            provider__in=providers.names_with(providers.Capability.OAUTH_SIGN_IN)))
     for conn in connections:
         with tenant_scope(conn.tenant):
             try:
@@ -128,9 +130,11 @@ def refresh_tokens() -> int:
 
 @shared_task(name="maintenance.renew_watches")
 def renew_watches(*, within_hours: int = 36) -> int:
-    """Renew every watch that expires within ``within_hours`` (Gmail watches last 7 days;
-    Google asks for a daily renewal). A failure is recorded on the connection's health,
-    so a watch that could not be renewed shows on the Email channels page."""
+    """Renew every watch that expires within ``within_hours`` (a provider's watch or
+    subscription: Gmail's last 7 days, and Google asks for a daily renewal). A failure is
+    recorded on the connection's health, so a watch that could not be renewed shows on
+    the Email channels page."""
+    from channels_email import providers
     from channels_email.connect import watch_renew
     from channels_email.models import ConnectionStatus, EmailConnection
     from helpdesk.tenancy import tenant_scope
@@ -140,12 +144,22 @@ def renew_watches(*, within_hours: int = 36) -> int:
     with unscoped():
         due = list(EmailConnection.objects.select_related("tenant").filter(
             status__in=[ConnectionStatus.ACTIVE, ConnectionStatus.RATE_LIMITED],
-        ).exclude(provider="manual").exclude(subscription_expires_at__gt=horizon))
+            provider__in=providers.names_with(providers.Capability.PUSH),
+        ).exclude(subscription_expires_at__gt=horizon))
     renewed = 0
     for conn in due:
         with tenant_scope(conn.tenant):
             renewed += watch_renew(conn)
     return renewed
+
+
+@shared_task(name="ingest.start_watch")
+def start_watch(*, connection_id: int) -> bool:
+    """Start the push watch of a just (re)connected mailbox (``connect.
+    connection_watch_start``): in a task, never in the OAuth callback request."""
+    from channels_email.connect import connection_watch_start
+
+    return connection_watch_start(connection_id=connection_id)
 
 
 @shared_task(bind=True, name="outbound.send_reply", max_retries=None,

@@ -14,11 +14,11 @@ Contract of ``ensure_fresh_token(connection, margin=..., rejected_token=...)``:
 
 Contract of ``authorized(connection)``: the connection's provider, whose calls that take
 the connection run with a fresh token, and where a 401 on a call (the provider no longer
-takes the access token: ``AuthError`` with reason ``authError``) forces one refresh under
-the same lock and retries that call once (DESIGN.md section 10). A refresh refused for
-auth reasons raises its ``AuthError`` (Token Expired for ``health``); a call still
-answered 401 with the refreshed token raises ``AuthError`` reason
-``unauthorized_after_refresh``, which ``health`` also takes for a grant that is gone.
+takes the access token: ``AuthError`` with reason ``base.ACCESS_TOKEN_REFUSED``) forces
+one refresh under the same lock and retries that call once (DESIGN.md section 10). A
+refresh refused for auth reasons raises its ``AuthError`` (Token Expired for
+``health``); a call still answered 401 with the refreshed token raises ``AuthError``
+reason ``unauthorized_after_refresh``, which ``health`` also takes for a grant that is gone.
 Retrying is safe because a 401 means the provider did nothing with the request.
 """
 
@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from channels_email import providers
 from channels_email.models import EmailConnection
+from channels_email.providers.base import ACCESS_TOKEN_REFUSED, Capability
 from helpdesk.coordination import redis_client, redis_key
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ BEAT_MARGIN = timedelta(minutes=15)
 # Provider methods whose first argument is the connection (so they use its access token).
 CONNECTION_CALLS = frozenset({"current_cursor", "changes_since", "list_since", "fetch_raw",
                               "send", "find_sent", "start_watch", "stop_watch"})
-EXPIRED_ACCESS = "authError"  # base.AuthError reason of a bare 401 on a call
+EXPIRED_ACCESS = ACCESS_TOKEN_REFUSED  # base.AuthError reason of a bare 401 on a call
 T = TypeVar("T")
 
 
@@ -68,7 +69,8 @@ def ensure_fresh_token(connection: EmailConnection, margin: timedelta = DEFAULT_
                        rejected_token: str = "") -> bool:
     """Refresh the access token when it expires within ``margin`` or is the one just
     refused; True when refreshed."""
-    if connection.provider == "manual" or not needs_refresh(connection, margin, rejected_token):
+    if not providers.can(connection.provider, Capability.OAUTH_SIGN_IN) or not needs_refresh(
+            connection, margin, rejected_token):
         return False
     if not (connection.credentials or {}).get("refresh_token"):
         raise providers.AuthError("no refresh token stored", reason="no_refresh_token")

@@ -4,7 +4,6 @@ Tenant admins only; runs in the tenant scope."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -14,10 +13,10 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
-from channels_email import connect
+from channels_email import connect, providers
 from channels_email.forms import ConnectionFiltersForm, ConnectionSettingsForm
 from channels_email.ingest import inbound_email_ingest
-from channels_email.models import EmailConnection, InboundEmail, InboundState, Provider
+from channels_email.models import EmailConnection, InboundEmail, InboundState
 from channels_email.selectors import (
     ATTENTION_STATES,
     connection_health,
@@ -106,7 +105,8 @@ def email_channels(request):
     require_admin(request, CHANNEL_ADMIN)
     return render(request, "channels_email/channels.html", {
         "connections": connections_with_health(tenant=request.tenant),
-        "gmail_configured": bool(settings.GOOGLE_CLIENT_ID),
+        "connect_options": [p for p in providers.enabled()
+                            if providers.Capability.OAUTH_SIGN_IN in p.capabilities],
         "suppressions": suppressions_for_tenant(tenant=request.tenant)[:200],
     })
 
@@ -140,9 +140,9 @@ def suppression_remove_view(request, suppression_id: int):
 @require_POST
 def connect_start(request, provider: str):
     require_admin(request, CHANNEL_ADMIN)
-    if provider not in Provider.values or provider == Provider.MANUAL:
+    if not providers.can(provider, providers.Capability.OAUTH_SIGN_IN):
         raise Http404("No such provider")
-    if provider != Provider.GMAIL or not settings.GOOGLE_CLIENT_ID:
+    if not providers.get(provider).is_configured():
         messages.error(request, "That provider is not configured on this server.")
         return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
     return redirect(connect.oauth_start(request=request, tenant=request.tenant,

@@ -1,15 +1,17 @@
-"""Provider webhooks: verify, coalesce per connection in Redis, enqueue, answer.
+"""Provider webhooks: the provider verifies and parses, we coalesce per connection in
+Redis, enqueue, answer.
 
-Contract of ``google_pubsub`` (``POST /webhooks/google/pubsub/``):
-- No or unverifiable OIDC token: 401 (missing) or 403 (bad signature, expired, wrong
-  audience, issuer or service account); nothing changes. Google's certs unreachable: 503.
-- Malformed body (bad JSON, nesting too deep to parse, an address with control
-  characters such as NUL): 400. Unknown or disconnected mailbox: 204 and a log line
-  (Pub/Sub would otherwise retry for days).
-- Otherwise mark "sync wanted" for the connection in Redis and, when no sync was pending,
-  enqueue one; 204. Writes no database row (it reads the mailbox -> connection mapping,
-  cached). If Redis cannot be reached (the mapping's cache, the coalescing mark) or the
-  task cannot be enqueued: 503, so that Pub/Sub retries the push.
+Contract of ``provider_webhook`` (every ``/webhooks/<path>/`` a provider declares, see
+``urlpatterns``):
+- The provider's ``handle_webhook`` runs first, and verifies before it parses. Its
+  ``Handshake`` is answered 200 ``text/plain`` with exactly the text; its ``Rejected``
+  with its status; nothing changes for either.
+- ``Accepted``: mark "sync wanted" for each connection in Redis and, when no sync was
+  pending, enqueue one; answer the accepted status. Writes no database row (it reads the
+  mailbox -> connection mapping, cached, or a subscription's connection and secret). If
+  Redis cannot be reached (the mapping's cache, the coalescing mark) or the task cannot
+  be enqueued: 503, so that the provider retries the push.
+- A provider that is not enabled (the route was built under other settings): 404.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ import logging
 import time
 
 from django.core.cache import cache
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
 from channels_email import providers
 from channels_email.models import ConnectionStatus, EmailConnection
+from channels_email.providers.base import (
+    Accepted,
+    Handshake,
+    LookupUnavailable,
+    Rejected,
+    SubscriptionOwner,
+)
 from helpdesk.tenancy import unscoped
 
 logger = logging.getLogger(__name__)
@@ -64,39 +74,65 @@ def forget_mailbox(provider: str, mailbox: str) -> None:
     cache.delete(key)
 
 
+class CachedLookup:
+    """``base.ConnectionLookup`` over the caches above; Redis errors become
+    ``LookupUnavailable``."""
+
+    def by_mailbox(self, provider: str, mailbox: str) -> int | None:
+        try:
+            return connection_id_for(provider, mailbox)
+        except RedisError as exc:
+            raise LookupUnavailable("redis_unavailable") from exc
+
+    def by_subscription(self, provider: str, subscription_id: str
+                        ) -> SubscriptionOwner | None:
+        # Unscoped: a notification names only the subscription (unique per provider).
+        with unscoped():
+            found = (EmailConnection.objects.filter(provider=provider,
+                                                    subscription_id=subscription_id)
+                     .exclude(status=ConnectionStatus.DISCONNECTED).exclude(subscription_id="")
+                     .values_list("pk", "subscription_secret").first())
+        return SubscriptionOwner(found[0], found[1] or "") if found else None
+
+
+def _text(status: int, text: str) -> HttpResponse:
+    return HttpResponse(text, status=status, content_type="text/plain")
+
+
 @csrf_exempt
 @require_POST
-def google_pubsub(request: HttpRequest) -> HttpResponse:
-    gmail = providers.get("gmail")
-    authorization = request.headers.get("Authorization", "")
-    if not authorization:
-        return HttpResponse("missing bearer token", status=401, content_type="text/plain")
+def provider_webhook(request: HttpRequest, provider: str, hook: str,
+                     log_key: str) -> HttpResponse:
+    if not providers.is_enabled(provider):
+        raise Http404("No such webhook")
     try:
-        gmail.verify_push(authorization)
-    except providers.AuthError as exc:
-        logger.warning("webhook.google.rejected reason=%s", exc.reason or exc)
-        return HttpResponse("forbidden", status=403, content_type="text/plain")
-    except providers.ProviderError as exc:  # Google's certs unreachable: Pub/Sub retries
-        logger.warning("webhook.google.cannot_verify reason=%s", exc.reason or exc)
-        return HttpResponse("try again", status=503, content_type="text/plain")
-    try:
-        notifications = gmail.parse_notification(request.body, dict(request.headers))
-    except providers.PermanentError:
-        return HttpResponse("malformed push body", status=400, content_type="text/plain")
+        outcome = providers.get(provider).handle_webhook(hook, request, CachedLookup())
+    except LookupUnavailable:  # the mapping's cache is in Redis: let the provider retry
+        logger.warning("webhook.%s.lookup_failed reason=redis_unavailable", log_key)
+        return _text(503, "try again")
+    if isinstance(outcome, Handshake):
+        return _text(200, outcome.text)
+    if isinstance(outcome, Rejected):
+        return _text(outcome.status, outcome.text)
+    if not isinstance(outcome, Accepted):
+        raise TypeError(f"{provider}.handle_webhook answered {outcome!r}")
     from channels_email.sync import sync_request
 
-    for note in notifications:
-        try:
-            connection_id = connection_id_for("gmail", note.mailbox)
-        except RedisError:  # the mapping's cache is in Redis: let Pub/Sub retry
-            logger.warning("webhook.google.lookup_failed reason=redis_unavailable")
-            return HttpResponse("try again", status=503, content_type="text/plain")
-        if connection_id is None:
-            logger.info("webhook.google.unknown_mailbox mailbox=%s", note.mailbox)
-            continue
+    for connection_id in outcome.connection_ids:
         try:
             sync_request(connection_id)
-        except Exception:  # noqa: BLE001 - broker or Redis down: let Pub/Sub retry
-            logger.exception("webhook.google.enqueue_failed connection=%s", connection_id)
-            return HttpResponse("try again", status=503, content_type="text/plain")
-    return HttpResponse(status=204)
+        except Exception:  # noqa: BLE001 - broker or Redis down: let the provider retry
+            logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
+                             connection_id)
+            return _text(503, "try again")
+    return HttpResponse(status=outcome.status)
+
+
+def urlpatterns() -> list:
+    """One URL per webhook route of every enabled provider, named
+    ``webhook_<path with _ for />`` (``/webhooks/google/pubsub/`` is
+    ``webhook_google_pubsub``)."""
+    return [path(f"webhooks/{route.path}/", provider_webhook,
+                 {"provider": name, "hook": route.hook, "log_key": route.log_key},
+                 name="webhook_" + route.path.replace("/", "_"))
+            for name, route in providers.webhook_routes()]

@@ -22,7 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from channels_email.connect import connection_disconnect
-from channels_email.models import ConnectionStatus, EmailConnection, Provider, RoutingMode
+from channels_email.models import ConnectionStatus, EmailConnection, RoutingMode
 from channels_email.outbound import deliver, reply_create
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create
@@ -189,7 +189,7 @@ def _mailbox(tenant: Tenant, flow: Flow, admin: User) -> EmailConnection:
     mailbox = EmailConnection.objects.filter(tenant=tenant, address=DEMO_MAILBOX).first()
     if mailbox is None:
         mailbox = EmailConnection.objects.create(
-            tenant=tenant, provider=Provider.GMAIL, address=DEMO_MAILBOX,
+            tenant=tenant, provider="gmail", address=DEMO_MAILBOX,
             display_name="Acme Support", status=ConnectionStatus.ACTIVE,
             routing_mode=RoutingMode.FLOW, routing_flow=flow)
         connection_disconnect(connection=mailbox, actor=admin)

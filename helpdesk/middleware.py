@@ -62,20 +62,16 @@ class TenantMiddleware:
 class ContentSecurityPolicyMiddleware:
     """A strict Content-Security-Policy on every response: our own scripts, styles and
     images only (no inline script, no plugins, no framing). Forms may also go to the
-    OAuth consent page of a configured provider (the connect flow redirects there)."""
+    sign-in pages of the enabled providers (the connect flow redirects there)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     @staticmethod
     def policy() -> str:
-        from urllib.parse import urlsplit
+        from channels_email import providers
 
-        from django.conf import settings
-
-        auth = urlsplit(settings.GOOGLE_AUTH_URI)
-        form_action = "form-action 'self'" + (
-            f" {auth.scheme}://{auth.netloc}" if auth.scheme and auth.netloc else "")
+        form_action = " ".join(["form-action 'self'", *providers.form_action_origins()])
         return "; ".join([
             "default-src 'self'", "script-src 'self'", "style-src 'self'",
             "img-src 'self' data:", "object-src 'none'", "base-uri 'none'",

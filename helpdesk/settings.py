@@ -460,3 +460,10 @@ CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
     "task": "maintenance.redrive_webhooks",
     "schedule": timedelta(minutes=1),
 }
+
+# The mail providers this server offers (channels_email/providers/), one class each; leave
+# one out to turn it off. Connections of a provider left out stay, and are shown as such.
+EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
+    "channels_email.providers.gmail.GmailProvider",
+    "channels_email.providers.manual.ManualProvider",
+])

@@ -41,7 +41,8 @@ urlpatterns = [
     path("api/v1/", include("helpdesk.api_urls")),
     # Any other /api/ URL is an API 404 (a problem document), never a workspace slug.
     re_path(r"^api(?:/|$)", api.api_not_found, name="api_not_found"),
-    path("webhooks/google/pubsub/", webhooks.google_pubsub, name="webhook_google_pubsub"),
+    # Each enabled provider's webhooks (/webhooks/google/pubsub/, ...), from the registry.
+    *webhooks.urlpatterns(),
     path("oauth/<str:provider>/callback/", channel_views.oauth_callback, name="oauth_callback"),
     path("", views.home, name="home"),
     path("<slug:tenant_slug>/", include((tenant_patterns, "tenant"))),

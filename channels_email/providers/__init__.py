@@ -1,48 +1,122 @@
-"""Mail providers behind one protocol (``base.EmailProvider``); ``get(name)`` returns the
-implementation for a connection's ``provider``. Each provider lives in its own module and
-registers itself here, so adding one changes nothing outside that module and the sandbox."""
+"""Mail providers behind one seam (``base``): the registry, built from
+``settings.EMAIL_PROVIDERS`` (dotted paths of provider classes), so a deployment turns a
+provider off by leaving it out, and adding one is one module plus one line of settings (the
+connection's ``provider`` column is a plain string checked against the registry: no
+migration).
+
+``get(name)`` returns a provider client for a connection's ``provider`` (KeyError when that
+provider is not enabled); ``can(name, capability)`` tells whether it does something;
+``enabled()`` lists them in settings order. Nothing outside this package compares a
+provider's name.
+"""
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.utils.module_loading import import_string
+
 from channels_email.providers.base import (
+    CAPABILITY_PROTOCOLS,
     AuthError,
+    Capability,
     CursorExpired,
     EmailProvider,
     PermanentError,
     ProviderError,
     RateLimited,
     TransientError,
+    WebhookRoute,
 )
 
-_REGISTRY: dict[str, type[EmailProvider]] = {}
-_MODULES = {"gmail": "channels_email.providers.gmail"}
+_BUILT: dict[tuple[str, ...], dict[str, type]] = {}
 
 
-def register(name: str):
-    def decorator(cls):
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+def _classes() -> dict[str, type]:
+    """name -> provider class, for the current settings (cached per settings value, so a
+    test overriding EMAIL_PROVIDERS sees its own registry)."""
+    paths = tuple(settings.EMAIL_PROVIDERS)
+    built = _BUILT.get(paths)
+    if built is None:
+        built = {}
+        for path in paths:
+            cls = import_string(path)
+            for capability in cls.capabilities:
+                protocol = CAPABILITY_PROTOCOLS[capability]
+                wanted = [*vars(protocol), *getattr(protocol, "__annotations__", {})]
+                missing = [name for name in wanted if not name.startswith("_")
+                           and not hasattr(cls, name)]
+                if missing:
+                    raise TypeError(f"{path} declares {capability} without {missing}")
+            if cls.name in built:
+                raise ValueError(f"two providers are named {cls.name!r}")
+            built[cls.name] = cls
+        _BUILT[paths] = built
+    return built
 
 
 def get(name: str) -> EmailProvider:
-    """A provider client for ``name`` (``EmailConnection.provider``); KeyError if none."""
-    if name not in _REGISTRY and name in _MODULES:
-        import importlib
+    """A provider client for ``name`` (``EmailConnection.provider``); KeyError if that
+    provider is not enabled on this server."""
+    return _classes()[name]()
 
-        importlib.import_module(_MODULES[name])
-    return _REGISTRY[name]()
+
+def enabled() -> list[EmailProvider]:
+    """Every enabled provider, in settings order."""
+    return [cls() for cls in _classes().values()]
+
+
+def is_enabled(name: str) -> bool:
+    return name in _classes()
+
+
+def can(name: str, capability: Capability) -> bool:
+    """Whether the provider ``name`` is enabled and has ``capability``."""
+    cls = _classes().get(name)
+    return cls is not None and capability in cls.capabilities
+
+
+def names_with(capability: Capability) -> list[str]:
+    """The enabled providers that have ``capability`` (for the sweeps' queries)."""
+    return [name for name, cls in _classes().items() if capability in cls.capabilities]
+
+
+def label(name: str) -> str:
+    """How ``name`` is shown; the stored value itself for a provider not enabled here."""
+    cls = _classes().get(name)
+    return cls.label if cls is not None else name
+
+
+def webhook_routes() -> list[tuple[str, WebhookRoute]]:
+    """(provider name, route) of every enabled provider's webhooks."""
+    return [(name, route) for name, cls in _classes().items()
+            if Capability.PUSH in cls.capabilities for route in cls.webhook_routes]
+
+
+def form_action_origins() -> list[str]:
+    """Every origin an enabled provider's sign-in forms lead to, without repeats."""
+    origins: list[str] = []
+    for provider in enabled():
+        for origin in provider.form_action_origins():
+            if origin and origin not in origins:
+                origins.append(origin)
+    return origins
 
 
 __all__ = [
     "AuthError",
+    "Capability",
     "CursorExpired",
     "EmailProvider",
     "PermanentError",
     "ProviderError",
     "RateLimited",
     "TransientError",
+    "can",
+    "enabled",
+    "form_action_origins",
     "get",
-    "register",
+    "is_enabled",
+    "label",
+    "names_with",
+    "webhook_routes",
 ]

@@ -18,13 +18,33 @@ delta link as the cursor, MIME sent through sendMail) both fit this protocol:
 Every provider call raises only the ``ProviderError`` family below, never a library's own
 exception, and makes exactly one HTTP request per attempt (no library retries): tasks see
 every throttling answer, count attempts, and decide on backoff through ``health.py``.
+
+The seam (DESIGN.md section 10): a provider is one module declaring ``capabilities`` (the
+``Capability`` values it implements, each a small Protocol below) and the facts the rest of
+the channel shows or wires (label, connect button, whether it is configured, the origins
+its sign-in forms post to, its webhook routes). Nothing outside ``providers/`` compares a
+provider's name: it asks the registry (``providers.registry()``) and the provider.
+
+Webhooks belong to the provider: ``handle_webhook(hook, request, lookup)`` verifies before
+it parses and answers ``Handshake`` (the subscription validation a provider sends before
+any notification, such as Graph's ``validationToken``), ``Accepted`` (the connections to
+sync) or ``Rejected`` (an HTTP status). ``lookup`` resolves a mailbox or a subscription to
+a connection; a subscription comes with its own secret (``SubscriptionOwner.secret``, what
+``start_watch`` returned as ``WatchState.secret``), for a constant-time check of the
+notification's client state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+# The ``AuthError`` reason of a bare 401 on a call: the provider no longer takes this
+# access token (expired early, rotated), which one forced refresh fixes; any other
+# ``AuthError`` reason means the grant itself is gone. Every provider maps its 401 to it.
+ACCESS_TOKEN_REFUSED = "authError"
 
 
 class ProviderError(Exception):
@@ -91,6 +111,9 @@ class WatchState:
     subscription_id: str  # Graph subscription id; "" for Gmail
     expires_at: datetime
     cursor: str = ""  # Gmail: the historyId the watch starts from
+    # A secret of this subscription that its notifications carry back (Graph clientState),
+    # stored on the connection; "" when the provider authenticates pushes otherwise.
+    secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,13 +148,90 @@ class SentMessage:
     message_id_header: str = ""  # the Message-ID the provider stored (read back)
 
 
-class EmailProvider(Protocol):
-    name: str
+class Capability(StrEnum):
+    """What a provider can do; a provider declares the ones it implements."""
+
+    OAUTH_SIGN_IN = "oauth_sign_in"  # SignIn
+    PUSH = "push"  # PushSubscription: a watch/subscription with renewal, and webhooks
+    CURSOR_SYNC = "cursor_sync"  # CursorSync
+    FETCH = "fetch"  # FetchRaw
+    SEND = "send"  # SendMime
+    FIND_SENT = "find_sent"  # FindSent
+
+
+# ------------------------------------------------------------------------------ webhooks
+
+
+@dataclass(frozen=True)
+class WebhookRoute:
+    """``/webhooks/<path>/`` (each with its trailing slash: pushes do not follow
+    redirects) handled by the provider's ``handle_webhook(hook, ...)``. ``log_key`` names
+    the webhook in log event keys (``webhook.<log_key>.<event>``)."""
+
+    path: str
+    hook: str
+    log_key: str
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """Answer 200 ``text/plain`` with exactly ``text``, before anything else (Graph's
+    subscription validation)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A verified notification: sync each of these connections (coalesced), then answer
+    ``status``."""
+
+    connection_ids: tuple[int, ...] = ()
+    status: int = 204
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Answer ``status`` with ``text``; nothing changes."""
+
+    status: int
+    text: str
+
+
+@dataclass(frozen=True)
+class SubscriptionOwner:
+    connection_id: int
+    secret: str  # WatchState.secret as stored; compare in constant time
+
+
+class LookupUnavailable(Exception):  # noqa: N818 - a condition, not a bug
+    """The mailbox -> connection mapping cannot be read now (Redis down): the webhook
+    answers 503 so that the provider retries."""
+
+
+class ConnectionLookup(Protocol):
+    """How a webhook handler finds the connection a notification is for (connected ones
+    only). Raises ``LookupUnavailable``."""
+
+    def by_mailbox(self, provider: str, mailbox: str) -> int | None: ...
+
+    def by_subscription(self, provider: str, subscription_id: str
+                        ) -> SubscriptionOwner | None: ...
+
+
+# -------------------------------------------------------------------------- capabilities
+
+
+@runtime_checkable
+class SignIn(Protocol):
+    """OAuth in the browser, and token care."""
 
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
                           login_hint: str = "") -> str: ...
 
     def exchange_code(self, *, code: str, code_verifier: str, redirect_uri: str) -> TokenSet: ...
+
+    def missing_scopes(self, tokens: TokenSet) -> set[str]: ...
 
     def refresh(self, credentials: dict) -> TokenSet: ...
 
@@ -139,20 +239,66 @@ class EmailProvider(Protocol):
 
     def mailbox_address(self, credentials: dict) -> str: ...
 
+
+@runtime_checkable
+class PushSubscription(Protocol):
+    """A watch or subscription that expires (``start_watch`` also renews it), and the
+    webhooks its notifications arrive at."""
+
+    webhook_routes: tuple[WebhookRoute, ...]
+
     def start_watch(self, connection) -> WatchState: ...
 
     def stop_watch(self, connection) -> None: ...
 
-    def parse_notification(self, body: bytes, headers: dict[str, str]) -> list[Notification]: ...
+    def handle_webhook(self, hook: str, request, lookup: ConnectionLookup
+                       ) -> Handshake | Accepted | Rejected: ...
 
+
+@runtime_checkable
+class CursorSync(Protocol):
     def current_cursor(self, connection) -> str: ...
 
     def changes_since(self, connection, cursor: str, page: str = "") -> SyncPage: ...
 
     def list_since(self, connection, since: datetime, page: str = "") -> SyncPage: ...
 
+
+@runtime_checkable
+class FetchRaw(Protocol):
     def fetch_raw(self, connection, provider_message_id: str) -> bytes: ...
 
+
+@runtime_checkable
+class SendMime(Protocol):
     def send(self, connection, raw_mime: bytes, thread_id: str = "") -> SentMessage: ...
 
+
+@runtime_checkable
+class FindSent(Protocol):
     def find_sent(self, connection, message_id_header: str) -> SentMessage | None: ...
+
+
+CAPABILITY_PROTOCOLS: dict[Capability, type] = {
+    Capability.OAUTH_SIGN_IN: SignIn, Capability.PUSH: PushSubscription,
+    Capability.CURSOR_SYNC: CursorSync, Capability.FETCH: FetchRaw,
+    Capability.SEND: SendMime, Capability.FIND_SENT: FindSent,
+}
+
+
+class EmailProvider(Protocol):
+    """What every provider declares; the calls are those of its capabilities."""
+
+    name: str  # the EmailConnection.provider value (stored: never change it)
+    label: str  # shown beside a mailbox ("Gmail")
+    connect_button: str  # the Add Email Account button ("" when not connectable)
+    not_configured_hint: str  # shown instead of the button when not configured
+    capabilities: frozenset[Capability]
+
+    def is_configured(self) -> bool: ...
+
+    def form_action_origins(self) -> tuple[str, ...]:
+        """Origins outside ours that our pages' forms may lead to (the sign-in page the
+        connect redirect goes to): the Content-Security-Policy's form-action."""
+        ...
+

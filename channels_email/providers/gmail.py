@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import google.auth.exceptions
 import google_auth_httplib2
@@ -46,20 +46,26 @@ from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseUpload
 
 from channels_email.mime import normalize_message_id
-from channels_email.providers import register
 from channels_email.providers.base import (
+    ACCESS_TOKEN_REFUSED,
+    Accepted,
     AuthError,
+    Capability,
+    ConnectionLookup,
     CursorExpired,
+    Handshake,
     MessageRef,
     Notification,
     PermanentError,
     ProviderError,
     RateLimited,
+    Rejected,
     SentMessage,
     SyncPage,
     TokenSet,
     TransientError,
     WatchState,
+    WebhookRoute,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,7 +146,7 @@ def _map_http_error(exc: HttpError, *, cursor_call: bool = False) -> ProviderErr
     reason, message = _google_reason(exc.content)
     text = f"Gmail API {status} {reason}: {message}".strip()
     if status == 401:
-        return AuthError(text, status=401, reason="authError")
+        return AuthError(text, status=401, reason=ACCESS_TOKEN_REFUSED)
     if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
         return RateLimited(text, status=status, reason=reason or "rateLimitExceeded",
                            retry_after=_retry_after(exc.resp.get("retry-after")))
@@ -162,7 +168,8 @@ def _execute(request, *, cursor_call: bool = False) -> Any:
         logger.info("gmail call failed: %s (%s)", type(error).__name__, error)
         raise error from None
     except google.auth.exceptions.RefreshError as exc:
-        raise AuthError(f"Google credentials cannot be used: {exc}", reason="authError") from None
+        raise AuthError(f"Google credentials cannot be used: {exc}",
+                        reason=ACCESS_TOKEN_REFUSED) from None
     except google.auth.exceptions.TransportError as exc:
         raise TransientError(f"Google transport error: {exc}", reason="transport") from None
     except (TimeoutError, httplib2.HttpLib2Error, OSError) as exc:
@@ -459,12 +466,33 @@ def _verify_push_token(token: str, audience: str, account: str) -> dict:
 # ------------------------------------------------------------------------------- provider
 
 
-@register("gmail")
 class GmailProvider:
+    """Gmail: OAuth sign-in, a users.watch renewed by beat with Pub/Sub push to
+    ``/webhooks/google/pubsub/``, a historyId cursor, raw fetch, send and find-sent."""
+
     name = "gmail"
+    label = "Gmail"
+    connect_button = "Gmail: Authorize with Google"
+    not_configured_hint = ("Gmail is not configured on this server (GOOGLE_CLIENT_ID). "
+                           "See the README.")
+    capabilities = frozenset(Capability)
+    webhook_routes = (WebhookRoute(path="google/pubsub", hook="pubsub", log_key="google"),)
 
     def __init__(self, page_size: int = PAGE_SIZE):
         self.page_size = page_size
+
+    # -- what the channel shows and wires ------------------------------------------------
+    def is_configured(self) -> bool:
+        return bool(settings.GOOGLE_CLIENT_ID)
+
+    def form_action_origins(self) -> tuple[str, ...]:
+        auth = urlsplit(settings.GOOGLE_AUTH_URI)
+        return (f"{auth.scheme}://{auth.netloc}",) if auth.scheme and auth.netloc else ()
+
+    def missing_scopes(self, tokens: TokenSet) -> set[str]:
+        """The scopes we asked for that the consent did not grant (Google lets the user
+        untick each one)."""
+        return set(settings.GMAIL_SCOPES) - set(tokens.scopes)
 
     # -- OAuth ----------------------------------------------------------------------------
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
@@ -585,6 +613,38 @@ class GmailProvider:
     def verify_push(self, authorization_header: str) -> dict:
         """See the module-level ``verify_push``."""
         return verify_push(authorization_header)
+
+    def handle_webhook(self, hook: str, request, lookup: ConnectionLookup
+                       ) -> Handshake | Accepted | Rejected:
+        """``POST /webhooks/google/pubsub/``: no or unverifiable OIDC token: 401 (missing)
+        or 403 (bad signature, expired, wrong audience, issuer or service account);
+        Google's certs unreachable: 503. Malformed body (bad JSON, nesting too deep to
+        parse, an address with control characters such as NUL): 400. An unknown or
+        disconnected mailbox is logged and accepted (Pub/Sub would otherwise retry for
+        days). ``lookup`` may raise ``LookupUnavailable``."""
+        authorization = request.headers.get("Authorization", "")
+        if not authorization:
+            return Rejected(401, "missing bearer token")
+        try:
+            self.verify_push(authorization)
+        except AuthError as exc:
+            logger.warning("webhook.google.rejected reason=%s", exc.reason or exc)
+            return Rejected(403, "forbidden")
+        except ProviderError as exc:  # Google's certs unreachable: Pub/Sub retries
+            logger.warning("webhook.google.cannot_verify reason=%s", exc.reason or exc)
+            return Rejected(503, "try again")
+        try:
+            notifications = self.parse_notification(request.body, dict(request.headers))
+        except PermanentError:
+            return Rejected(400, "malformed push body")
+        connection_ids: list[int] = []
+        for note in notifications:
+            connection_id = lookup.by_mailbox(self.name, note.mailbox)
+            if connection_id is None:
+                logger.info("webhook.google.unknown_mailbox mailbox=%s", note.mailbox)
+                continue
+            connection_ids.append(connection_id)
+        return Accepted(tuple(connection_ids))
 
     # -- sync -----------------------------------------------------------------------------
     def changes_since(self, connection, cursor: str, page: str = "") -> SyncPage:

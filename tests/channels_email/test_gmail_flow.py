@@ -43,11 +43,27 @@ def gmail(settings, sandbox):
 
 
 def connect_mailbox(client, tenant, address: str, decision: str = "allow"):
+    """Through the consent screens and back; then what the worker does after the
+    callback: the watch task the callback queued (``run_watch_task``)."""
     start = client.post(f"/{tenant.slug}/settings/email/connect/gmail/")
     assert start.status_code == 302
     location = consent(start["Location"], address, decision=decision)
     callback = urllib.parse.urlsplit(location)
-    return client.get(callback.path + "?" + callback.query)
+    answer = client.get(callback.path + "?" + callback.query)
+    run_watch_task(tenant, address)
+    return answer
+
+
+def run_watch_task(tenant, address: str) -> None:
+    """Run the start-watch task in-process for ``address``'s connection, if it has one
+    (the tests of this module run no worker)."""
+    from channels_email.tasks import start_watch
+
+    with tenant_scope(tenant):
+        ids = list(EmailConnection.objects.filter(address=address)
+                   .values_list("pk", flat=True))
+    for pk in ids:
+        start_watch.run(connection_id=pk)
 
 
 def connected_mailbox(client, tenant, address: str) -> EmailConnection:
