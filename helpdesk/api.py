@@ -301,6 +301,7 @@ def problem(status_code: int, detail: str, *, code: str = "", title: str = "",
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
            412: "Precondition Failed", 413: "Content Too Large",
+           428: "Precondition Required",
            415: "Unsupported Media Type", 422: "Unprocessable Content",
            429: "Too Many Requests"}
 

@@ -208,7 +208,10 @@ def tickets_updated(*, tickets) -> int:
 
 
 def message_data(message) -> dict:
-    return {"id": message.pk, "ticket": message.ticket_id, "kind": message.kind,
+    """A message event's ``data``: ``ticket`` is the ticket's id, ``ticket_number`` the
+    number the API and the pages name it by (``/api/v1/tickets/<number>/``)."""
+    return {"id": message.pk, "ticket": message.ticket_id,
+            "ticket_number": message.ticket.number, "kind": message.kind,
             "delivery_status": message.delivery_status or None,
             "delivery_error": message.delivery_error or "",
             "author_user": message.author_user_id, "author_contact": message.author_contact_id,
@@ -216,6 +219,8 @@ def message_data(message) -> dict:
 
 
 def message_created_emit(*, message) -> int:
+    if not _wanted(message.tenant_id, WebhookEventType.MESSAGE_CREATED):
+        return 0  # before message_data, which may read the ticket's number
     return event_emit(tenant_id=message.tenant_id, type=WebhookEventType.MESSAGE_CREATED,
                       data=message_data(message))
 
@@ -228,7 +233,7 @@ def message_delivery_status_emit(*, tenant_id: int, message_ids: Iterable[int]) 
     if not _wanted(tenant_id, WebhookEventType.MESSAGE_DELIVERY_STATUS_CHANGED):
         return 0
     sent = 0
-    for message in Message.objects.filter(pk__in=list(message_ids)):
+    for message in Message.objects.filter(pk__in=list(message_ids)).select_related("ticket"):
         sent += event_emit(tenant_id=message.tenant_id,
                            type=WebhookEventType.MESSAGE_DELIVERY_STATUS_CHANGED,
                            data=message_data(message))

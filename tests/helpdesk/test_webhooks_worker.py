@@ -109,6 +109,7 @@ def test_delivered_then_bounced_reply_reach_the_receiver_signed(
     delivered = verifier.verify(receiver.received[0].body, receiver.received[0].headers)
     assert delivered["type"] == "message.delivery_status_changed"
     assert delivered["data"]["id"] == message.pk and delivered["data"]["ticket"] == ticket.pk
+    assert delivered["data"]["ticket_number"] == ticket.number
     sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
     assert len(sent) == 1  # the sandbox mailbox has the reply
 

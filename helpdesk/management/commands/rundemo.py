@@ -81,7 +81,11 @@ class Command(BaseCommand):
                    **DEMO_GOOGLE)
         procs = {"sandbox": sandbox_proc}
         started = time.time()
-        procs.update({name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()})
+        # Each child in a session of its own: Ctrl-C reaches rundemo only, which stops
+        # each child once (gunicorn's gthread workers hang when the terminal's SIGINT and
+        # their master's signal both reach them) and then ends its whole group.
+        procs.update({name: subprocess.Popen(cmd, env=env, start_new_session=True)
+                      for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
         self.stdout.write(f"Starting the demo ({report}): web, worker, beat and the "
                           "Google sandbox...")
@@ -155,7 +159,7 @@ class Command(BaseCommand):
         info = settings.VAR_DIR / "sandbox" / "server.json"
         info.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"],
-                                cwd=settings.BASE_DIR)
+                                cwd=settings.BASE_DIR, start_new_session=True)
         deadline = time.monotonic() + 30
         while not info.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -180,16 +184,23 @@ class Command(BaseCommand):
         return proc, sandbox_url
 
     def _stop(self, procs):
+        """SIGTERM each child once, wait (gunicorn's graceful timeout is 20 s), then kill
+        whatever is left of each child's process group (a worker its master lost)."""
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 25
         for proc in procs.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for proc in procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its session's pgid is its pid
+            except ProcessLookupError:
+                pass  # the whole group has exited: the usual case
         self.stdout.write("demo stopped")
 
     @staticmethod
