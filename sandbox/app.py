@@ -917,9 +917,12 @@ class SandboxApp:
         notice = self._delivered_notice(state, request)
         rows = "".join(
             f"<tr><td>{html.escape(b['email'])}</td><td>{len(b['messages'])}</td>"
-            f"<td>{b['history_id']}</td><td>{'yes' if b['watch'] else 'no'}</td></tr>"
+            f"<td>{b['history_id']}</td><td>{'yes' if b['watch'] else 'no'}</td><td>"
+            "<form method='post' action='/_sandbox/revoke-all'>"
+            f"<input type='hidden' name='email' value='{html.escape(b['email'], True)}'>"
+            "<button>Revoke app access</button></form></td></tr>"
             for b in state["mailboxes"].values()
-        ) or "<tr><td colspan=4>No mailboxes yet.</td></tr>"
+        ) or "<tr><td colspan=5>No mailboxes yet.</td></tr>"
         # A suggested account (the demo's mailbox) is the one a newcomer delivers to.
         suggested = {a.strip().lower() for a in self.store.settings().get("suggested_accounts")
                      or []}
@@ -943,7 +946,9 @@ class SandboxApp:
         ) or "<tr><td colspan=5>Nothing sent yet.</td></tr>"
         body = f"""<h1>Google sandbox</h1>{notice}
 <div class='card'><h2>Mailboxes</h2><table><tr><th>Address</th><th>Messages</th>
-<th>historyId</th><th>Watched</th></tr>{rows}</table>
+<th>historyId</th><th>Watched</th><th>Access</th></tr>{rows}</table>
+<p>Revoke app access is the user removing the helpdesk's access at Google: its tokens stop
+working at once (every call 401, every refresh <code>invalid_grant</code>).</p>
 <form method='post' action='/_sandbox/mailboxes'><label>New mailbox
 <input name='email' type='email' required></label><button>Create</button></form></div>
 <div class='card'><h2>Deliver a customer email</h2>
@@ -1118,12 +1123,16 @@ with In-Reply-To and References naming the sent message, so it threads into its 
         return Response(200, {"pushes": self.store.read()["pushes"]})
 
     def sb_revoke_all(self, request: Request) -> Response:
-        address = (request.json().get("email") or "").lower()
+        form = self._is_form(request)
+        address = ((request.field("email") if form else request.json().get("email"))
+                   or "").strip().lower()
         with self.store.transaction() as state:
             clients = {r["client_id"] for r in state["refresh_tokens"].values()
                        if r["email"] == address}
             for cid in clients:
                 _revoke_grant(state, cid, address)
+        if form:
+            return Response(302, b"", "text/html", headers=[("Location", "/_sandbox/")])
         return Response(200, {"revoked_clients": sorted(clients)})
 
     def sb_expire_access_tokens(self, request: Request) -> Response:

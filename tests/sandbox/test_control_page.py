@@ -10,7 +10,7 @@ import urllib.parse
 import requests
 
 from tests.sandbox.test_push import TOPIC, decode, receiver  # noqa: F401 - the fixture
-from tests.sandbox_support import CLIENT_ID, REDIRECT_URI, SCOPES, forms_of
+from tests.sandbox_support import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, SCOPES, forms_of
 
 
 def _picker(sandbox: str) -> str:
@@ -120,3 +120,19 @@ def test_reply_needs_a_sent_message(sandbox):
     missing = requests.post(sandbox + "/_sandbox/reply", timeout=5,
                             json={"mailbox": "support@acme.test", "id": "ffff"})
     assert missing.status_code == 404
+
+
+def test_the_page_revokes_the_apps_access_to_a_mailbox(sandbox, connect):
+    tokens, _, _ = connect("support@acme.test")
+    page = requests.get(sandbox + "/_sandbox/", timeout=5).text
+    [revoke] = [f for f in forms_of(page) if f.get("action") == "/_sandbox/revoke-all"]
+    answer = requests.post(sandbox + "/_sandbox/revoke-all", data=dict(revoke["fields"]),
+                           allow_redirects=False, timeout=5)
+    assert answer.status_code == 302 and answer.headers["Location"] == "/_sandbox/"
+    refresh = requests.post(sandbox + "/token", timeout=5, data={
+        "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
+    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    profile = requests.get(sandbox + "/gmail/v1/users/me/profile", timeout=5,
+                           headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert profile.status_code == 401
