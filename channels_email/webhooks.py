@@ -9,8 +9,9 @@ Contract of ``provider_webhook`` (every ``/webhooks/<path>/`` a provider declare
 - ``Accepted``: mark "sync wanted" for each connection in Redis and, when no sync was
   pending, enqueue one; answer the accepted status. Writes no database row (it reads the
   mailbox -> connection mapping, cached, or a subscription's connection and secret). If
-  Redis cannot be reached (the mapping's cache, the coalescing mark) or the task cannot
-  be enqueued: 503, so that the provider retries the push.
+  Redis cannot be reached (the mapping's cache, the coalescing mark), PostgreSQL cannot
+  be reached for a lookup the caches do not answer, or the task cannot be enqueued: 503,
+  so that the provider retries the push.
 - A provider that is not enabled (the route was built under other settings): 404.
 """
 
@@ -20,6 +21,7 @@ import logging
 import time
 
 from django.core.cache import cache
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -83,15 +85,21 @@ class CachedLookup:
             return connection_id_for(provider, mailbox)
         except RedisError as exc:
             raise LookupUnavailable("redis_unavailable") from exc
+        except (OperationalError, InterfaceError) as exc:  # PostgreSQL cannot be reached
+            raise LookupUnavailable("database_unavailable") from exc
 
     def by_subscription(self, provider: str, subscription_id: str
                         ) -> SubscriptionOwner | None:
-        # Unscoped: a notification names only the subscription (unique per provider).
-        with unscoped():
-            found = (EmailConnection.objects.filter(provider=provider,
-                                                    subscription_id=subscription_id)
-                     .exclude(status=ConnectionStatus.DISCONNECTED).exclude(subscription_id="")
-                     .values_list("pk", "subscription_secret").first())
+        try:
+            # Unscoped: a notification names only the subscription (unique per provider).
+            with unscoped():
+                found = (EmailConnection.objects.filter(provider=provider,
+                                                        subscription_id=subscription_id)
+                         .exclude(status=ConnectionStatus.DISCONNECTED)
+                         .exclude(subscription_id="")
+                         .values_list("pk", "subscription_secret").first())
+        except (OperationalError, InterfaceError) as exc:
+            raise LookupUnavailable("database_unavailable") from exc
         return SubscriptionOwner(found[0], found[1] or "") if found else None
 
 
@@ -107,8 +115,8 @@ def provider_webhook(request: HttpRequest, provider: str, hook: str,
         raise Http404("No such webhook")
     try:
         outcome = providers.get(provider).handle_webhook(hook, request, CachedLookup())
-    except LookupUnavailable:  # the mapping's cache is in Redis: let the provider retry
-        logger.warning("webhook.%s.lookup_failed reason=redis_unavailable", log_key)
+    except LookupUnavailable as exc:  # Redis or PostgreSQL down: let the provider retry
+        logger.warning("webhook.%s.lookup_failed reason=%s", log_key, exc)
         return _text(503, "try again")
     if isinstance(outcome, Handshake):
         return _text(200, outcome.text)

@@ -205,8 +205,8 @@ class SubscriptionOwner:
 
 
 class LookupUnavailable(Exception):  # noqa: N818 - a condition, not a bug
-    """The mailbox -> connection mapping cannot be read now (Redis down): the webhook
-    answers 503 so that the provider retries."""
+    """The mailbox -> connection mapping cannot be read now (Redis or PostgreSQL down):
+    the webhook answers 503 so that the provider retries."""
 
 
 class ConnectionLookup(Protocol):

@@ -635,3 +635,32 @@ def test_deeply_nested_or_nul_bearing_push_bodies_answer_400(gmail, admin_client
         assert answer.status_code == 400, bad[:80]
     with unscoped():
         assert EmailConnection.objects.get().last_push_at is None
+
+
+def test_postgres_unreachable_for_the_lookup_answers_503_then_the_push_works(
+        gmail, admin_client, tenant):
+    """A cold mailbox lookup reads PostgreSQL: unreachable, the push gets 503 (Pub/Sub
+    retries) instead of a 500; reachable again, the same push is accepted."""
+    from django.db import connection
+
+    from channels_email import webhooks
+    from tests.sandbox_support import free_port
+
+    conn = connected_mailbox(admin_client, tenant, "support@acme.test")
+    headers, body = gmail[1].next()
+    webhooks.forget_mailbox(conn.provider, conn.address)  # cold: only PostgreSQL knows
+
+    def push():
+        return admin_client.post("/webhooks/google/pubsub/", data=body,
+                                 content_type="application/json",
+                                 HTTP_AUTHORIZATION=headers["Authorization"])
+
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = str(free_port())  # nothing listens there
+    try:
+        assert push().status_code == 503
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert push().status_code == 204
