@@ -14,7 +14,7 @@ from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.response import Response
 
-from channels_email.ingest import inbound_email_ingest
+from channels_email.ingest import inbound_email_reprocess
 from channels_email.models import EmailConnection, InboundEmail, InboundState, SuppressedAddress
 from channels_email.selectors import (
     connection_health,
@@ -24,7 +24,6 @@ from channels_email.selectors import (
     suppressions_for_tenant,
 )
 from channels_email.services import (
-    inbound_email_reset_for_reprocess,
     suppression_add,
     suppression_remove,
 )
@@ -174,7 +173,6 @@ class InboundEmailReprocessView(GenericAPIView):
             row = inbound_email_get(tenant=request.tenant, inbound_email_id=inbound_email_id)
         except InboundEmail.DoesNotExist:
             raise Http404 from None
-        if inbound_email_reset_for_reprocess(inbound_email=row, actor=request.user.user):
-            inbound_email_ingest(inbound_email_id=row.pk)
+        inbound_email_reprocess(inbound_email=row, actor=request.user.user)
         row.refresh_from_db()
         return Response(self.get_serializer(row).data)

@@ -164,6 +164,17 @@ def inbound_email_ingest(*, inbound_email_id: int,
             return _mark_failed(row, exc)
 
 
+def inbound_email_reprocess(*, inbound_email: InboundEmail, actor) -> IngestOutcome | None:
+    """Put a quarantined, failed or skipped email back to received (audited, see
+    ``services.inbound_email_reset_for_reprocess``) and ingest it again now; None when it
+    is processed already (nothing to redo). The page, the API and the command call it."""
+    from channels_email.services import inbound_email_reset_for_reprocess
+
+    if not inbound_email_reset_for_reprocess(inbound_email=inbound_email, actor=actor):
+        return None
+    return inbound_email_ingest(inbound_email_id=inbound_email.pk)
+
+
 def _mark_failed(row: InboundEmail, exc: BaseException) -> IngestOutcome:
     reason = f"error: {type(exc).__name__}: {str(exc)[:500]}"
     InboundEmail.objects.filter(pk=row.pk, state=InboundState.RECEIVED).update(

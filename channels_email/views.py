@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from channels_email import connect, providers
 from channels_email.forms import ConnectionFiltersForm, ConnectionSettingsForm
-from channels_email.ingest import inbound_email_ingest
+from channels_email.ingest import inbound_email_reprocess
 from channels_email.models import EmailConnection, InboundEmail, InboundState
 from channels_email.selectors import (
     ATTENTION_STATES,
@@ -31,7 +31,6 @@ from channels_email.services import (
     SETTINGS_FIELDS,
     connection_settings_save,
     inbound_email_raw_read,
-    inbound_email_reset_for_reprocess,
     suppression_add,
     suppression_remove,
 )
@@ -74,8 +73,8 @@ def inbound_raw_download(request, inbound_email_id: int):
 @require_POST
 def inbound_reprocess(request, inbound_email_id: int):
     row = _admin_row(request, inbound_email_id)
-    if inbound_email_reset_for_reprocess(inbound_email=row, actor=request.user):
-        outcome = inbound_email_ingest(inbound_email_id=row.pk)
+    outcome = inbound_email_reprocess(inbound_email=row, actor=request.user)
+    if outcome is not None:
         level = messages.SUCCESS if outcome.state == InboundState.PROCESSED else messages.WARNING
         messages.add_message(request, level, f"Email {row.pk} reprocessed: {outcome.state}"
                              + (f" ({outcome.reason})" if outcome.reason else ""))

@@ -27,9 +27,9 @@ from tickets.models import Ticket
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def start_worker(sandbox: str, log) -> subprocess.Popen:
-    """A real Celery worker (solo pool) on the test database, Redis and sandbox; its log
-    goes to ``log`` (a path)."""
+def start_worker(sandbox: str, log, queues: str = "ingest,outbound") -> subprocess.Popen:
+    """A real Celery worker (solo pool) on the test database, Redis and sandbox, consuming
+    ``queues``; its log goes to ``log`` (a path)."""
     db = connection.settings_dict
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     env = dict(
@@ -44,7 +44,7 @@ def start_worker(sandbox: str, log) -> subprocess.Popen:
     )
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo", "-Q",
-         "ingest,outbound", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+         queues, "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
         env=env, stdout=subprocess.DEVNULL, stderr=log.open("a"))
 
 

@@ -6,14 +6,10 @@ Delivered and then, when the receiving server's bounce comes in, as Bounced."""
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
-import sys
 
 import pytest
 import requests
-from django.conf import settings
-from django.db import connection
 from standardwebhooks.webhooks import Webhook
 
 from channels_email import outbound
@@ -26,6 +22,7 @@ from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
     gmail,
     run_tasks,
 )
+from tests.channels_email.test_gmail_worker import start_worker as start_gmail_worker
 from tests.channels_email.test_outbound import conversation  # noqa: F401 - fixture
 from tests.helpdesk.webhook_receiver import Receiver
 from tickets.models import DeliveryStatus
@@ -34,24 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def start_worker(sandbox: str, log) -> subprocess.Popen:
-    """A worker (solo pool) on the test database, Redis and sandbox, consuming the queues
-    of sending replies and delivering webhooks."""
-    db = connection.settings_dict
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    env = dict(
-        os.environ,
-        DATABASE_URL=f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        REDIS_URL=settings.REDIS_URL,
-        MEDIA_ROOT=settings.STORAGES["default"]["OPTIONS"]["location"],
-        CACHE_KEY_PREFIX=settings.CACHES["default"]["KEY_PREFIX"],
-        SANDBOX_URL=sandbox, GOOGLE_CLIENT_ID=settings.GOOGLE_CLIENT_ID,
-        GOOGLE_CLIENT_SECRET=settings.GOOGLE_CLIENT_SECRET,
-        GMAIL_PUBSUB_TOPIC=settings.GMAIL_PUBSUB_TOPIC,
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo", "-Q",
-         "outbound,webhooks", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-        env=env, stdout=subprocess.DEVNULL, stderr=log.open("a"))
+    """A worker consuming the queues of sending replies and delivering webhooks."""
+    return start_gmail_worker(sandbox, log, queues="outbound,webhooks")
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from channels_email.ingest import inbound_email_ingest
+from channels_email.ingest import inbound_email_reprocess
 from channels_email.models import InboundEmail
 from channels_email.selectors import inbound_email_get, inbound_emails_needing_attention
-from channels_email.services import inbound_email_raw_read, inbound_email_reset_for_reprocess
+from channels_email.services import inbound_email_raw_read
 from helpdesk.models import Tenant
 from helpdesk.tenancy import tenant_scope
 
@@ -55,10 +55,10 @@ class Command(BaseCommand):
                 return
             for pk in options["ids"]:
                 row = self._row(tenant_obj, pk)
-                if not inbound_email_reset_for_reprocess(inbound_email=row, actor=None):
+                outcome = inbound_email_reprocess(inbound_email=row, actor=None)
+                if outcome is None:
                     self.stdout.write(f"{pk}\talready processed")
                     continue
-                outcome = inbound_email_ingest(inbound_email_id=pk)
                 self.stdout.write(f"{pk}\t{outcome.state}\t{outcome.reason}")
 
     @staticmethod
