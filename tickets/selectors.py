@@ -63,15 +63,6 @@ def teams_of_user(*, tenant: Tenant, user_id: int) -> QuerySet:
     return Team.objects.filter(tenant=tenant, memberships__user_id=user_id).order_by("name")
 
 
-def ticket_get(*, tenant: Tenant, number: int) -> Ticket:
-    """Raises Ticket.DoesNotExist for an unknown number or another tenant's ticket."""
-    return (
-        Ticket.objects.filter(tenant=tenant)
-        .select_related("tenant", "contact", "team", "assignee", "merged_into")
-        .get(number=number)
-    )
-
-
 def ticket_get_for(*, tenant: Tenant, actor, number: int) -> Ticket:
     """The ticket numbered ``number`` of ``tenant`` when ``actor`` may work on it; raises
     Ticket.DoesNotExist otherwise ("not found" and "not yours" are one answer).
