@@ -225,8 +225,7 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
         wait = getattr(exc, "retry_after", None) or health.wait_seconds(conn) or 30
         raise FetchDeferred(f"{type(exc).__name__}: {exc}", wait) from exc
     health.record_success(conn)
-    name = f"{hashlib.sha256(raw).hexdigest()}.eml"
-    row.raw.save(name, ContentFile(raw), save=False)
+    row.raw.save("raw.eml", ContentFile(raw), save=False)  # named by inbound_raw_path
     row.raw_size = len(raw)
     InboundEmail.objects.filter(pk=row.pk).update(raw=row.raw.name, raw_size=row.raw_size)
     return raw, None

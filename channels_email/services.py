@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.validators import validate_email
@@ -51,7 +49,8 @@ def inbound_email_receive(
     )
     if raw is not None:
         # Stored before the row is inserted: a row never points at bytes that are missing.
-        row.raw.save(f"{hashlib.sha256(raw).hexdigest()}.eml", ContentFile(raw), save=False)
+        # (The storage names the file itself, see models.inbound_raw_path.)
+        row.raw.save("raw.eml", ContentFile(raw), save=False)
         row.raw_size = len(raw)
     try:
         # The insert is the existence check: one autocommitted statement on the usual, new
