@@ -227,7 +227,14 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
     health.record_success(conn)
     row.raw.save("raw.eml", ContentFile(raw), save=False)  # named by inbound_raw_path
     row.raw_size = len(raw)
-    InboundEmail.objects.filter(pk=row.pk).update(raw=row.raw.name, raw_size=row.raw_size)
+    # Autocommitted, without waiting for the WAL flush (the provider keeps the message,
+    # and the ingest's commit below flushes this first: see inbound_email_receive); in a
+    # caller's transaction (a test), that transaction's commit decides.
+    returning = "" if connection.in_atomic_block else f" RETURNING {sql.NO_FLUSH_WAIT}"
+    with connection.cursor() as cursor:
+        cursor.execute(f'UPDATE {InboundEmail._meta.db_table} SET "raw" = %s, '  # noqa: S608
+                       f'"raw_size" = %s WHERE id = %s{returning}',
+                       [row.raw.name, row.raw_size, row.pk])
     return raw, None
 
 

@@ -34,13 +34,23 @@ def connection_create_manual(*, tenant: Tenant, address: str, display_name: str 
 
 def inbound_email_receive(
     *, connection: EmailConnection, provider_message_id: str, raw: bytes | None = None,
-    provider_thread_id: str = "",
+    provider_thread_id: str = "", wait_for_flush: bool = False,
 ) -> tuple[InboundEmail, bool]:
     """Record that a message reached ``connection``, storing its raw bytes first.
 
     Idempotent on (connection, provider_message_id): a second call returns the existing
     row and ``False``. ``raw`` may be None when the provider is to be asked later (the
     ingest step fetches it). Returns (row, created).
+
+    Outside a transaction the row's commit does not wait for the WAL flush
+    (``sql.NO_FLUSH_WAIT``): the worker dying after this returns cannot lose the row
+    (PostgreSQL has it), and the ingest's commit, which does wait, flushes it first, so
+    no outcome of this mail (ticket, skip, quarantine) is ever durable without its row
+    and raw bytes. Only a PostgreSQL crash in the moment before that flush (at most
+    3 x wal_writer_delay) can lose the row, as if the mail had not been received yet:
+    harmless where the source keeps the message (a provider's mailbox, a file on disk).
+    A caller that tells the sender the mail is safe once this returns (an SMTP server's
+    250, after which the sender forgets it) passes ``wait_for_flush=True``.
     """
     row = InboundEmail(
         tenant_id=connection.tenant_id, connection=connection,
@@ -59,7 +69,7 @@ def inbound_email_receive(
             with transaction.atomic():
                 sql.insert(row)
         else:
-            sql.insert(row)
+            sql.insert(row, wait_for_flush=wait_for_flush)
         return row, True
     except IntegrityError:
         # Delivered before (or a concurrent receiver won the race): that row is the record.

@@ -89,17 +89,31 @@ def saved(obj: M, pk: int) -> M:
     return obj
 
 
-def insert(obj: M, expressions: dict[str, tuple[str, list]] | None = None) -> M:
+# In a statement's RETURNING list: the transaction it runs in (an autocommitted statement:
+# itself) commits without waiting for the WAL flush. The commit of any later transaction
+# that does wait flushes the WAL up to itself, this one's commit record included (the WAL
+# is one sequence), so nothing committed after it is ever durable without it. See
+# channels_email.services.inbound_email_receive for where that is enough.
+NO_FLUSH_WAIT = "set_config('synchronous_commit', 'off', true)"
+
+
+def insert(obj: M, expressions: dict[str, tuple[str, list]] | None = None, *,
+           wait_for_flush: bool = True) -> M:
     """INSERT ``obj`` in one statement and set its primary key, and the fields computed by
-    ``expressions`` (read back with RETURNING)."""
+    ``expressions`` (read back with RETURNING). ``wait_for_flush=False`` (autocommit
+    only): see NO_FLUSH_WAIT."""
     names, placeholders, params = insert_parts(obj, expressions)
     computed = list(expressions or ())
     returning = ", ".join([obj._meta.pk.column,
                            *(obj._meta.get_field(a).column for a in computed)])
+    if not wait_for_flush:
+        if connection.in_atomic_block:
+            raise RuntimeError("wait_for_flush=False would apply to the caller's transaction")
+        returning += f", {NO_FLUSH_WAIT}"
     with connection.cursor() as cursor:
         cursor.execute(f"INSERT INTO {obj._meta.db_table} ({names}) "  # noqa: S608
                        f"VALUES ({placeholders}) RETURNING {returning}", params)
         row = cursor.fetchone()
-    for attname, value in zip(computed, row[1:], strict=True):
+    for attname, value in zip(computed, row[1:1 + len(computed)], strict=True):
         setattr(obj, attname, value)
     return saved(obj, row[0])

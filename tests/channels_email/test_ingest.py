@@ -7,6 +7,7 @@ import threading
 import pytest
 from django.core.management import call_command
 from django.db import connection as db_connection
+from django.db import transaction as db_transaction
 
 from channels_email.ingest import inbound_email_ingest
 from channels_email.mime import ParseLimits
@@ -435,3 +436,43 @@ def test_slow_block_list_patterns_share_one_budget_per_email_and_lose_nothing(
     assert "pattern.timeout" in events and "pattern.budget_spent" in events
     assert len([e for e in events if e == "pattern.timeout"]) < 10
     assert outcome.state == "processed"  # not blocked, not lost
+
+
+@pytest.mark.django_db(transaction=True)
+def test_receive_commits_without_the_flush_wait_and_the_ingest_still_waits():
+    """The raw row's autocommitted INSERT does not wait for the WAL flush, only for itself
+    (set_config(..., true)): the session, and so the ingest's commit that flushes the row
+    before any outcome of the mail is durable, still waits. In a caller's transaction the
+    caller's commit decides, and sql.insert refuses to change it."""
+    from helpdesk import sql
+
+    tenant = TenantFactory()
+    with tenant_scope(tenant):
+        conn = connection_create_manual(tenant=tenant, address="help@company.example")
+    seen: list[tuple[str, bool]] = []
+
+    def watch(execute, query, params, many, context):
+        result = execute(query, params, many, context)
+        if "channels_email_inboundemail" in query and query.lstrip().startswith("INSERT"):
+            seen.append((query, db_connection.in_atomic_block))
+        return result
+
+    raw = build_email(subject="Hi")
+    with db_connection.execute_wrapper(watch), tenant_scope(tenant):
+        row, created = inbound_email_receive(connection=conn, raw=raw,
+                                             provider_message_id="flush-1")
+        durable, _ = inbound_email_receive(connection=conn, raw=build_email(subject="Hi"),
+                                           provider_message_id="flush-2", wait_for_flush=True)
+    assert created and row.raw_size > 0
+    [(fast, atomic), (slow, _)] = seen
+    assert sql.NO_FLUSH_WAIT in fast and not atomic
+    assert sql.NO_FLUSH_WAIT not in slow
+    with db_connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
+    assert inbound_email_ingest(inbound_email_id=row.pk).state == "processed"
+    with tenant_scope(tenant):
+        assert InboundEmail.objects.get(pk=row.pk).raw.read() == raw
+        with pytest.raises(RuntimeError), db_transaction.atomic():
+            sql.insert(InboundEmail(tenant_id=tenant.pk, connection=conn,
+                                    provider_message_id="flush-3"), wait_for_flush=False)
