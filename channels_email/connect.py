@@ -214,7 +214,10 @@ def connection_watch_start(*, connection_id: int) -> bool:
 
 def watch_start(conn: EmailConnection) -> None:
     """Start (or renew) the provider's push for ``conn`` and record its expiry and secret;
-    a connection without a cursor yet takes the watch's, one with a cursor keeps it."""
+    a connection without a cursor yet takes the watch's, one with a cursor keeps it. A
+    subscription the provider replaced by a new one (it had lost the old one) queues a
+    catch-up sync."""
+    previous = conn.subscription_id
     watch = authorized(conn).start_watch()
     fields = {"subscription_id": watch.subscription_id,
               "subscription_expires_at": watch.expires_at,
@@ -224,6 +227,13 @@ def watch_start(conn: EmailConnection) -> None:
     EmailConnection.objects.filter(pk=conn.pk).update(**fields)
     for name, value in fields.items():
         setattr(conn, name, value)
+    if previous and previous != watch.subscription_id:
+        # The provider had lost the subscription (it was recreated): the notifications
+        # of the gap are lost too, so catch up.
+        from channels_email.sync import sync_request
+
+        logger.warning("watch.recreated connection=%s", conn.pk)
+        transaction.on_commit(lambda: sync_request(conn.pk, "watch"))
 
 
 def watch_renew(conn: EmailConnection) -> bool:

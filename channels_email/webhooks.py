@@ -7,8 +7,10 @@ Contract of ``provider_webhook`` (every ``/webhooks/<path>/`` a provider declare
   ``Handshake`` is answered 200 ``text/plain`` with exactly the text; its ``Rejected``
   with its status; nothing changes for either.
 - ``Accepted``: mark "sync wanted" for each connection in Redis and, when no sync was
-  pending, enqueue one; answer the accepted status. Writes no database row (it reads the
-  mailbox -> connection mapping, cached, or a subscription's connection and secret). If
+  pending, enqueue one; for each of its ``renew_ids``, enqueue the task that renews (or
+  recreates) the subscription and then syncs; answer the accepted status. Writes no
+  database row (it reads the mailbox -> connection mapping, cached, or a subscription's
+  connection and secret). If
   Redis cannot be reached (the mapping's cache, the coalescing mark), PostgreSQL cannot
   be reached for a lookup the caches do not answer, or the task cannot be enqueued: 503,
   so that the provider retries the push.
@@ -125,11 +127,19 @@ def provider_webhook(request: HttpRequest, provider: str, hook: str,
     if not isinstance(outcome, Accepted):
         raise TypeError(f"{provider}.handle_webhook answered {outcome!r}")
     from channels_email.sync import sync_request
+    from channels_email.tasks import start_watch
 
     for connection_id in outcome.connection_ids:
         try:
             sync_request(connection_id)
         except Exception:  # noqa: BLE001 - broker or Redis down: let the provider retry
+            logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
+                             connection_id)
+            return _text(503, "try again")
+    for connection_id in outcome.renew_ids:
+        try:  # renews (or recreates) the subscription, then queues a catch-up sync
+            start_watch.delay(connection_id=connection_id)
+        except Exception:  # noqa: BLE001 - broker down: let the provider retry
             logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
                              connection_id)
             return _text(503, "try again")

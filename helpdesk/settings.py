@@ -347,7 +347,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "renew-watches": {
         "task": "maintenance.renew_watches",
-        "schedule": timedelta(hours=6),
+        "schedule": timedelta(hours=1),
     },
     "refresh-tokens": {
         "task": "maintenance.refresh_tokens",
@@ -437,6 +437,17 @@ PUBSUB_SERVICE_ACCOUNT = env.str(
     "PUBSUB_SERVICE_ACCOUNT",
     default="pubsub-push@helpdesk-dev.iam.gserviceaccount.com" if SANDBOX_URL else "")
 PROVIDER_HTTP_TIMEOUT_SECONDS = env.float("PROVIDER_HTTP_TIMEOUT_SECONDS", default=20.0)
+# Microsoft Graph (channels_email/providers/microsoft/graph.py).
+GRAPH_BASE_URL = env.str("GRAPH_BASE_URL", default=(SANDBOX_URL + "/v1.0") if SANDBOX_URL
+                         else "https://graph.microsoft.com/v1.0").rstrip("/")
+GRAPH_NOTIFICATION_URL = env.str("GRAPH_NOTIFICATION_URL",
+                                 default=PUBLIC_BASE_URL + "/webhooks/microsoft/graph/")
+GRAPH_LIFECYCLE_URL = env.str("GRAPH_LIFECYCLE_URL",
+                              default=PUBLIC_BASE_URL + "/webhooks/microsoft/graph/lifecycle/")
+# The lifetime asked for a subscription (Outlook messages: at most 10,080 minutes); beat
+# renews from the expiry Graph answered, whatever it granted.
+GRAPH_SUBSCRIPTION_MINUTES = env.int("GRAPH_SUBSCRIPTION_MINUTES", default=10080 - 60)
+MS_CA_BUNDLE = env.str("MS_CA_BUNDLE", default="")
 
 # --- Outgoing webhooks (helpdesk.webhooks_out) ---------------------------------------------
 # Delivery never reaches private, link-local or reserved addresses; loopback only outside
@@ -465,5 +476,6 @@ CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
 # one out to turn it off. Connections of a provider left out stay, and are shown as such.
 EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
     "channels_email.providers.gmail.GmailProvider",
+    "channels_email.providers.microsoft.MicrosoftProvider",
     "channels_email.providers.manual.ManualProvider",
 ])

@@ -183,11 +183,13 @@ class Handshake:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A verified notification: sync each of these connections (coalesced), then answer
-    ``status``."""
+    """A verified notification: sync each of these connections (coalesced), renew (or
+    recreate) the push subscription of each of ``renew_ids`` in a task and then sync it
+    (Graph's lifecycle events), then answer ``status``."""
 
     connection_ids: tuple[int, ...] = ()
     status: int = 204
+    renew_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,352 @@
+"""Microsoft 365 through the sandbox's Graph side over HTTP (requests, the real webhook
+view): the validation handshake on both URLs, clientState checks, change and lifecycle
+notifications, delta with an expired link, renewal by beat, send and find in Sent Items.
+Tasks run in-process here; test_microsoft_worker.py runs them on a real Celery worker."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import timedelta
+from email import message_from_bytes
+from email.policy import default
+
+import pytest
+import requests
+from django.utils import timezone
+
+from channels_email.models import ConnectionStatus, EmailConnection, InboundEmail
+from channels_email.sync import connection_sync, push_mark, push_unmark
+from channels_email.tasks import process_inbound_email, renew_watches, start_watch
+from helpdesk.coordination import redis_client, redis_key
+from helpdesk.tenancy import tenant_scope, unscoped
+from tests.channels_email.graph_support import (
+    LIFECYCLE_PATH,
+    NOTIFY_PATH,
+    GraphCatcher,
+    graph_fault,
+    lifecycle,
+    post_items,
+    subscriptions,
+    use_sandbox_graph,
+)
+from tickets.models import Ticket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MAILBOX = "support@contoso.test"
+
+
+@pytest.fixture
+def graph(settings, sandbox, sandbox_var):
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    catcher = GraphCatcher()
+    use_sandbox_graph(settings, sandbox, catcher)
+    yield sandbox, catcher, sandbox_var
+    catcher.close()
+
+
+def _token(sandbox_var, address: str) -> str:
+    from sandbox.store import Store
+
+    token = "eyJ0eXAi.sbx." + str(time.time_ns())
+    store = Store(sandbox_var / "sandbox")
+    with store.transaction() as state:
+        state["access_tokens"][token] = {
+            "provider": "microsoft", "email": address, "client_id": "test",
+            "scopes": ["https://graph.microsoft.com/Mail.Read",
+                       "https://graph.microsoft.com/Mail.Send",
+                       "https://graph.microsoft.com/User.Read"],
+            "expires": time.time() + 3600}
+    return token
+
+
+def connect(graph, tenant, address: str = MAILBOX) -> EmailConnection:
+    sandbox, catcher, var = graph
+    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": address},
+                  timeout=5).raise_for_status()
+    token = _token(var, address)
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.create(
+            tenant=tenant, provider="microsoft", address=address,
+            credentials={"access_token": token, "refresh_token": "r",
+                         "expires_at": (timezone.now() + timedelta(hours=1)).isoformat()})
+        from channels_email.tokens import authorized
+
+        conn.cursor = authorized(conn).current_cursor()
+        conn.save(update_fields=["cursor"])
+    assert start_watch.run(connection_id=conn.pk) is True
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    return conn
+
+
+def deliver(sandbox, subject: str, address: str = MAILBOX, **extra) -> dict:
+    answer = requests.post(sandbox + "/_sandbox/deliver", json={
+        "to": address, "from": "Maria Lopez <maria@customer.example>", "subject": subject,
+        "body": "Hello, the printer is on fire.", **extra}, timeout=5)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def sync_and_ingest(connection_id: int):
+    push_unmark(connection_id)
+    result = connection_sync(connection_id)
+    for pk in result.new_rows:
+        process_inbound_email.run(inbound_email_id=pk)
+    return result
+
+
+def titles(tenant) -> list[str]:
+    with tenant_scope(tenant):
+        return sorted(Ticket.objects.values_list("title", flat=True))
+
+
+def pending(connection_id: int) -> bool:
+    return bool(redis_client().exists(redis_key("sync-pending", connection_id)))
+
+
+def test_the_handshake_answers_as_graph_requires_on_both_urls(client):
+    token = "Validation: Testing client application reachability for subscription " \
+            "Request-Id: 5a1e3c2b-1111-4222-8333-944445555666"
+    for path in (NOTIFY_PATH, LIFECYCLE_PATH):
+        answer = client.post(path + "?validationToken=" + requests.utils.quote(token),
+                             data=b"", content_type="text/plain")
+        assert answer.status_code == 200
+        assert answer["Content-Type"].startswith("text/plain")
+        assert answer.content.decode() == token
+
+
+def test_subscription_is_created_through_the_handshake_with_its_own_secret(graph, tenant):
+    sandbox, catcher, _ = graph
+    conn = connect(graph, tenant)
+    other = connect(graph, tenant, "sales@contoso.test")
+    assert [h["path"] for h in catcher.handshakes] == [NOTIFY_PATH, LIFECYCLE_PATH] * 2
+    assert all(h["status"] == 200 and h["body"].decode() == h["token"]
+               for h in catcher.handshakes)
+    [sub] = [s for s in subscriptions(sandbox) if s["id"] == conn.subscription_id]
+    assert sub["clientState"] == conn.subscription_secret and len(conn.subscription_secret) > 40
+    assert conn.subscription_secret != other.subscription_secret
+    assert abs((conn.subscription_expires_at - timezone.now()).days - 7) <= 1
+
+
+def test_a_notification_becomes_a_ticket(graph, client, tenant):
+    sandbox, catcher, _ = graph
+    conn = connect(graph, tenant)
+    deliver(sandbox, "Printer on fire")
+    push = catcher.next()
+    push_unmark(conn.pk)
+    answer = client.post(push["path"], data=push["raw"], content_type="application/json")
+    assert answer.status_code == 202 and pending(conn.pk)
+    assert len(sync_and_ingest(conn.pk).new_rows) == 1
+    assert titles(tenant) == ["Printer on fire"]
+    with unscoped():
+        row = InboundEmail.objects.get()
+    assert row.provider_thread_id.startswith("AAQk")  # Graph's conversationId
+
+
+def test_a_wrong_client_state_changes_nothing(graph, client, tenant):
+    sandbox, catcher, _ = graph
+    conn = connect(graph, tenant)
+    deliver(sandbox, "Forged")
+    [(path, item)] = catcher.items(1)
+    push_unmark(conn.pk)
+    for forged in ("x" * len(conn.subscription_secret), "", None):
+        answer = post_items(client, path, [{**item, "clientState": forged}])
+        assert answer.status_code == 202
+    unknown = post_items(client, path, [{**item, "subscriptionId": "not-ours"}])
+    assert unknown.status_code == 202
+    assert not pending(conn.pk)
+    with unscoped():
+        assert InboundEmail.objects.count() == 0
+    assert client.post(path, data=b"{not json", content_type="application/json"
+                       ).status_code == 400
+
+
+def test_an_expired_delta_link_recovers_every_message(graph, tenant):
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    sync_and_ingest(conn.pk)  # the first round: the cursor is a delta link now
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.cursor.startswith(sandbox + "/v1.0/")
+    for n in range(3):
+        deliver(sandbox, f"Lost {n}")
+    requests.post(sandbox + "/_sandbox/graph/expire-delta", json={"mailbox": MAILBOX},
+                  timeout=5).raise_for_status()
+    result = sync_and_ingest(conn.pk)
+    assert result.full_sync and len(result.new_rows) == 3
+    assert titles(tenant) == ["Lost 0", "Lost 1", "Lost 2"]
+    deliver(sandbox, "After")
+    assert not sync_and_ingest(conn.pk).full_sync
+    assert titles(tenant)[-1] == "Lost 2" and "After" in titles(tenant)
+
+
+def test_missed_leads_to_a_catch_up(graph, client, tenant):
+    sandbox, catcher, _ = graph
+    conn = connect(graph, tenant)
+    deliver(sandbox, "Never announced")
+    catcher.next()  # Graph lost this one
+    push_unmark(conn.pk)
+    lifecycle(sandbox, MAILBOX, "missed")
+    push = catcher.next()
+    assert push["path"] == LIFECYCLE_PATH
+    assert client.post(push["path"], data=push["raw"],
+                       content_type="application/json").status_code == 202
+    assert pending(conn.pk)
+    sync_and_ingest(conn.pk)
+    assert titles(tenant) == ["Never announced"]
+
+
+def _webhook_queues_watch(monkeypatch) -> list[int]:
+    queued: list[int] = []
+    monkeypatch.setattr(start_watch, "delay", lambda connection_id: queued.append(
+        connection_id))
+    return queued
+
+
+@pytest.mark.parametrize("event", ["reauthorizationRequired", "subscriptionRemoved"])
+def test_lifecycle_renews_or_recreates_and_the_mail_meanwhile_becomes_tickets(
+        graph, client, tenant, monkeypatch, event):
+    sandbox, catcher, _ = graph
+    conn = connect(graph, tenant)
+    old = conn.subscription_id
+    queued = _webhook_queues_watch(monkeypatch)
+    lifecycle(sandbox, MAILBOX, event)
+    push = catcher.next()
+    assert client.post(push["path"], data=push["raw"],
+                       content_type="application/json").status_code == 202
+    assert queued == [conn.pk]
+    deliver(sandbox, "Meanwhile")  # no notification reaches us for this one
+    time.sleep(0.3)
+    push_unmark(conn.pk)
+    assert start_watch.run(connection_id=conn.pk) is True  # what the worker runs
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    [sub] = [s for s in subscriptions(sandbox) if s["id"] == conn.subscription_id]
+    assert sub["alive"] and not sub["needs_reauthorization"]
+    assert (conn.subscription_id == old) == (event == "reauthorizationRequired")
+    assert pending(conn.pk)  # the catch-up sync is queued
+    sync_and_ingest(conn.pk)
+    assert titles(tenant) == ["Meanwhile"]
+    deliver(sandbox, "Announced again")
+    [(_, item)] = catcher.items(1)[-1:]
+    assert item["subscriptionId"] == conn.subscription_id
+
+
+def test_beat_renews_a_subscription_near_expiry_and_recreates_a_lost_one(graph, tenant):
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    soon = timezone.now() + timedelta(hours=2)
+    with tenant_scope(tenant):
+        EmailConnection.objects.filter(pk=conn.pk).update(subscription_expires_at=soon)
+    later = connect(graph, tenant, "sales@contoso.test")
+    assert renew_watches.run() == 1  # only the one near expiry
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.subscription_expires_at > timezone.now() + timedelta(days=6)
+    [sub] = [s for s in subscriptions(sandbox) if s["id"] == conn.subscription_id]
+    assert sub["alive"]
+    # Gone at Graph (a 404 on PATCH): recreated with a new secret, and caught up.
+    lifecycle(sandbox, "sales@contoso.test", "subscriptionRemoved")
+    with tenant_scope(tenant):
+        EmailConnection.objects.filter(pk=later.pk).update(subscription_expires_at=soon)
+    push_unmark(later.pk)
+    assert renew_watches.run() == 1
+    with tenant_scope(tenant):
+        fresh = EmailConnection.objects.get(pk=later.pk)
+    assert fresh.subscription_id != later.subscription_id
+    assert fresh.subscription_secret != later.subscription_secret
+    assert pending(later.pk)
+
+
+def test_throttled_is_rate_limited_then_active(graph, tenant):
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    deliver(sandbox, "Busy day")
+    graph_fault(sandbox, "too_many_requests", retry_after=30)
+    from channels_email import providers
+
+    with pytest.raises(providers.RateLimited) as raised:
+        sync_and_ingest(conn.pk)
+    assert raised.value.retry_after == 30
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        assert conn.status == ConnectionStatus.RATE_LIMITED
+        assert 25 < (conn.rate_limited_until - timezone.now()).total_seconds() <= 30
+        EmailConnection.objects.filter(pk=conn.pk).update(rate_limited_until=None)
+    sync_and_ingest(conn.pk)
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.status == ConnectionStatus.ACTIVE and titles(tenant) == ["Busy day"]
+
+
+def test_send_keeps_our_headers_and_find_sent_finds_it(graph, tenant):
+    from channels_email.tokens import authorized
+
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": "maria@contoso.test"},
+                  timeout=5).raise_for_status()
+    raw = (b"From: support@contoso.test\r\nTo: maria@contoso.test\r\nSubject: Re: Help\r\n"
+           b"Message-ID: <reply-1@helpdesk.test>\r\nIn-Reply-To: <q-1@customer.example>\r\n"
+           b"References: <q-0@customer.example> <q-1@customer.example>\r\n\r\nOn it.\r\n")
+    with tenant_scope(tenant):
+        client = authorized(conn)
+        assert client.find_sent("reply-1@helpdesk.test") is None
+        sent = client.send(raw)
+        assert client.find_sent("<reply-1@helpdesk.test>") == sent
+    assert sent.provider_message_id.startswith("AAMk")
+    assert sent.message_id_header == "reply-1@helpdesk.test"
+    received = [m for m in requests.get(sandbox + "/_sandbox/messages",
+                                        params={"mailbox": "maria@contoso.test"},
+                                        timeout=5).json()["messages"]]
+    [mail] = [message_from_bytes(base64.b64decode(m["raw"]), policy=default) for m in received]
+    assert mail["Message-ID"] == "<reply-1@helpdesk.test>"
+    assert mail["In-Reply-To"] == "<q-1@customer.example>"
+    assert mail["References"] == "<q-0@customer.example> <q-1@customer.example>"
+
+
+def test_a_message_over_the_request_limit_is_refused_before_sending(graph, tenant):
+    from channels_email import providers
+    from channels_email.tokens import authorized
+
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    raw = b"From: support@contoso.test\r\nTo: x@example.net\r\nSubject: big\r\n\r\n" + \
+        b"x" * 3_100_000
+    with tenant_scope(tenant), pytest.raises(providers.PermanentError) as refused:
+        authorized(conn).send(raw)
+    assert "4 MB" in str(refused.value)
+    sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
+    assert sent == []
+
+
+def test_disconnect_deletes_the_subscription(graph, tenant, admin_user):
+    from channels_email.connect import connection_disconnect
+
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    with tenant_scope(tenant):
+        connection_disconnect(connection=conn, actor=admin_user)
+        conn.refresh_from_db()
+    assert conn.status == ConnectionStatus.DISCONNECTED and not conn.subscription_id
+    assert [s for s in subscriptions(sandbox) if s["alive"]] == []
+
+
+def test_a_duplicate_and_reordered_batch_is_one_sync(graph, client, tenant):
+    sandbox, catcher, _ = graph
+    conn = connect(graph, tenant)
+    requests.post(sandbox + "/_sandbox/faults", json=[{"kind": "push_duplicate"},
+                                                      {"kind": "push_reorder"}],
+                  timeout=5).raise_for_status()
+    for n in range(5):
+        deliver(sandbox, f"Question {n}")
+    items = []
+    while len(items) < 10:
+        items += catcher.items(1)
+    push_mark(conn.pk)  # a sync is pending already: the notifications coalesce into it
+    for path, item in items:
+        assert post_items(client, path, [item]).status_code == 202
+    assert len(sync_and_ingest(conn.pk).new_rows) == 5
+    assert sync_and_ingest(conn.pk).new_rows == []
+    assert titles(tenant) == [f"Question {n}" for n in range(5)]
