@@ -33,7 +33,9 @@ def sandbox_var(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sandbox_url(sandbox_var):
+def sandbox_server(sandbox_var):
+    """The running sandbox's server.json: ``url`` (http), ``https_url`` and ``ca_file``
+    (the CA its TLS certificate is signed by)."""
     env = {**os.environ, "HELPDESK_VAR_DIR": str(sandbox_var)}
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -44,13 +46,27 @@ def sandbox_url(sandbox_var):
             proc.kill()
             pytest.fail("sandbox did not start: " + (proc.stdout.read() if proc.stdout else ""))
         time.sleep(0.05)
-    url = json.loads(info.read_text())["url"]
-    yield url
+    yield json.loads(info.read_text())
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def sandbox_url(sandbox_server):
+    return sandbox_server["url"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_https_url(sandbox_server):
+    return sandbox_server["https_url"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_ca_file(sandbox_server):
+    return sandbox_server["ca_file"]
 
 
 @pytest.fixture
