@@ -350,3 +350,102 @@ def test_a_duplicate_and_reordered_batch_is_one_sync(graph, client, tenant):
     assert len(sync_and_ingest(conn.pk).new_rows) == 5
     assert sync_and_ingest(conn.pk).new_rows == []
     assert titles(tenant) == [f"Question {n}" for n in range(5)]
+
+
+def _a_ticket(graph, tenant):
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    deliver(sandbox, "Printer on fire")
+    sync_and_ingest(conn.pk)
+    with tenant_scope(tenant):
+        return conn, Ticket.objects.get()
+
+
+def test_the_composer_refuses_a_reply_too_big_for_graph_before_writing_anything(
+        graph, tenant, admin_user):
+    from helpdesk.errors import ApplicationError
+    from tickets.models import Message
+    from tickets.services import ticket_reply
+
+    conn, ticket = _a_ticket(graph, tenant)
+    scan = ("scan.pdf", b"%PDF" + b"\x00" * 2_400_000, "application/pdf")
+    with tenant_scope(tenant):
+        before = Message.objects.count()
+        with pytest.raises(ApplicationError) as refused:
+            ticket_reply(ticket=ticket, author=admin_user, body_text="See attached.",
+                         public=True, attachments=[scan])
+        assert refused.value.code == "message_too_large_for_mailbox"
+        assert refused.value.field == "attachments"
+        assert "Microsoft 365" in refused.value.message and MAILBOX in refused.value.message
+        assert Message.objects.count() == before
+        small = ("scan.pdf", b"%PDF" + b"\x00" * 1_500_000, "application/pdf")
+        ticket_reply(ticket=ticket, author=admin_user, body_text="See attached.",
+                     public=True, attachments=[small])
+        assert Message.objects.count() == before + 1
+
+
+NDR = """\
+From: Microsoft Outlook <MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e@contoso.test>
+To: support@contoso.test
+Date: Thu, 03 Dec 2026 14:30:00 +0000
+Subject: Undeliverable: {subject}
+Message-ID: <ndr-{n}@SN6PR01MB0000.namprd01.prod.outlook.com>
+Auto-Submitted: auto-replied
+X-MS-Exchange-Message-Is-Ndr:
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="ndr-b"
+
+--ndr-b
+Content-Type: text/plain; charset=us-ascii
+
+Your message to nobody@fabrikam.test couldn't be delivered.
+nobody wasn't found at fabrikam.test.
+
+--ndr-b
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns;SN6PR01MB0000.namprd01.prod.outlook.com
+Received-From-MTA: dns;SN6PR01MB0001.namprd01.prod.outlook.com
+Arrival-Date: Thu, 3 Dec 2026 14:29:58 +0000
+
+Final-Recipient: rfc822;nobody@fabrikam.test
+Action: failed
+Status: 5.1.10
+Diagnostic-Code: smtp;550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found
+
+--ndr-b
+Content-Type: text/rfc822-headers
+
+From: support@contoso.test
+To: nobody@fabrikam.test
+Subject: {subject}
+Message-ID: <{message_id}>
+
+--ndr-b--
+"""
+
+
+def test_an_exchange_ndr_marks_the_reply_bounced(graph, tenant, admin_user):
+    from django.db import transaction
+
+    from channels_email.outbound import deliver as deliver_reply
+    from channels_email.outbound import reply_create
+    from tickets.models import DeliveryStatus, Message
+
+    sandbox, _, _ = graph
+    conn, ticket = _a_ticket(graph, tenant)
+    with tenant_scope(tenant), transaction.atomic():
+        reply = reply_create(ticket=ticket, author=admin_user, body_text="On it.",
+                             to=["nobody@fabrikam.test"])
+    assert deliver_reply(reply.pk) == DeliveryStatus.DELIVERED
+    with tenant_scope(tenant):
+        reply.refresh_from_db()
+    ndr = NDR.format(subject=reply.subject, message_id=reply.message_id_header, n=1)
+    deliver(sandbox, "", raw=base64.b64encode(ndr.replace("\n", "\r\n").encode()).decode())
+    sync_and_ingest(conn.pk)
+    with tenant_scope(tenant):
+        reply.refresh_from_db()
+        assert reply.delivery_status == DeliveryStatus.BOUNCED
+        assert "5.1.10" in reply.delivery_error
+        assert Ticket.objects.count() == 1  # the NDR opened no ticket
+        assert Message.objects.filter(ticket=ticket).count() == 2
