@@ -46,6 +46,7 @@ CONNECTION_CACHE_SECONDS = 60
 
 
 _LOCAL: dict[str, tuple[float, int]] = {}
+_SUBSCRIPTIONS: dict[str, tuple[float, SubscriptionOwner]] = {}
 LOCAL_CACHE_SECONDS = 10
 
 
@@ -92,6 +93,14 @@ class CachedLookup:
 
     def by_subscription(self, provider: str, subscription_id: str
                         ) -> SubscriptionOwner | None:
+        """The connection of a subscription and its secret, cached in this process for a
+        few seconds once found (a subscription's secret never changes; a new subscription
+        has a new id). An unknown id is not cached: the first notifications of a new
+        subscription may arrive before its id is stored."""
+        key = f"subscription:{provider}:{subscription_id}"
+        local = _SUBSCRIPTIONS.get(key)
+        if local is not None and local[0] > time.monotonic():
+            return local[1]
         try:
             # Unscoped: a notification names only the subscription (unique per provider).
             with unscoped():
@@ -102,7 +111,13 @@ class CachedLookup:
                          .values_list("pk", "subscription_secret").first())
         except (OperationalError, InterfaceError) as exc:
             raise LookupUnavailable("database_unavailable") from exc
-        return SubscriptionOwner(found[0], found[1] or "") if found else None
+        if not found:
+            return None
+        owner = SubscriptionOwner(found[0], found[1] or "")
+        if len(_SUBSCRIPTIONS) > 50_000:
+            _SUBSCRIPTIONS.clear()
+        _SUBSCRIPTIONS[key] = (time.monotonic() + LOCAL_CACHE_SECONDS, owner)
+        return owner
 
 
 def _text(status: int, text: str) -> HttpResponse:
