@@ -192,13 +192,17 @@ def _queue_watch(conn: EmailConnection) -> None:
     transaction.on_commit(lambda: start_watch.delay(connection_id=conn.pk))
 
 
-def connection_watch_start(*, connection_id: int) -> bool:
-    """The push watch of a just (re)connected mailbox (the ``start_watch`` task's unit):
-    started unless the connection is gone, disconnected or must wait; a provider failure
-    is recorded on its health (the beat task's renewal retries it). Once started, one
-    sync is queued: mail that arrived between the callback and the watch got no push.
+def connection_watch_start(*, connection_id: int, fresh_token: bool = False) -> bool:
+    """The push watch of a just (re)connected mailbox, or of one whose provider asked for
+    it to be renewed (the ``start_watch`` task's unit): started unless the connection is
+    gone, disconnected or must wait; a provider failure is recorded on its health (the
+    beat task's renewal retries it). ``fresh_token``: refresh the access token first (the
+    provider said the subscription's authorization is about to lapse); a refresh refused
+    makes the connection Token Expired. Once started, one sync is queued: mail that
+    arrived between the callback (or the provider's lapse) and the watch got no push.
     True when started."""
     from channels_email.sync import sync_request
+    from channels_email.tokens import ensure_fresh_token
 
     with unscoped():  # the id names the connection; the call runs in its tenant
         conn = (EmailConnection.objects.select_related("tenant")
@@ -206,6 +210,13 @@ def connection_watch_start(*, connection_id: int) -> bool:
     if conn is None or not providers.can(conn.provider, Capability.PUSH):
         return False
     with tenant_scope(conn.tenant):
+        if fresh_token and health.may_call(conn):
+            try:
+                ensure_fresh_token(conn, rejected_token=(conn.credentials or {}).get(
+                    "access_token", ""))
+            except providers.ProviderError as exc:
+                health.record_error(conn, exc)
+                return False
         if not watch_renew(conn):
             return False
     sync_request(conn.pk, "watch")

@@ -153,7 +153,7 @@ def provider_webhook(request: HttpRequest, provider: str, hook: str,
             return _text(503, "try again")
     for connection_id in outcome.renew_ids:
         try:  # renews (or recreates) the subscription, then queues a catch-up sync
-            start_watch.delay(connection_id=connection_id)
+            start_watch.delay(connection_id=connection_id, fresh_token=True)
         except Exception:  # noqa: BLE001 - broker down: let the provider retry
             logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
                              connection_id)

@@ -197,10 +197,14 @@ def test_missed_leads_to_a_catch_up(graph, client, tenant):
     assert titles(tenant) == ["Never announced"]
 
 
-def _webhook_queues_watch(monkeypatch) -> list[int]:
-    queued: list[int] = []
-    monkeypatch.setattr(start_watch, "delay", lambda connection_id: queued.append(
-        connection_id))
+def _webhook_queues_watch(monkeypatch) -> list[tuple[int, bool]]:
+    """What the webhook queues, instead of queueing it (no worker runs here)."""
+    queued: list[tuple[int, bool]] = []
+
+    def delay(*, connection_id: int, fresh_token: bool = False) -> None:
+        queued.append((connection_id, fresh_token))
+
+    monkeypatch.setattr(start_watch, "delay", delay)
     return queued
 
 
@@ -215,11 +219,11 @@ def test_lifecycle_renews_or_recreates_and_the_mail_meanwhile_becomes_tickets(
     push = catcher.next()
     assert client.post(push["path"], data=push["raw"],
                        content_type="application/json").status_code == 202
-    assert queued == [conn.pk]
+    assert queued == [(conn.pk, True)]  # renew with a fresh token, in a task
     deliver(sandbox, "Meanwhile")  # no notification reaches us for this one
     time.sleep(0.3)
     push_unmark(conn.pk)
-    assert start_watch.run(connection_id=conn.pk) is True  # what the worker runs
+    assert start_watch.run(connection_id=conn.pk, fresh_token=True) is True  # the worker
     with tenant_scope(tenant):
         conn.refresh_from_db()
     [sub] = [s for s in subscriptions(sandbox) if s["id"] == conn.subscription_id]
