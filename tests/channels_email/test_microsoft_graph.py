@@ -453,3 +453,29 @@ def test_an_exchange_ndr_marks_the_reply_bounced(graph, tenant, admin_user):
         assert "5.1.10" in reply.delivery_error
         assert Ticket.objects.count() == 1  # the NDR opened no ticket
         assert Message.objects.filter(ticket=ticket).count() == 2
+
+
+def test_exchange_sending_limit_is_rate_limited_not_failed(graph, tenant, admin_user):
+    from django.db import transaction
+
+    from channels_email.outbound import SendDeferred, reply_create
+    from channels_email.outbound import deliver as deliver_reply
+    from tickets.models import DeliveryStatus
+
+    sandbox, _, _ = graph
+    requests.post(sandbox + "/_sandbox/settings", json={"graph_send_per_minute": 1},
+                  timeout=5).raise_for_status()
+    conn, ticket = _a_ticket(graph, tenant)
+    with tenant_scope(tenant), transaction.atomic():
+        first = reply_create(ticket=ticket, author=admin_user, body_text="One.")
+        second = reply_create(ticket=ticket, author=admin_user, body_text="Two.")
+    assert deliver_reply(first.pk) == DeliveryStatus.DELIVERED
+    with pytest.raises(SendDeferred) as deferred:
+        deliver_reply(second.pk)  # Exchange: 429 ErrorExceededMessageLimit, Retry-After
+    assert 0 < deferred.value.wait <= 61
+    with tenant_scope(tenant):
+        second.refresh_from_db()
+        conn.refresh_from_db()
+    assert second.delivery_status == DeliveryStatus.PENDING and not second.delivery_error
+    assert conn.status == ConnectionStatus.RATE_LIMITED
+    assert "ErrorExceededMessageLimit" in conn.last_error
