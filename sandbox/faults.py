@@ -19,6 +19,9 @@ Kinds:
   expired_history    users.history.list answers 404 notFound (Gmail API)
   push_duplicate     each push notification is delivered twice (same messageId)
   push_reorder       pushes are held reorder_hold_seconds and delivered newest first
+  idle_refresh_token Microsoft refresh answers invalid_grant AADSTS700082 (90 days idle)
+  interaction_required  Microsoft refresh answers interaction_required AADSTS50076 (MFA)
+  consent_required   Microsoft code or refresh answers invalid_grant AADSTS65001
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ KINDS = {
     "expired_history": "history",
     "push_duplicate": "push",
     "push_reorder": "push",
+    # Microsoft's token endpoint (target "ms_token"; invalid_grant, slow and server_error
+    # apply there too with that target)
+    "idle_refresh_token": "ms_token",
+    "interaction_required": "ms_token",
+    "consent_required": "ms_token",
 }
 
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from . import identity
+from . import graph, identity
 
 
 def routes(app) -> list:
-    return identity.routes(app)
+    return identity.routes(app) + graph.routes(app)
