@@ -76,6 +76,7 @@ def serve(host: str, port: int, tls_port: int = 0) -> None:
                          handler_class=_TLSHandler)
     real_tls_port = httpsd.server_address[1]
     https_url = f"https://{host}:{real_tls_port}"
+    app.http_url, app.https_url = url, https_url
     info = {"url": url, "host": host, "port": real_port, "pid": os.getpid(),
             "var_dir": str(store.root), "https_url": https_url, "tls_port": real_tls_port,
             "ca_file": str(tls_paths["ca_file"])}
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", nargs="?", choices=sorted(faultlib.KINDS))
     p.add_argument("--count", type=int, help="next N requests (default: until cleared)")
     p.add_argument("--mailbox")
-    p.add_argument("--target", choices=["gmail", "token", "any"])
+    p.add_argument("--target", choices=["gmail", "token", "ms_token", "any"])
     p.add_argument("--retry-after", type=int, default=5)
     p.add_argument("--delay", type=float, default=2.0)
     p.add_argument("--status", type=int, default=500)

@@ -26,6 +26,10 @@ class SandboxApp:
         self.quota: dict[str, list] = {}
         self.quota_lock = threading.Lock()
         self.worker = PushWorker(self.store, self.key)
+        # The listeners' own URLs (set by ``serve``): Microsoft's discovery names its token
+        # endpoint on the https one and its browser pages on the plain one.
+        self.http_url = ""
+        self.https_url = ""
         if start_worker:
             self.worker.start()
         self.routes = google.routes(self) + microsoft.routes(self) + Control(self).routes()

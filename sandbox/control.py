@@ -15,6 +15,7 @@ from .delivery import customer_reply, deliver
 from .google.errors import google_error
 from .google.oauth import revoke_grant
 from .http import BadRequest, Part, Request, Response, html_page, is_form, route
+from .microsoft.identity import ensure_microsoft_mailbox, tenants
 
 
 class Control(Part):
@@ -54,8 +55,14 @@ class Control(Part):
         answering = str(parsed.get("In-Reply-To", "") or "")
         what = (f"a reply to {html.escape(answering)}" if answering else "a new email")
         watch = box.get("watch")
+        if box.get("provider") == "microsoft":  # a Graph subscription of the mailbox
+            watch = next((s for s in (state.get("graph") or {}).get("subscriptions", {})
+                          .values() if s.get("mailbox") == box["email"]), None)
+            watched = watch is not None
+        else:
+            watched = bool(watch and watch["expiration"] >= gmail.now_ms())
         push = ("The helpdesk watches this mailbox: a push tells it now."
-                if watch and watch["expiration"] >= gmail.now_ms() else
+                if watched else
                 "Nobody watches this mailbox, so no push is sent: connect it in the helpdesk "
                 "first (it is not fetched until then).")
         return (f"<div class='card' id='delivered'><p><strong>Delivered</strong> {what} "
@@ -68,13 +75,16 @@ class Control(Part):
         state = self.store.read()
         notice = self._delivered_notice(state, request)
         rows = "".join(
-            f"<tr><td>{html.escape(b['email'])}</td><td>{len(b['messages'])}</td>"
+            f"<tr><td>{html.escape(b['email'])}</td><td>{html.escape(_kind(b))}</td>"
+            f"<td>{len(b['messages'])}</td>"
             f"<td>{b['history_id']}</td><td>{'yes' if b['watch'] else 'no'}</td><td>"
             "<form method='post' action='/_sandbox/revoke-all'>"
             f"<input type='hidden' name='email' value='{html.escape(b['email'], True)}'>"
             "<button>Revoke app access</button></form></td></tr>"
             for b in state["mailboxes"].values()
-        ) or "<tr><td colspan=5>No mailboxes yet.</td></tr>"
+        ) or "<tr><td colspan=6>No mailboxes yet.</td></tr>"
+        tenant_options = "".join(f"<option>{html.escape(t)}</option>"
+                                 for t in tenants(self.store.settings()))
         # A suggested account (the demo's mailbox) is the one a newcomer delivers to.
         suggested = {a.strip().lower() for a in self.store.settings().get("suggested_accounts")
                      or []}
@@ -97,12 +107,19 @@ class Control(Part):
             for b, m in sent
         ) or "<tr><td colspan=5>Nothing sent yet.</td></tr>"
         body = f"""<h1>Google sandbox</h1>{notice}
-<div class='card'><h2>Mailboxes</h2><table><tr><th>Address</th><th>Messages</th>
+<div class='card'><h2>Mailboxes</h2><table><tr><th>Address</th><th>Kind</th><th>Messages</th>
 <th>historyId</th><th>Watched</th><th>Access</th></tr>{rows}</table>
-<p>Revoke app access is the user removing the helpdesk's access at Google: its tokens stop
-working at once (every call 401, every refresh <code>invalid_grant</code>).</p>
+<p>Revoke app access is the user removing the helpdesk's access at Google (or an admin
+revoking the user's sessions at Microsoft): its tokens stop working at once (every call
+401, every refresh <code>invalid_grant</code>).</p>
 <form method='post' action='/_sandbox/mailboxes'><label>New mailbox
-<input name='email' type='email' required></label><button>Create</button></form></div>
+<input name='email' type='email' required></label>
+<label>Kind <select name='provider'><option value='google'>Gmail</option>
+<option value='microsoft'>Microsoft 365</option></select></label>
+<label>Microsoft tenant <select name='tenant'>{tenant_options}</select></label>
+<button>Create</button></form>
+<p><small>Microsoft tenants: contoso lets its users consent to an app; fabrikam needs an
+admin's approval ("Need admin approval").</small></p></div>
 <div class='card'><h2>Deliver a customer email</h2>
 <form method='post' action='/_sandbox/deliver' enctype='multipart/form-data'>
 <label>To mailbox <select name='to'>{options}</select></label>
@@ -120,23 +137,45 @@ with In-Reply-To and References naming the sent message, so it threads into its 
 <div class='card'><h2>Active faults</h2><ul>{faults}</ul>
 <p>Set them with <code>POST /_sandbox/faults</code> or
 <code>python -m sandbox fault add KIND</code>.</p></div>"""
-        return html_page("Google sandbox", body)
+        return html_page("Google sandbox", body, brand="Google and Microsoft sandbox")
 
     def sb_mailboxes(self, request: Request) -> Response:
         state = self.store.read()
         return Response(200, {"mailboxes": [
             {"email": b["email"], "historyId": str(b["history_id"]),
-             "messagesTotal": len(b["messages"]), "watch": b["watch"]}
+             "messagesTotal": len(b["messages"]), "watch": b["watch"],
+             "provider": b.get("provider", "google"),
+             **({"tenant": b["tenant"], "tid": b["tid"], "oid": b["oid"]}
+                if b.get("provider") == "microsoft" else {})}
             for b in state["mailboxes"].values()]})
 
     def sb_create_mailbox(self, request: Request) -> Response:
-        data = request.json() if not is_form(request) else {"email": request.field("email")}
-        address = (data.get("email") or "").strip().lower()
+        """``{"email" (or "address"), "provider": "google" | "microsoft", "tenant"}``: a
+        Microsoft mailbox belongs to a tenant of the settings' ``ms_tenants``."""
+        data = request.json() if not is_form(request) else {
+            k: request.field(k) for k in ("email", "provider", "tenant")}
+        address = (data.get("email") or data.get("address") or "").strip().lower()
         if "@" not in address:
             return google_error(400, "email required", "invalidArgument")
+        provider = (data.get("provider") or "google").strip().lower()
+        tenant = (data.get("tenant") or "").strip().lower()
+        if provider not in ("google", "microsoft"):
+            return google_error(400, "provider must be google or microsoft", "invalidArgument")
+        if provider == "microsoft" and tenant and tenant not in tenants(self.store.settings()):
+            return google_error(400, f"unknown tenant {tenant!r}: known are "
+                                f"{', '.join(sorted(tenants(self.store.settings())))}",
+                                "invalidArgument")
         with self.store.transaction() as state:
-            box = gmail.ensure_mailbox(state, address)
-            out = {"email": box["email"], "historyId": str(box["history_id"])}
+            existing = state["mailboxes"].get(address)
+            if existing is not None and existing.get("provider", "google") != provider:
+                return google_error(400, f"{address} is a {existing.get('provider', 'google')}"
+                                    " mailbox already", "invalidArgument")
+            box = ensure_microsoft_mailbox(state, address, tenant) \
+                if provider == "microsoft" else gmail.ensure_mailbox(state, address)
+            out = {"email": box["email"], "historyId": str(box["history_id"]),
+                   "provider": provider}
+            if provider == "microsoft":
+                out.update(tenant=box["tenant"], tid=box["tid"], oid=box["oid"])
         if is_form(request):
             return Response(302, b"", "text/html", headers=[("Location", "/_sandbox/")])
         return Response(200, out)
@@ -307,3 +346,9 @@ with In-Reply-To and References naming the sent message, so it threads into its 
 
     def sb_requests(self, request: Request) -> Response:
         return Response(200, {"requests": list(self.app.requests_log)})
+
+
+def _kind(box: dict) -> str:
+    if box.get("provider") == "microsoft":
+        return f"Microsoft 365 ({box.get('tenant', '')})"
+    return "Gmail"

@@ -27,6 +27,11 @@ Kinds:
 Graph answers the Gmail kinds too when the fault says ``"target": "graph"``:
 too_many_requests (429 TooManyRequests + Retry-After), server_error (status 500/502/503/504;
 503 with Retry-After), slow.
+
+Microsoft's token endpoint (target "ms_token"):
+  idle_refresh_token Microsoft refresh answers invalid_grant AADSTS700082 (90 days idle)
+  interaction_required  Microsoft refresh answers interaction_required AADSTS50076 (MFA)
+  consent_required   Microsoft code or refresh answers invalid_grant AADSTS65001
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ KINDS = {
     "push_reorder": "push",
     "mailbox_concurrency": "graph",
     "expired_delta": "delta",
+    # Microsoft's token endpoint (target "ms_token"; invalid_grant, slow and server_error
+    # apply there too with that target)
+    "idle_refresh_token": "ms_token",
+    "interaction_required": "ms_token",
+    "consent_required": "ms_token",
 }
 
 

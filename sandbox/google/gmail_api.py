@@ -46,7 +46,8 @@ class GmailAPI(Part):
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
         state = self.store.read()
         record = state["access_tokens"].get(token) if token else None
-        if record is None or record["expires"] < time.time() or record.get("revoked"):
+        if record is None or record["expires"] < time.time() or record.get("revoked") \
+                or record.get("provider") == "microsoft":
             message = ("Request had invalid authentication credentials. Expected OAuth 2 "
                        "access token, login cookie or other valid authentication credential. "
                        "See https://developers.google.com/identity/sign-in/web/"

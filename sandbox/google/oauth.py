@@ -142,7 +142,8 @@ class GoogleOAuth(Part):
     def _picker_page(self, params: dict) -> Response:
         suggested = [a.strip().lower() for a in self.store.settings().get("suggested_accounts")
                      or [] if a and "@" in a]
-        boxes = [b for b in sorted(self.store.read()["mailboxes"]) if b not in suggested]
+        boxes = [a for a, b in sorted(self.store.read()["mailboxes"].items())
+                 if a not in suggested and b.get("provider", "google") == "google"]
         hidden = self._hidden(params)
 
         def choice(address: str, note: str = "") -> str:
@@ -329,7 +330,8 @@ class GoogleOAuth(Part):
                                "refresh_token")
         with self.store.transaction() as state:
             record = state["refresh_tokens"].get(refresh)
-            if record is None or record["client_id"] != client_id:
+            if record is None or record["client_id"] != client_id \
+                    or record.get("provider") == "microsoft":
                 return oauth_error(400, "invalid_grant", "Bad Request")
             mailbox = record["email"]
             slow = faultlib.take(state, ("slow",), "token", mailbox)

@@ -316,7 +316,8 @@ class GraphAPI(Part):
         return Response(200, {
             "@odata.context": base_url(request) + "/v1.0/$metadata#users/$entity",
             "businessPhones": [], "displayName": name, "givenName": name.split(" ")[0],
-            "jobTitle": None, "mail": mailbox, "mobilePhone": None, "officeLocation": None,
+            "jobTitle": None, "mail": box.get("mail", mailbox), "mobilePhone": None,
+            "officeLocation": None,
             "preferredLanguage": "en-US", "surname": None,
             "userPrincipalName": str(box.get("upn") or mailbox), "id": mailbox_oid(box)})
 
