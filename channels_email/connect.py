@@ -269,11 +269,13 @@ def _queue_sync(conn: EmailConnection) -> None:
 def connection_disconnect(*, connection: EmailConnection, actor: User | None) -> None:
     if connection.status == ConnectionStatus.DISCONNECTED:
         return
-    if providers.can(connection.provider, Capability.OAUTH_SIGN_IN) and connection.credentials:
+    if providers.is_enabled(connection.provider) and connection.credentials:
         client = authorized(connection)
         steps = [client.stop_watch] if providers.can(connection.provider, Capability.PUSH) \
             else []
-        for step in (*steps, lambda: client.revoke(connection.credentials)):
+        if providers.can(connection.provider, Capability.OAUTH_SIGN_IN):
+            steps.append(lambda: client.revoke(connection.credentials))
+        for step in steps:
             try:
                 step()
             except providers.ProviderError as exc:

@@ -109,8 +109,11 @@ def post_items(client, path: str, items: list[dict]):
                        content_type="application/json")
 
 
-def use_sandbox_graph(settings, sandbox: str, catcher: GraphCatcher) -> None:
-    settings.GRAPH_BASE_URL = sandbox + "/v1.0"
+def use_sandbox_graph(settings, sandbox: str, catcher: GraphCatcher,
+                      graph_url: str = "") -> None:
+    """Graph at ``graph_url`` (the sandbox's TLS URL; default ``sandbox``, its control
+    URL), notifications to ``catcher``."""
+    settings.GRAPH_BASE_URL = (graph_url or sandbox) + "/v1.0"
     settings.GRAPH_NOTIFICATION_URL = catcher.notification_url
     settings.GRAPH_LIFECYCLE_URL = catcher.lifecycle_url
     requests.post(sandbox + "/_sandbox/settings", json={"graph_send_per_minute": 30},

@@ -30,6 +30,14 @@ from tests.channels_email.graph_support import (
     subscriptions,
     use_sandbox_graph,
 )
+from tests.sandbox_support import (
+    MS_REDIRECT_URI,
+    MS_SCOPES,
+    ms_app,
+    ms_mailbox,
+    ms_register,
+    ms_sign_in,
+)
 from tickets.models import Ticket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,39 +45,41 @@ MAILBOX = "support@contoso.test"
 
 
 @pytest.fixture
-def graph(settings, sandbox, sandbox_var):
+def graph(settings, sandbox, sandbox_https_url, sandbox_ca_file):
+    """Graph over the sandbox's TLS listener (its CA trusted by the provider's session),
+    our webhooks behind a catcher, the test app registered with the identity side."""
     settings.CELERY_TASK_ALWAYS_EAGER = False
     catcher = GraphCatcher()
-    use_sandbox_graph(settings, sandbox, catcher)
-    yield sandbox, catcher, sandbox_var
+    use_sandbox_graph(settings, sandbox, catcher, sandbox_https_url)
+    settings.MS_CA_BUNDLE = sandbox_ca_file
+    ms_register(sandbox)
+    yield sandbox, catcher, (sandbox_https_url, sandbox_ca_file)
     catcher.close()
 
 
-def _token(sandbox_var, address: str) -> str:
-    from sandbox.store import Store
-
-    token = "eyJ0eXAi.sbx." + str(time.time_ns())
-    store = Store(sandbox_var / "sandbox")
-    with store.transaction() as state:
-        state["access_tokens"][token] = {
-            "provider": "microsoft", "email": address, "client_id": "test",
-            "scopes": ["https://graph.microsoft.com/Mail.Read",
-                       "https://graph.microsoft.com/Mail.Send",
-                       "https://graph.microsoft.com/User.Read"],
-            "expires": time.time() + 3600}
-    return token
+def sign_in(graph, address: str) -> dict:
+    """An access token for ``address`` from the identity side, through real msal (auth
+    code flow with PKCE over TLS, the sign-in pages driven like a browser)."""
+    sandbox, _, (https_url, ca_file) = graph
+    app = ms_app(https_url, ca_file)
+    flow = app.initiate_auth_code_flow(MS_SCOPES, redirect_uri=MS_REDIRECT_URI,
+                                       prompt="select_account")
+    result = app.acquire_token_by_auth_code_flow(flow, ms_sign_in(flow["auth_uri"], address))
+    assert "access_token" in result, result
+    return result
 
 
 def connect(graph, tenant, address: str = MAILBOX) -> EmailConnection:
-    sandbox, catcher, var = graph
-    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": address},
-                  timeout=5).raise_for_status()
-    token = _token(var, address)
+    sandbox, catcher, _ = graph
+    ms_mailbox(sandbox, address, address.split("@")[1].split(".")[0])
+    tokens = sign_in(graph, address)
     with tenant_scope(tenant):
         conn = EmailConnection.objects.create(
             tenant=tenant, provider="microsoft", address=address,
-            credentials={"access_token": token, "refresh_token": "r",
-                         "expires_at": (timezone.now() + timedelta(hours=1)).isoformat()})
+            credentials={"access_token": tokens["access_token"],
+                         "refresh_token": tokens.get("refresh_token", ""),
+                         "expires_at": (timezone.now() + timedelta(
+                             seconds=int(tokens["expires_in"]))).isoformat()})
         from channels_email.tokens import authorized
 
         conn.cursor = authorized(conn).current_cursor()
@@ -168,7 +178,7 @@ def test_an_expired_delta_link_recovers_every_message(graph, tenant):
     sync_and_ingest(conn.pk)  # the first round: the cursor is a delta link now
     with tenant_scope(tenant):
         conn.refresh_from_db()
-    assert conn.cursor.startswith(sandbox + "/v1.0/")
+    assert conn.cursor.startswith(graph[2][0] + "/v1.0/")
     for n in range(3):
         deliver(sandbox, f"Lost {n}")
     requests.post(sandbox + "/_sandbox/graph/expire-delta", json={"mailbox": MAILBOX},
@@ -289,8 +299,7 @@ def test_send_keeps_our_headers_and_find_sent_finds_it(graph, tenant):
 
     sandbox, _, _ = graph
     conn = connect(graph, tenant)
-    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": "maria@contoso.test"},
-                  timeout=5).raise_for_status()
+    ms_mailbox(sandbox, "maria@contoso.test", "contoso")
     raw = (b"From: support@contoso.test\r\nTo: maria@contoso.test\r\nSubject: Re: Help\r\n"
            b"Message-ID: <reply-1@helpdesk.test>\r\nIn-Reply-To: <q-1@customer.example>\r\n"
            b"References: <q-0@customer.example> <q-1@customer.example>\r\n\r\nOn it.\r\n")

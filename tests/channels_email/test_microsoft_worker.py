@@ -25,6 +25,7 @@ from tests.channels_email.test_microsoft_graph import (  # noqa: F401 - fixtures
     deliver,
     graph,
 )
+from tests.sandbox_support import ms_mailbox
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -34,7 +35,8 @@ CUSTOMER = "maria@fabrikam.test"
 def _env() -> dict:
     return {"GRAPH_BASE_URL": settings.GRAPH_BASE_URL,
             "GRAPH_NOTIFICATION_URL": settings.GRAPH_NOTIFICATION_URL,
-            "GRAPH_LIFECYCLE_URL": settings.GRAPH_LIFECYCLE_URL}
+            "GRAPH_LIFECYCLE_URL": settings.GRAPH_LIFECYCLE_URL,
+            "MS_CA_BUNDLE": settings.MS_CA_BUNDLE}
 
 
 @pytest.fixture
@@ -57,8 +59,7 @@ def forward(client, catcher, count: int) -> None:
 def _ticket_from_the_customer(graph, client, tenant, worker, **mail):  # noqa: F811
     sandbox, catcher, _ = graph
     proc, log = worker
-    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": CUSTOMER},
-                  timeout=5).raise_for_status()
+    ms_mailbox(sandbox, CUSTOMER, "fabrikam")
     conn = connect(graph, tenant)
     sent = deliver(sandbox, "Printer on fire", **{"from": f"Maria Lopez <{CUSTOMER}>",
                                                   **mail})
