@@ -48,6 +48,7 @@ CONNECTION_CACHE_SECONDS = 60
 _LOCAL: dict[str, tuple[float, int]] = {}
 _SUBSCRIPTIONS: dict[str, tuple[float, SubscriptionOwner]] = {}
 LOCAL_CACHE_SECONDS = 10
+SUBSCRIPTION_CACHE_SECONDS = 300
 
 
 def connection_id_for(provider: str, mailbox: str) -> int | None:
@@ -93,10 +94,11 @@ class CachedLookup:
 
     def by_subscription(self, provider: str, subscription_id: str
                         ) -> SubscriptionOwner | None:
-        """The connection of a subscription and its secret, cached in this process for a
-        few seconds once found (a subscription's secret never changes; a new subscription
-        has a new id). An unknown id is not cached: the first notifications of a new
-        subscription may arrive before its id is stored."""
+        """The connection of a subscription and its secret, cached in this process for
+        ``SUBSCRIPTION_CACHE_SECONDS`` once found (a subscription's secret never changes; a
+        new subscription has a new id; a notification for a connection disconnected
+        meanwhile only queues a sync that skips it). An unknown id is not cached: the first
+        notifications of a new subscription may arrive before its id is stored."""
         key = f"subscription:{provider}:{subscription_id}"
         local = _SUBSCRIPTIONS.get(key)
         if local is not None and local[0] > time.monotonic():
@@ -116,7 +118,7 @@ class CachedLookup:
         owner = SubscriptionOwner(found[0], found[1] or "")
         if len(_SUBSCRIPTIONS) > 50_000:
             _SUBSCRIPTIONS.clear()
-        _SUBSCRIPTIONS[key] = (time.monotonic() + LOCAL_CACHE_SECONDS, owner)
+        _SUBSCRIPTIONS[key] = (time.monotonic() + SUBSCRIPTION_CACHE_SECONDS, owner)
         return owner
 
 
