@@ -41,7 +41,7 @@ from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection
 from channels_email.providers.base import Capability
 from channels_email.tokens import authorized
-from channels_email.webhooks import forget_mailbox
+from channels_email.webhooks import forget_mailbox, forget_subscription
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
 from helpdesk.tenancy import tenant_scope, unscoped
@@ -281,7 +281,9 @@ def connection_disconnect(*, connection: EmailConnection, actor: User | None) ->
             except providers.ProviderError as exc:
                 logger.warning("disconnect.provider_error connection=%s error=%s",
                                connection.pk, health.redact(str(exc)))
+    subscription = connection.subscription_id
     health.record_disconnected(connection)
     forget_mailbox(connection.provider, connection.address)
+    forget_subscription(connection.provider, subscription)
     audit_record(tenant=connection.tenant, actor=actor, action="email_connection.disconnected",
                  target=connection, details={"address": connection.address})

@@ -29,13 +29,15 @@ Webhooks belong to the provider: ``handle_webhook(hook, request, lookup)`` verif
 it parses and answers ``Handshake`` (the subscription validation a provider sends before
 any notification, such as Graph's ``validationToken``), ``Accepted`` (the connections to
 sync) or ``Rejected`` (an HTTP status). ``lookup`` resolves a mailbox or a subscription to
-a connection; a subscription comes with its own secret (``SubscriptionOwner.secret``, what
-``start_watch`` returned as ``WatchState.secret``), for a constant-time check of the
-notification's client state.
+a connection; a subscription comes with (the digest of) its own secret (what
+``start_watch`` returned as ``WatchState.secret``): ``SubscriptionOwner.matches`` checks a
+notification's client state in constant time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -202,8 +204,24 @@ class Rejected:
 
 @dataclass(frozen=True)
 class SubscriptionOwner:
+    """The connection a subscription belongs to, and the SHA-256 (hex) of its secret
+    (``WatchState.secret`` as stored): caches hold the digest, never the secret."""
+
     connection_id: int
-    secret: str  # WatchState.secret as stored; compare in constant time
+    secret_digest: str  # "" when the subscription has no secret
+
+    @classmethod
+    def of(cls, connection_id: int, secret: str) -> SubscriptionOwner:
+        return cls(connection_id, hashlib.sha256(secret.encode()).hexdigest() if secret
+                   else "")
+
+    def matches(self, presented: object) -> bool:
+        """Whether ``presented`` (a notification's client state) is the secret, compared
+        in constant time; never for a subscription without one."""
+        if not self.secret_digest or not isinstance(presented, str):
+            return False
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
+        return hmac.compare_digest(digest, self.secret_digest)
 
 
 class LookupUnavailable(Exception):  # noqa: N818 - a condition, not a bug

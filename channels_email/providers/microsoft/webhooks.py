@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 
@@ -58,9 +57,7 @@ def handle(provider: str, hook: str, request, lookup: ConnectionLookup
         if owner is None:
             logger.info("webhook.microsoft.unknown_subscription subscription=%s", subscription)
             continue
-        client_state = item.get("clientState")
-        if not isinstance(client_state, str) or not owner.secret or not hmac.compare_digest(
-                client_state.encode(), owner.secret.encode()):
+        if not owner.matches(item.get("clientState")):
             logger.warning("webhook.microsoft.client_state_mismatch subscription=%s "
                            "connection=%s", subscription, owner.connection_id)
             continue
