@@ -1,0 +1,39 @@
+"""Microsoft 365 behind ``EmailProvider``: sign-in and tokens through msal
+(``identity.py``); the mailbox through Microsoft Graph (``graph.py``: subscriptions, delta,
+MIME fetch and send) and its change and lifecycle notifications (``webhooks.py``)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from channels_email.providers.base import Capability
+from channels_email.providers.microsoft.identity import ENTRA_APPS, MicrosoftIdentity
+
+
+class MicrosoftProvider(MicrosoftIdentity):
+    name = "microsoft"
+    label = "Microsoft 365"
+    connect_button = "Outlook / Microsoft 365"
+    not_configured_hint = ("Microsoft 365 is not configured on this server (MS_CLIENT_ID). "
+                           "See the README.")
+    disconnect_hint = ("Microsoft keeps the permissions it granted the helpdesk until an "
+                       f"admin removes them: {ENTRA_APPS} (or the user, at "
+                       "myapps.microsoft.com).")
+    capabilities = frozenset({Capability.OAUTH_SIGN_IN})
+
+    def is_configured(self) -> bool:
+        return bool(settings.MS_CLIENT_ID and settings.MS_CLIENT_SECRET)
+
+    def form_action_origins(self) -> tuple[str, ...]:
+        """Where the connect redirect goes: the sign-in page's origin (in the sandbox its
+        plain-http listener, not the authority's TLS one)."""
+        origins = []
+        for url in (settings.MS_SIGN_IN_ORIGIN, settings.MS_AUTHORITY):
+            parts = urlsplit(url)
+            if parts.scheme and parts.netloc:
+                origin = f"{parts.scheme}://{parts.netloc}"
+                if origin not in origins:
+                    origins.append(origin)
+        return tuple(origins)
