@@ -3,7 +3,8 @@
 Contract:
 - ``oauth_start`` returns the provider's consent URL. The ``state`` it carries is signed
   and names the tenant, the user, the provider, a single-use nonce kept in the session
-  (with the PKCE verifier), and the connection being reconnected, if any. The callback
+  (with the provider's flow: the PKCE verifier, msal's nonce...), and the connection
+  being reconnected, if any. The callback
   URL is fixed (``/oauth/<provider>/callback/``), not tenant-scoped, as providers require.
 - ``oauth_complete`` checks all of that (a replayed, foreign, stale or tampered state, or
   a state from another session, changes nothing), exchanges the code, reads the mailbox
@@ -24,8 +25,6 @@ Contract:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from django.utils import timezone
 
 from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection
-from channels_email.providers.base import Capability
+from channels_email.providers.base import Capability, SignInRefused
 from channels_email.tokens import authorized
 from channels_email.webhooks import forget_mailbox, forget_subscription
 from helpdesk.models import Tenant, User
@@ -54,7 +53,16 @@ SESSION_KEY = "oauth_pending"
 
 
 class ConnectError(Exception):
-    """Shown to the admin as is; nothing was changed."""
+    """Shown to the admin as is; nothing was changed. ``help_url`` / ``help_label``: a
+    link that fixes it (the tenant-wide admin consent); ``declined``: the admin said no,
+    which is no error."""
+
+    def __init__(self, message: str, *, help_url: str = "", help_label: str = "",
+                 declined: bool = False):
+        super().__init__(message)
+        self.help_url = help_url
+        self.help_label = help_label
+        self.declined = declined
 
 
 @dataclass
@@ -68,24 +76,31 @@ def callback_url(provider: str) -> str:
                                                           kwargs={"provider": provider})
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(64)[:96]
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
-
-
 def oauth_start(*, request, tenant: Tenant, provider: str,
                 reconnect: EmailConnection | None = None) -> str:
+    """The provider's sign-in URL; ConnectError when the provider cannot be reached."""
     nonce = secrets.token_urlsafe(24)
-    verifier, challenge = _pkce()
-    pending = request.session.get(SESSION_KEY, {})
-    pending[nonce] = {"verifier": verifier, "at": timezone.now().timestamp()}
-    request.session[SESSION_KEY] = dict(list(pending.items())[-5:])  # a few tabs at most
     state = signing.dumps({"t": tenant.slug, "u": request.user.pk, "p": provider, "n": nonce,
                            "r": reconnect.pk if reconnect else None}, salt=STATE_SALT)
-    return providers.get(provider).authorization_url(
-        state=state, code_challenge=challenge, redirect_uri=callback_url(provider),
-        login_hint=reconnect.address if reconnect else "")
+    client = providers.get(provider)
+    try:
+        url, flow = client.begin_sign_in(state=state, redirect_uri=callback_url(provider),
+                                         login_hint=reconnect.address if reconnect else "")
+    except providers.ProviderError as exc:
+        raise ConnectError(f"{client.label} cannot be reached to sign in ({exc}). Please try "
+                           "again in a moment.") from exc
+    pending = request.session.get(SESSION_KEY, {})
+    pending[nonce] = {"flow": flow, "at": timezone.now().timestamp()}
+    request.session[SESSION_KEY] = dict(list(pending.items())[-5:])  # a few tabs at most
+    return url
+
+
+def callback_notice(*, provider: str, params: dict) -> str:
+    """What to say for a return to the callback that is no sign-in (an organization's
+    admin consent); "" for a sign-in. Changes nothing."""
+    if not providers.can(provider, Capability.OAUTH_SIGN_IN):
+        return ""
+    return providers.get(provider).callback_notice(params)
 
 
 def read_state(*, request, provider: str, state: str) -> dict:
@@ -102,21 +117,27 @@ def read_state(*, request, provider: str, state: str) -> dict:
     if entry is None or data.get("u") != request.user.pk or data.get("p") != provider:
         raise ConnectError("This connection request was already used or belongs to another "
                            "session. Please start again.")
-    data["verifier"] = entry["verifier"]
+    data["flow"] = entry.get("flow") or {}
     return data
 
 
 def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
-                   code: str) -> ConnectResult:
+                   params: dict) -> ConnectResult:
+    """``params``: the callback's query (``code`` and ``state``, or the provider's
+    ``error``)."""
     client = providers.get(provider)
     try:
-        tokens = client.exchange_code(code=code, code_verifier=state["verifier"],
-                                      redirect_uri=callback_url(provider))
+        tokens = client.complete_sign_in(flow=state["flow"], params=params,
+                                         redirect_uri=callback_url(provider))
         credentials = tokens.as_credentials()
         address = client.mailbox_address(credentials).strip().lower()
+    except SignInRefused as exc:
+        raise ConnectError(str(exc), help_url=exc.help_url, help_label=exc.help_label,
+                           declined=exc.declined) from exc
     except providers.ProviderError as exc:
         raise ConnectError(f"{client.label} did not accept the sign-in "
-                           f"({exc.reason or exc}). Nothing was changed.") from exc
+                           f"({exc.reason or 'error'}): {health.redact(str(exc))} Nothing "
+                           "was changed.") from exc
     if client.missing_scopes(tokens):
         raise ConnectError("Both permissions are needed (read and send mail). Please allow "
                            "them on the consent screen.")

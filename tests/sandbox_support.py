@@ -413,3 +413,17 @@ def ms_sign_in(auth_uri: str, email: str, *, decision: str = "accept"):
             return page
         page = session.post(base, data=data, allow_redirects=False, timeout=5)
     return page
+
+
+def use_sandbox_microsoft(settings, sandbox: str, https_url: str, ca_file: str, *,
+                          public_base_url: str = "http://testserver", tenant="organizations",
+                          **app) -> None:
+    """Point the Microsoft settings at the sandbox (msal over its TLS listener, trusting
+    its CA) and register our app with its callback under ``public_base_url``."""
+    settings.MS_CLIENT_ID, settings.MS_CLIENT_SECRET = MS_CLIENT_ID, MS_CLIENT_SECRET
+    settings.MS_AUTHORITY = f"{https_url}/{tenant}"
+    settings.MS_SIGN_IN_ORIGIN = sandbox
+    settings.MS_CA_BUNDLE = ca_file
+    settings.GRAPH_BASE_URL = https_url + "/v1.0"
+    settings.PUBLIC_BASE_URL = public_base_url
+    ms_register(sandbox, [public_base_url + "/oauth/microsoft/callback/"], **app)

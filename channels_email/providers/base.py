@@ -4,7 +4,10 @@ Gmail (history cursor, Pub/Sub push naming the mailbox) and Microsoft Graph (one
 subscription per mailbox with a client state to check, notifications naming a message, a
 delta link as the cursor, MIME sent through sendMail) both fit this protocol:
 
-- connect: ``authorization_url`` -> ``exchange_code`` -> ``mailbox_address``;
+- connect: ``begin_sign_in`` (the sign-in URL, and a flow dict the channel keeps in the
+  admin's session: PKCE verifier, nonce...) -> ``complete_sign_in`` (the flow and the
+  callback's query) -> ``mailbox_address``; a refusal comes back as ``SignInRefused``, in
+  words an admin can act on;
 - tokens: ``refresh`` (may return a rotated refresh token, which must be saved), ``revoke``;
 - push: ``start_watch`` / ``stop_watch`` (Gmail watch, Graph subscription), and
   ``parse_notification`` for the provider's webhook body;
@@ -88,6 +91,20 @@ class PermanentError(ProviderError):
     large, not found): do not retry."""
 
 
+class SignInRefused(ProviderError):
+    """The sign-in came back refused (declined consent, admin approval needed, wrong
+    account, misconfigured app): ``message`` is what the admin reads, ``help_url`` /
+    ``help_label`` a link that fixes it (the tenant-wide admin consent), ``declined`` when
+    the user simply said no (not an error)."""
+
+    def __init__(self, message: str, *, help_url: str = "", help_label: str = "",
+                 declined: bool = False, **kwargs):
+        super().__init__(message, **kwargs)
+        self.help_url = help_url
+        self.help_label = help_label
+        self.declined = declined
+
+
 class CursorExpired(ProviderError):
     """The sync cursor is too old (Gmail history 404, Graph delta 410): run the bounded
     full sync instead."""
@@ -99,13 +116,17 @@ class TokenSet:
     expires_at: datetime
     refresh_token: str = ""  # "" when the provider did not return one (keep the old one)
     scopes: tuple[str, ...] = ()
+    # What else the provider keeps with the credentials (msal's serialized token cache,
+    # which holds the refresh token, and the account it is for); replaces the previous.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_credentials(self, previous: dict | None = None) -> dict[str, Any]:
         """The JSON stored (encrypted) on the connection; a refresh that returns no new
         refresh token keeps the previous one."""
         refresh = self.refresh_token or (previous or {}).get("refresh_token", "")
         return {"access_token": self.access_token, "refresh_token": refresh,
-                "expires_at": self.expires_at.isoformat(), "scopes": list(self.scopes)}
+                "expires_at": self.expires_at.isoformat(), "scopes": list(self.scopes),
+                **self.extra}
 
 
 @dataclass(frozen=True)
@@ -244,12 +265,19 @@ class ConnectionLookup(Protocol):
 
 @runtime_checkable
 class SignIn(Protocol):
-    """OAuth in the browser, and token care."""
+    """OAuth in the browser, and token care. ``begin_sign_in`` returns the URL to send
+    the admin to and a JSON-serializable flow (kept in the admin's session, never shown)
+    that ``complete_sign_in`` gets back with the callback's query parameters; ``state``
+    is the channel's signed state, which the provider sends out and checks coming back.
+    ``callback_notice`` answers a return to the callback that is no sign-in (Microsoft's
+    admin consent): the words to show, or "" when it is a sign-in."""
 
-    def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
-                          login_hint: str = "") -> str: ...
+    def begin_sign_in(self, *, state: str, redirect_uri: str, login_hint: str = ""
+                      ) -> tuple[str, dict]: ...
 
-    def exchange_code(self, *, code: str, code_verifier: str, redirect_uri: str) -> TokenSet: ...
+    def complete_sign_in(self, *, flow: dict, params: dict, redirect_uri: str) -> TokenSet: ...
+
+    def callback_notice(self, params: dict) -> str: ...
 
     def missing_scopes(self, tokens: TokenSet) -> set[str]: ...
 
@@ -313,6 +341,9 @@ class EmailProvider(Protocol):
     label: str  # shown beside a mailbox ("Gmail")
     connect_button: str  # the Add Email Account button ("" when not connectable)
     not_configured_hint: str  # shown instead of the button when not configured
+    # Shown after Disconnect: where the admin removes what the provider still grants
+    # (Microsoft has no endpoint for an app to give its permissions up); "" when none.
+    disconnect_hint: str
     capabilities: frozenset[Capability]
 
     def is_configured(self) -> bool: ...

@@ -18,10 +18,12 @@ import base64
 import binascii
 import email.utils
 import functools
+import hashlib
 import io
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ from channels_email.providers.base import (
     RateLimited,
     Rejected,
     SentMessage,
+    SignInRefused,
     SyncPage,
     TokenSet,
     TransientError,
@@ -475,6 +478,7 @@ class GmailProvider:
     connect_button = "Gmail: Authorize with Google"
     not_configured_hint = ("Gmail is not configured on this server (GOOGLE_CLIENT_ID). "
                            "See the README.")
+    disconnect_hint = ""  # Disconnect revokes the grant at Google itself
     capabilities = frozenset(Capability)
     webhook_routes = (WebhookRoute(path="google/pubsub", hook="pubsub", log_key="google"),)
 
@@ -495,6 +499,27 @@ class GmailProvider:
         return set(settings.GMAIL_SCOPES) - set(tokens.scopes)
 
     # -- OAuth ----------------------------------------------------------------------------
+    def begin_sign_in(self, *, state: str, redirect_uri: str, login_hint: str = ""
+                      ) -> tuple[str, dict]:
+        """Google's consent URL with a PKCE challenge; the flow keeps its verifier."""
+        verifier = secrets.token_urlsafe(64)[:96]
+        challenge = base64.urlsafe_b64encode(
+            hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        url = self.authorization_url(state=state, code_challenge=challenge,
+                                     redirect_uri=redirect_uri, login_hint=login_hint)
+        return url, {"verifier": verifier}
+
+    def complete_sign_in(self, *, flow: dict, params: dict, redirect_uri: str) -> TokenSet:
+        if params.get("error"):
+            raise SignInRefused("Access was not granted, so nothing was connected.",
+                                reason=str(params["error"])[:100], declined=True)
+        return self.exchange_code(code=params.get("code") or "",
+                                  code_verifier=flow.get("verifier") or "",
+                                  redirect_uri=redirect_uri)
+
+    def callback_notice(self, params: dict) -> str:
+        return ""
+
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
                           login_hint: str = "") -> str:
         params = {

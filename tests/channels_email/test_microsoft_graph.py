@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
+import urllib.parse
 from datetime import timedelta
 from email import message_from_bytes
 from email.policy import default
@@ -30,60 +31,49 @@ from tests.channels_email.graph_support import (
     subscriptions,
     use_sandbox_graph,
 )
-from tests.sandbox_support import (
-    MS_REDIRECT_URI,
-    MS_SCOPES,
-    ms_app,
-    ms_mailbox,
-    ms_register,
-    ms_sign_in,
-)
+from tests.sandbox_support import ms_mailbox, ms_sign_in, use_sandbox_microsoft
 from tickets.models import Ticket
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True),
+              pytest.mark.filterwarnings("ignore:response_mode='form_post':UserWarning")]
 MAILBOX = "support@contoso.test"
 
 
 @pytest.fixture
 def graph(settings, sandbox, sandbox_https_url, sandbox_ca_file):
-    """Graph over the sandbox's TLS listener (its CA trusted by the provider's session),
-    our webhooks behind a catcher, the test app registered with the identity side."""
+    """Microsoft 365 through the sandbox: msal and Graph over its TLS listener (its CA
+    trusted by the provider's sessions), our webhooks behind a catcher."""
     settings.CELERY_TASK_ALWAYS_EAGER = False
+    use_sandbox_microsoft(settings, sandbox, sandbox_https_url, sandbox_ca_file)
     catcher = GraphCatcher()
     use_sandbox_graph(settings, sandbox, catcher, sandbox_https_url)
-    settings.MS_CA_BUNDLE = sandbox_ca_file
-    ms_register(sandbox)
     yield sandbox, catcher, (sandbox_https_url, sandbox_ca_file)
     catcher.close()
 
 
-def sign_in(graph, address: str) -> dict:
-    """An access token for ``address`` from the identity side, through real msal (auth
-    code flow with PKCE over TLS, the sign-in pages driven like a browser)."""
-    sandbox, _, (https_url, ca_file) = graph
-    app = ms_app(https_url, ca_file)
-    flow = app.initiate_auth_code_flow(MS_SCOPES, redirect_uri=MS_REDIRECT_URI,
-                                       prompt="select_account")
-    result = app.acquire_token_by_auth_code_flow(flow, ms_sign_in(flow["auth_uri"], address))
-    assert "access_token" in result, result
-    return result
-
-
 def connect(graph, tenant, address: str = MAILBOX) -> EmailConnection:
-    sandbox, catcher, _ = graph
-    ms_mailbox(sandbox, address, address.split("@")[1].split(".")[0])
-    tokens = sign_in(graph, address)
-    with tenant_scope(tenant):
-        conn = EmailConnection.objects.create(
-            tenant=tenant, provider="microsoft", address=address,
-            credentials={"access_token": tokens["access_token"],
-                         "refresh_token": tokens.get("refresh_token", ""),
-                         "expires_at": (timezone.now() + timedelta(
-                             seconds=int(tokens["expires_in"]))).isoformat()})
-        from channels_email.tokens import authorized
+    """An admin connects ``address`` (Add Email Account > Outlook / Microsoft 365, the
+    sandbox's sign-in pages, our callback: msal's auth code flow), then the start-watch
+    task the callback queued runs (here, in-process): the Graph subscription."""
+    from django.test import Client
 
-        conn.cursor = authorized(conn).current_cursor()
-        conn.save(update_fields=["cursor"])
+    from tests.factories import MembershipFactory, UserFactory
+
+    sandbox, _, _ = graph
+    ms_mailbox(sandbox, address, address.split("@")[1].split(".")[0])
+    admin = UserFactory()
+    MembershipFactory(tenant=tenant, user=admin, role="admin")
+    browser = Client()
+    browser.force_login(admin)
+    start = browser.post(f"/{tenant.slug}/settings/email/connect/microsoft/")
+    assert start.status_code == 302, start.content
+    query = ms_sign_in(start["Location"], address)
+    assert isinstance(query, dict), query.text
+    answer = browser.get("/oauth/microsoft/callback/?" + urllib.parse.urlencode(query))
+    assert answer.status_code == 302, answer.content
+    with tenant_scope(tenant):
+        conn = EmailConnection.objects.get(provider="microsoft", address=address)
+    assert conn.cursor and not conn.subscription_id  # the subscription waits for the task
     assert start_watch.run(connection_id=conn.pk) is True
     with tenant_scope(tenant):
         conn.refresh_from_db()

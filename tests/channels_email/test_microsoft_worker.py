@@ -28,7 +28,8 @@ from tests.channels_email.test_microsoft_graph import (  # noqa: F401 - fixtures
 from tests.sandbox_support import ms_mailbox
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True),
+              pytest.mark.filterwarnings("ignore:response_mode='form_post':UserWarning")]
 CUSTOMER = "maria@fabrikam.test"
 
 
@@ -36,7 +37,9 @@ def _env() -> dict:
     return {"GRAPH_BASE_URL": settings.GRAPH_BASE_URL,
             "GRAPH_NOTIFICATION_URL": settings.GRAPH_NOTIFICATION_URL,
             "GRAPH_LIFECYCLE_URL": settings.GRAPH_LIFECYCLE_URL,
-            "MS_CA_BUNDLE": settings.MS_CA_BUNDLE}
+            "MS_CA_BUNDLE": settings.MS_CA_BUNDLE, "MS_CLIENT_ID": settings.MS_CLIENT_ID,
+            "MS_CLIENT_SECRET": settings.MS_CLIENT_SECRET,
+            "MS_AUTHORITY": settings.MS_AUTHORITY}
 
 
 @pytest.fixture

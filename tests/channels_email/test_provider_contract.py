@@ -25,7 +25,7 @@ from channels_email.models import ConnectionStatus, EmailConnection, InboundEmai
 from channels_email.providers.base import Capability
 from channels_email.sync import connection_sync, push_unmark
 from channels_email.tasks import process_inbound_email, start_watch
-from channels_email.tokens import authorized
+from channels_email.tokens import authorized, ensure_fresh_token
 from helpdesk.tenancy import tenant_scope, unscoped
 from tests.sandbox_support import PushCatcher, consent, use_sandbox_google
 from tickets.models import Ticket
@@ -94,22 +94,12 @@ class MicrosoftDriver:
 
     def __init__(self, settings, sandbox, server):
         from tests.channels_email.graph_support import GraphCatcher, use_sandbox_graph
-        from tests.sandbox_support import (
-            MS_CLIENT_ID,
-            MS_CLIENT_SECRET,
-            ms_mailbox,
-            ms_register,
-        )
+        from tests.sandbox_support import ms_mailbox, use_sandbox_microsoft
 
         self.sandbox = sandbox
-        https_url, ca_file = server["https_url"], server["ca_file"]
+        use_sandbox_microsoft(settings, sandbox, server["https_url"], server["ca_file"])
         self.catcher = GraphCatcher()
-        use_sandbox_graph(settings, sandbox, self.catcher, https_url)
-        settings.MS_CLIENT_ID, settings.MS_CLIENT_SECRET = MS_CLIENT_ID, MS_CLIENT_SECRET
-        settings.MS_AUTHORITY = https_url + "/organizations"
-        settings.MS_CA_BUNDLE = ca_file
-        settings.PUBLIC_BASE_URL = "http://testserver"
-        ms_register(sandbox, redirect_uris=["http://testserver/oauth/microsoft/callback/"])
+        use_sandbox_graph(settings, sandbox, self.catcher, server["https_url"])
         ms_mailbox(sandbox, MAILBOX, "contoso")
 
     def close(self):
@@ -123,7 +113,16 @@ class MicrosoftDriver:
         return "http://testserver/oauth/microsoft/callback/?" + urllib.parse.urlencode(answer)
 
     def deliver(self, address: str, subject: str) -> None:
+        """Delivered, and, when the mailbox has a subscription, announced: Graph has
+        POSTed its notification (to the catcher), as it does moments after the mail lands."""
+        from tests.channels_email.graph_support import subscriptions
+
+        watched = any(s["alive"] and s["mailbox"] == address
+                      for s in subscriptions(self.sandbox))
+        before = len(self.catcher.received)
         GmailDriver.deliver(self, address, subject)
+        if watched:
+            self.catcher.wait_for(before + 1)
 
     def next_push(self, client):
         push = self.catcher.next()
@@ -211,8 +210,11 @@ def test_connect_signs_in_and_the_watch_starts_in_a_task(driver, admin_client, t
     assert admin_client.get(back.path + "?" + back.query).status_code == 302
     with tenant_scope(tenant):
         conn = EmailConnection.objects.get(address=MAILBOX)
-    # The callback stored the grant but left the subscription to a task.
-    assert conn.status == ConnectionStatus.ACTIVE and conn.credentials["refresh_token"]
+    # The callback stored the grant (it refreshes) but left the subscription to a task.
+    assert conn.status == ConnectionStatus.ACTIVE and conn.credentials["access_token"]
+    with tenant_scope(tenant):
+        assert ensure_fresh_token(conn, rejected_token=conn.credentials["access_token"])
+    assert conn.credentials["access_token"]
     assert conn.provider == driver.name and conn.subscription_expires_at is None
     assert start_watch.run(connection_id=conn.pk) is True
     with tenant_scope(tenant):

@@ -1,8 +1,10 @@
-"""Microsoft 365 behind ``EmailProvider``: sign-in through msal (``identity.py``), the
-mailbox through Microsoft Graph (``graph.py``: subscriptions, delta, MIME fetch and send),
-its change and lifecycle notifications (``webhooks.py``)."""
+"""Microsoft 365 behind ``EmailProvider``: sign-in and tokens through msal
+(``identity.py``); the mailbox through Microsoft Graph (``graph.py``: subscriptions, delta,
+MIME fetch and send) and its change and lifecycle notifications (``webhooks.py``)."""
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -16,16 +18,19 @@ from channels_email.providers.base import (
 )
 from channels_email.providers.microsoft import webhooks
 from channels_email.providers.microsoft.graph import GraphMailbox
+from channels_email.providers.microsoft.identity import ENTRA_APPS, MicrosoftIdentity
 
 
-class MicrosoftProvider(GraphMailbox):
+class MicrosoftProvider(MicrosoftIdentity, GraphMailbox):
     name = "microsoft"
     label = "Microsoft 365"
     connect_button = "Outlook / Microsoft 365"
     not_configured_hint = ("Microsoft 365 is not configured on this server (MS_CLIENT_ID). "
                            "See the README.")
-    capabilities = frozenset({Capability.PUSH, Capability.CURSOR_SYNC, Capability.FETCH,
-                              Capability.SEND, Capability.FIND_SENT})
+    disconnect_hint = ("Microsoft keeps the permissions it granted the helpdesk until an "
+                       f"admin removes them: {ENTRA_APPS} (or the user, at "
+                       "myapps.microsoft.com).")
+    capabilities = frozenset(Capability)
     webhook_routes = (
         WebhookRoute(path="microsoft/graph", hook="graph", log_key="microsoft"),
         WebhookRoute(path="microsoft/graph/lifecycle", hook="lifecycle",
@@ -33,10 +38,19 @@ class MicrosoftProvider(GraphMailbox):
     )
 
     def is_configured(self) -> bool:
-        return bool(getattr(settings, "MS_CLIENT_ID", ""))
+        return bool(settings.MS_CLIENT_ID and settings.MS_CLIENT_SECRET)
 
     def form_action_origins(self) -> tuple[str, ...]:
-        return ()
+        """Where the connect redirect goes: the sign-in page's origin (in the sandbox its
+        plain-http listener, not the authority's TLS one)."""
+        origins = []
+        for url in (settings.MS_SIGN_IN_ORIGIN, settings.MS_AUTHORITY):
+            parts = urlsplit(url)
+            if parts.scheme and parts.netloc:
+                origin = f"{parts.scheme}://{parts.netloc}"
+                if origin not in origins:
+                    origins.append(origin)
+        return tuple(origins)
 
     def handle_webhook(self, hook: str, request, lookup: ConnectionLookup
                        ) -> Handshake | Accepted | Rejected:

@@ -197,13 +197,6 @@ class GraphMailbox:
     page_size = PAGE_SIZE
     max_send_bytes = SEND_MAX_BYTES
 
-    # -- identity --------------------------------------------------------------------------
-    def mailbox_address(self, credentials: dict) -> str:
-        """The mailbox of the signed-in user: ``mail``, else ``userPrincipalName``."""
-        me = _json(request("GET", base_url() + "/me", credentials,
-                           params={"$select": "mail,userPrincipalName"}))
-        return str(me.get("mail") or me.get("userPrincipalName") or "").strip().lower()
-
     # -- push ------------------------------------------------------------------------------
     @staticmethod
     def _expiration() -> datetime:
