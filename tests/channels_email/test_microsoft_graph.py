@@ -223,9 +223,11 @@ def test_lifecycle_renews_or_recreates_and_the_mail_meanwhile_becomes_tickets(
     deliver(sandbox, "Meanwhile")  # no notification reaches us for this one
     time.sleep(0.3)
     push_unmark(conn.pk)
+    used = conn.credentials["access_token"]
     assert start_watch.run(connection_id=conn.pk, fresh_token=True) is True  # the worker
     with tenant_scope(tenant):
         conn.refresh_from_db()
+    assert conn.credentials["access_token"] != used  # refreshed through msal first
     [sub] = [s for s in subscriptions(sandbox) if s["id"] == conn.subscription_id]
     assert sub["alive"] and not sub["needs_reauthorization"]
     assert (conn.subscription_id == old) == (event == "reauthorizationRequired")
