@@ -32,9 +32,10 @@ What it does, all on loopback, real PostgreSQL and Redis:
    through the sandbox's OAuth and watch, the sandbox's Pub/Sub pushing to the webhook;
    20 emails delivered one by one (POST /_sandbox/deliver), each timed from the delivery
    call until its ticket exists (database polled every 10 ms); then the same for a
-   Microsoft mailbox (an access token of the sandbox's identity side, a real Graph
+   Microsoft mailbox (signed in on the sandbox's identity side, a real Graph
    subscription whose handshake our gunicorn answers, the sandbox's Graph notifications
-   to the webhook): notification-to-ticket.
+   to the webhook): notification-to-ticket; it signs in through msal on the sandbox's
+   TLS listener like a connect does.
 The load generator is Python and shares the machine's cores with gunicorn, PostgreSQL and
 Redis: both rates are lower than a C generator would see, the same way for both targets.
 The last line printed is one JSON object with the headline figures, the Graph ones
@@ -64,7 +65,6 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +122,7 @@ def stop(*procs: subprocess.Popen | None) -> None:
             proc.wait()
 
 
-def start_sandbox(var: Path) -> tuple[subprocess.Popen, str, Path]:
+def start_sandbox(var: Path) -> tuple[subprocess.Popen, dict, Path]:
     root = var / "var"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -136,7 +136,7 @@ def start_sandbox(var: Path) -> tuple[subprocess.Popen, str, Path]:
             stop(proc)
             sys.exit("the sandbox did not start, see " + str(var / "sandbox.log"))
         time.sleep(0.05)
-    return proc, json.loads(info.read_text())["url"].rstrip("/"), root / "sandbox"
+    return proc, json.loads(info.read_text()), root / "sandbox"
 
 
 def start_gunicorn(app: str, port: int, name: str, workload: Workload) -> subprocess.Popen:
@@ -317,38 +317,45 @@ def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path,
     return latencies
 
 
-def connect_graph_mailbox(sandbox: str, store_dir: Path, tenant, address: str):
-    """A Microsoft mailbox of the sandbox with an access token of its identity side, and
-    its Graph subscription (Graph validates our notification URL while we wait)."""
+def connect_graph_mailbox(sandbox: str, tenant, address: str, callback: str):
+    """A Microsoft mailbox of the sandbox, signed in through msal (the sandbox's sign-in
+    pages driven as a browser would), then its Graph subscription (Graph validates our
+    notification URLs while we wait)."""
     import requests
+    from django.conf import settings
     from django.utils import timezone
 
+    from channels_email import providers
     from channels_email.connect import watch_start
     from channels_email.models import ConnectionStatus, EmailConnection
     from channels_email.tokens import authorized
     from helpdesk.tenancy import tenant_scope
-    from sandbox.store import Store
+    from tests.sandbox_support import ms_sign_in
 
-    requests.post(sandbox + "/_sandbox/mailboxes", json={"email": address},
-                  timeout=10).raise_for_status()
-    token = "eyJ0eXAi.bench." + secrets.token_urlsafe(24)
-    with Store(store_dir).transaction() as state:
-        state["access_tokens"][token] = {
-            "provider": "microsoft", "email": address, "client_id": "bench",
-            "scopes": ["Mail.Read", "Mail.Send", "User.Read"], "expires": time.time() + 7200}
+    requests.post(sandbox + "/_sandbox/mailboxes", json={
+        "email": address, "provider": "microsoft", "tenant": "contoso"},
+        timeout=10).raise_for_status()
+    requests.post(sandbox + "/_sandbox/microsoft/apps", json={
+        "client_id": settings.MS_CLIENT_ID, "client_secret": settings.MS_CLIENT_SECRET,
+        "redirect_uris": [callback]}, timeout=10).raise_for_status()
+    microsoft = providers.get("microsoft")
+    url, flow = microsoft.begin_sign_in(state="bench", redirect_uri=callback)
+    params = ms_sign_in(url, address)
+    if not isinstance(params, dict):
+        raise SystemExit(f"the sandbox's Microsoft sign-in gave no code: {params.status_code}")
+    tokens = microsoft.complete_sign_in(flow=flow, params=params, redirect_uri=callback)
     with tenant_scope(tenant):
         conn = EmailConnection.objects.create(
             tenant=tenant, provider="microsoft", address=address,
             status=ConnectionStatus.ACTIVE, sync_start_at=timezone.now(),
-            credentials={"access_token": token, "refresh_token": "",
-                         "expires_at": (timezone.now() + timedelta(hours=2)).isoformat()})
+            credentials=tokens.as_credentials())
         conn.cursor = authorized(conn).current_cursor()
         conn.save(update_fields=["cursor"])
         watch_start(conn)
     return conn
 
 
-def notification_to_ticket(sandbox: str, store_dir: Path, tenant, worker_log: Path,
+def notification_to_ticket(sandbox: str, tenant, callback: str, worker_log: Path,
                            emails: int) -> list[float]:
     import requests
 
@@ -356,7 +363,7 @@ def notification_to_ticket(sandbox: str, store_dir: Path, tenant, worker_log: Pa
     from tickets.models import Ticket
 
     address = "live@graph.bench.example"
-    connect_graph_mailbox(sandbox, store_dir, tenant, address)
+    connect_graph_mailbox(sandbox, tenant, address, callback)
     latencies = []
     for n in range(emails):
         subject = f"Bench graph {n} {uuid.uuid4().hex[:8]}"
@@ -407,8 +414,11 @@ def main() -> None:
         PUBSUB_SERVICE_ACCOUNT=ACCOUNT, GMAIL_PUBSUB_TOPIC=TOPIC)
     procs: dict[str, subprocess.Popen] = {}
     try:
-        procs["sandbox"], sandbox_url, key_dir = start_sandbox(w.var)
-        os.environ["SANDBOX_URL"] = sandbox_url  # GOOGLE_CERTS_URL etc. derive from it
+        procs["sandbox"], sandbox_info, key_dir = start_sandbox(w.var)
+        sandbox_url = sandbox_info["url"].rstrip("/")
+        # GOOGLE_CERTS_URL etc. derive from them; msal and Graph go to the TLS listener.
+        os.environ.update(SANDBOX_URL=sandbox_url, SANDBOX_HTTPS_URL=sandbox_info["https_url"],
+                          SANDBOX_CA_FILE=sandbox_info["ca_file"])
         # The servers boot while the scratch database migrates; the first request waits.
         procs["web"] = start_gunicorn("helpdesk.wsgi:application", web_port, "web", w)
         procs["bare"] = start_gunicorn("bench.bare_wsgi:application", bare_port, "bare", w)
@@ -519,7 +529,9 @@ def main() -> None:
         ptt = push_to_ticket(sandbox_url, tenant, webhook_url, worker_log, w.push_emails)
         log(f"notification-to-ticket: {w.push_emails} emails through sandbox -> Graph "
             "notification -> webhook -> worker")
-        ntt = notification_to_ticket(sandbox_url, key_dir, tenant, worker_log, w.push_emails)
+        ntt = notification_to_ticket(
+            sandbox_url, tenant, webhook_url.replace(PATH, "/oauth/microsoft/callback/"),
+            worker_log, w.push_emails)
     finally:
         stop(*procs.values())
         r.flushdb()
