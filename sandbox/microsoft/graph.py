@@ -629,7 +629,7 @@ class GraphAPI(Part):
                 kind, extra = "skip", {"pending": rest, "snapshot": snapshot}
             else:
                 kind, extra = "delta", {"position": snapshot}
-            new = Store_token()
+            new = new_token()
             tokens[new] = {"mailbox": mailbox, "folder": label, "kind": kind,
                            "since": since, "select": select, "created": time.time(), **extra}
             if len(tokens) > 5000:
@@ -763,7 +763,8 @@ class GraphAPI(Part):
              "expirationDateTime": iso_precise(s["expires"])} for s in subs]})
 
 
-def Store_token() -> str:  # noqa: N802 - reads like the Store helper it mirrors
+def new_token() -> str:
+    """An opaque delta or skip token (the state it stands for is kept in the store)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes) \
         .decode().rstrip("=")
 
