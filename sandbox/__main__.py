@@ -1,7 +1,7 @@
 """python -m sandbox [--host H] [--port N] [--tls-port N]
                                             serve http and https (default: free ports)
 python -m sandbox deliver --to ADDR (--eml FILE | --from X --subject S --body B [--attach F])
-python -m sandbox mailbox ADDR              create a mailbox
+python -m sandbox mailbox ADDR [--microsoft TENANT]   create a mailbox (Gmail, or Microsoft 365)
 python -m sandbox fault add KIND [--count N] [--mailbox A] [--retry-after S] [--delay S]
 python -m sandbox fault list | fault clear [--id N] [--kind KIND]
 python -m sandbox settings [KEY=JSON ...]   show or change settings.json
@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attach", type=Path, action="append", default=[])
     p = sub.add_parser("mailbox", help="create a mailbox")
     p.add_argument("email")
+    p.add_argument("--microsoft", metavar="TENANT",
+                   help="a Microsoft 365 mailbox of this tenant (e.g. contoso, fabrikam)")
     p = sub.add_parser("fault", help="add, list or clear fault switches")
     p.add_argument("action", choices=["add", "list", "clear"])
     p.add_argument("kind", nargs="?", choices=sorted(faultlib.KINDS))
@@ -166,10 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(deliver(store, spec), indent=1))
     elif args.command == "mailbox":
         from .gmail import ensure_mailbox
+        from .microsoft.identity import ensure_microsoft_mailbox
 
         with store.transaction() as state:
-            box = ensure_mailbox(state, args.email)
-            print(json.dumps({"email": box["email"], "historyId": str(box["history_id"])}))
+            box = ensure_microsoft_mailbox(state, args.email, args.microsoft) \
+                if args.microsoft else ensure_mailbox(state, args.email)
+            print(json.dumps({"email": box["email"], "historyId": str(box["history_id"]),
+                              "provider": box.get("provider", "google")}))
     elif args.command == "fault":
         with store.transaction() as state:
             if args.action == "add":

@@ -171,6 +171,23 @@ class SentMessage:
     message_id_header: str = ""  # the Message-ID the provider stored (read back)
 
 
+@dataclass(frozen=True)
+class SandboxDemo:
+    """How ``make demo`` wires a provider to the local sandbox (``sandbox/``), declared
+    by the provider so that the demo names none: ``env`` for the demo's processes
+    (settings), ``calls`` (path, JSON body) POSTed to the sandbox once it runs (our app's
+    registration with its callback, push targets, a mailbox to connect), ``mailbox`` the
+    sandbox address an admin connects, and what the demo's ``--check`` needs to connect a
+    new mailbox by hand: ``new_mailbox`` (the body of ``/_sandbox/mailboxes`` for an
+    address, {} when sign-in creates it) and ``check_domain``."""
+
+    env: dict[str, str]
+    calls: tuple[tuple[str, dict], ...] = ()
+    mailbox: str = ""
+    check_domain: str = "example.com"
+    new_mailbox: dict = field(default_factory=dict)
+
+
 class Capability(StrEnum):
     """What a provider can do; a provider declares the ones it implements."""
 

@@ -62,6 +62,7 @@ from channels_email.providers.base import (
     ProviderError,
     RateLimited,
     Rejected,
+    SandboxDemo,
     SentMessage,
     SignInRefused,
     SyncPage,
@@ -482,8 +483,40 @@ class GmailProvider:
     capabilities = frozenset(Capability)
     webhook_routes = (WebhookRoute(path="google/pubsub", hook="pubsub", log_key="google"),)
 
+    # The demo's seeded mailbox is a Gmail one: the sandbox's Google picker suggests it.
+    demo_seeded_mailbox = True
+
     def __init__(self, page_size: int = PAGE_SIZE):
         self.page_size = page_size
+
+    @staticmethod
+    def sandbox_demo(*, public_url: str, sandbox: dict, suggested: tuple[str, ...] = ()
+                     ) -> SandboxDemo:
+        """The demo's Google side: an OAuth client with our callback, and the Pub/Sub
+        topic pushing to our webhook (no real secrets)."""
+        client_id = "helpdesk-demo.apps.googleusercontent.com"
+        secret, topic = "demo-sandbox-secret", "projects/helpdesk-demo/topics/gmail"
+        account = "pubsub-push@helpdesk-demo.iam.gserviceaccount.com"
+        webhook = f"{public_url}/webhooks/google/pubsub/"
+        return SandboxDemo(
+            env={"GOOGLE_CLIENT_ID": client_id, "GOOGLE_CLIENT_SECRET": secret,
+                 "GMAIL_PUBSUB_TOPIC": topic, "PUBSUB_SERVICE_ACCOUNT": account},
+            calls=(("/_sandbox/clients", {
+                "client_id": client_id, "client_secret": secret,
+                "redirect_uris": [f"{public_url}/oauth/gmail/callback/"]}),
+                   ("/_sandbox/settings", {"topics": {topic: {
+                       "push_endpoint": webhook, "audience": webhook,
+                       "service_account": account}},
+                       "suggested_accounts": list(suggested)})),
+            mailbox=suggested[0] if suggested else "", check_domain="acme.example")
+
+    @staticmethod
+    def sandbox_consent(auth_query: dict, address: str) -> list[tuple[str, str]]:
+        """The form the sandbox's consent page posts when ``address`` allows everything
+        (the demo's --check walks it by hand)."""
+        return [*auth_query.items(), ("step", "consent"), ("email", address),
+                ("decision", "allow"),
+                *(("grant_scope", s) for s in auth_query.get("scope", "").split())]
 
     # -- what the channel shows and wires ------------------------------------------------
     def is_configured(self) -> bool:

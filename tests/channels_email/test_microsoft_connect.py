@@ -266,3 +266,49 @@ def test_reconnect_and_disconnect(ms, admin_client, tenant):
     with tenant_scope(tenant):
         conn.refresh_from_db()
     assert conn.status == ConnectionStatus.DISCONNECTED and conn.credentials is None
+
+
+def test_beat_refreshes_once_under_the_lock_however_many_workers_ask(ms, admin_client, tenant):
+    import threading
+
+    from django.db import connections
+
+    from channels_email.tasks import refresh_tokens
+
+    conn = _connected(admin_client, tenant)
+
+    def issued() -> int:
+        state = requests.get(ms + "/_sandbox/state", timeout=5).json()
+        return sum(1 for r in state["refresh_tokens"].values()
+                   if r["email"] == conn.address and r.get("provider") == "microsoft")
+
+    before = issued()
+    conn.credentials = {**conn.credentials,
+                        "expires_at": (timezone.now() + timedelta(minutes=10)).isoformat()}
+    conn.save(update_fields=["credentials"])
+    results, barrier = [], threading.Barrier(4)
+
+    def worker():
+        try:
+            barrier.wait()
+            with tenant_scope(tenant):
+                results.append(ensure_fresh_token(EmailConnection.objects.get(pk=conn.pk),
+                                                  timedelta(minutes=15)))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False, False, False, True]
+    assert issued() == before + 1  # one refresh reached Microsoft
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+        stored = conn.credentials["token_cache"]
+        _expire_soon(conn)
+    assert refresh_tokens.run() == 1  # beat's sweep: Microsoft mailboxes too
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.credentials["token_cache"] != stored and issued() == before + 2

@@ -14,6 +14,7 @@ from channels_email.providers.base import (
     ConnectionLookup,
     Handshake,
     Rejected,
+    SandboxDemo,
     WebhookRoute,
 )
 from channels_email.providers.microsoft import webhooks
@@ -36,6 +37,32 @@ class MicrosoftProvider(MicrosoftIdentity, GraphMailbox):
         WebhookRoute(path="microsoft/graph/lifecycle", hook="lifecycle",
                      log_key="microsoft"),
     )
+
+    demo_seeded_mailbox = False
+
+    @staticmethod
+    def sandbox_demo(*, public_url: str, sandbox: dict, suggested: tuple[str, ...] = ()
+                     ) -> SandboxDemo:
+        """The demo's Microsoft side: an app registration with our callback (msal talks to
+        the sandbox's TLS listener, trusting its CA) and a mailbox of the contoso tenant,
+        whose users may consent (fabrikam's need an admin)."""
+        client_id, secret = "8d0d5a1e-5d4f-4c1a-9a57-0d3c0de0d3e0", "demo~sandbox-secret"
+        mailbox = "support@contoso.test"
+        return SandboxDemo(
+            env={"MS_CLIENT_ID": client_id, "MS_CLIENT_SECRET": secret},
+            calls=(("/_sandbox/microsoft/apps", {
+                "client_id": client_id, "client_secret": secret,
+                "redirect_uris": [f"{public_url}/oauth/microsoft/callback/"]}),
+                ("/_sandbox/mailboxes", {"email": mailbox, "provider": "microsoft",
+                                         "tenant": "contoso"})),
+            mailbox=mailbox, check_domain="contoso.test",
+            new_mailbox={"provider": "microsoft", "tenant": "contoso"})
+
+    @staticmethod
+    def sandbox_consent(auth_query: dict, address: str) -> list[tuple[str, str]]:
+        """The form the sandbox's Permissions requested page posts on Accept."""
+        return [*auth_query.items(), ("step", "consent"), ("email", address),
+                ("decision", "accept")]
 
     def is_configured(self) -> bool:
         return bool(settings.MS_CLIENT_ID and settings.MS_CLIENT_SECRET)
