@@ -12,9 +12,10 @@ the auth code flow of a confidential client (PROVIDERS.md sections 4 and 7.4).
   admin consented for the organization. Deny: back with ``error=access_denied``
   (AADSTS65004); "Return to the application": ``error=access_denied`` with AADSTS90094. A
   redirect URI not registered for the app: the AADSTS50011 error page, no redirect. A
-  personal account (``@outlook.com`` ...) on ``organizations``: AADSTS50020 page... as
-  Microsoft does, shown by redirecting ``error=invalid_request`` with the AADSTS text.
-  ``response_mode=form_post`` answers with an auto-submitting form.
+  personal account (``@outlook.com`` ...) on ``organizations``: back with
+  ``error=invalid_request`` and AADSTS50020 (Microsoft shows it on its page; the sandbox
+  sends it back so the app's wording can be seen). ``response_mode=form_post`` answers
+  with an auto-submitting form.
 - ``GET|POST /{tenant}/v2.0/adminconsent``: an admin grants the app for the whole
   organization; back with ``admin_consent=True&tenant=<tid>&scope=...`` (or
   ``error=access_denied`` AADSTS65004).
