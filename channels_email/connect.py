@@ -3,7 +3,8 @@
 Contract:
 - ``oauth_start`` returns the provider's consent URL. The ``state`` it carries is signed
   and names the tenant, the user, the provider, a single-use nonce kept in the session
-  (with the PKCE verifier), and the connection being reconnected, if any. The callback
+  (with the provider's flow: the PKCE verifier, msal's nonce...), and the connection
+  being reconnected, if any. The callback
   URL is fixed (``/oauth/<provider>/callback/``), not tenant-scoped, as providers require.
 - ``oauth_complete`` checks all of that (a replayed, foreign, stale or tampered state, or
   a state from another session, changes nothing), exchanges the code, reads the mailbox
@@ -24,8 +25,6 @@ Contract:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -39,9 +38,9 @@ from django.utils import timezone
 
 from channels_email import health, providers
 from channels_email.models import ConnectionStatus, EmailConnection
-from channels_email.providers.base import Capability
+from channels_email.providers.base import Capability, SignInRefused
 from channels_email.tokens import authorized
-from channels_email.webhooks import forget_mailbox
+from channels_email.webhooks import forget_mailbox, forget_subscription
 from helpdesk.models import Tenant, User
 from helpdesk.services import audit_record
 from helpdesk.tenancy import tenant_scope, unscoped
@@ -54,7 +53,16 @@ SESSION_KEY = "oauth_pending"
 
 
 class ConnectError(Exception):
-    """Shown to the admin as is; nothing was changed."""
+    """Shown to the admin as is; nothing was changed. ``help_url`` / ``help_label``: a
+    link that fixes it (the tenant-wide admin consent); ``declined``: the admin said no,
+    which is no error."""
+
+    def __init__(self, message: str, *, help_url: str = "", help_label: str = "",
+                 declined: bool = False):
+        super().__init__(message)
+        self.help_url = help_url
+        self.help_label = help_label
+        self.declined = declined
 
 
 @dataclass
@@ -68,24 +76,31 @@ def callback_url(provider: str) -> str:
                                                           kwargs={"provider": provider})
 
 
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(64)[:96]
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
-
-
 def oauth_start(*, request, tenant: Tenant, provider: str,
                 reconnect: EmailConnection | None = None) -> str:
+    """The provider's sign-in URL; ConnectError when the provider cannot be reached."""
     nonce = secrets.token_urlsafe(24)
-    verifier, challenge = _pkce()
-    pending = request.session.get(SESSION_KEY, {})
-    pending[nonce] = {"verifier": verifier, "at": timezone.now().timestamp()}
-    request.session[SESSION_KEY] = dict(list(pending.items())[-5:])  # a few tabs at most
     state = signing.dumps({"t": tenant.slug, "u": request.user.pk, "p": provider, "n": nonce,
                            "r": reconnect.pk if reconnect else None}, salt=STATE_SALT)
-    return providers.get(provider).authorization_url(
-        state=state, code_challenge=challenge, redirect_uri=callback_url(provider),
-        login_hint=reconnect.address if reconnect else "")
+    client = providers.get(provider)
+    try:
+        url, flow = client.begin_sign_in(state=state, redirect_uri=callback_url(provider),
+                                         login_hint=reconnect.address if reconnect else "")
+    except providers.ProviderError as exc:
+        raise ConnectError(f"{client.label} cannot be reached to sign in ({exc}). Please try "
+                           "again in a moment.") from exc
+    pending = request.session.get(SESSION_KEY, {})
+    pending[nonce] = {"flow": flow, "at": timezone.now().timestamp()}
+    request.session[SESSION_KEY] = dict(list(pending.items())[-5:])  # a few tabs at most
+    return url
+
+
+def callback_notice(*, provider: str, params: dict) -> str:
+    """What to say for a return to the callback that is no sign-in (an organization's
+    admin consent); "" for a sign-in. Changes nothing."""
+    if not providers.can(provider, Capability.OAUTH_SIGN_IN):
+        return ""
+    return providers.get(provider).callback_notice(params)
 
 
 def read_state(*, request, provider: str, state: str) -> dict:
@@ -102,21 +117,27 @@ def read_state(*, request, provider: str, state: str) -> dict:
     if entry is None or data.get("u") != request.user.pk or data.get("p") != provider:
         raise ConnectError("This connection request was already used or belongs to another "
                            "session. Please start again.")
-    data["verifier"] = entry["verifier"]
+    data["flow"] = entry.get("flow") or {}
     return data
 
 
 def oauth_complete(*, request, provider: str, tenant: Tenant, state: dict,
-                   code: str) -> ConnectResult:
+                   params: dict) -> ConnectResult:
+    """``params``: the callback's query (``code`` and ``state``, or the provider's
+    ``error``)."""
     client = providers.get(provider)
     try:
-        tokens = client.exchange_code(code=code, code_verifier=state["verifier"],
-                                      redirect_uri=callback_url(provider))
+        tokens = client.complete_sign_in(flow=state["flow"], params=params,
+                                         redirect_uri=callback_url(provider))
         credentials = tokens.as_credentials()
         address = client.mailbox_address(credentials).strip().lower()
+    except SignInRefused as exc:
+        raise ConnectError(str(exc), help_url=exc.help_url, help_label=exc.help_label,
+                           declined=exc.declined) from exc
     except providers.ProviderError as exc:
         raise ConnectError(f"{client.label} did not accept the sign-in "
-                           f"({exc.reason or exc}). Nothing was changed.") from exc
+                           f"({exc.reason or 'error'}): {health.redact(str(exc))} Nothing "
+                           "was changed.") from exc
     if client.missing_scopes(tokens):
         raise ConnectError("Both permissions are needed (read and send mail). Please allow "
                            "them on the consent screen.")
@@ -192,13 +213,17 @@ def _queue_watch(conn: EmailConnection) -> None:
     transaction.on_commit(lambda: start_watch.delay(connection_id=conn.pk))
 
 
-def connection_watch_start(*, connection_id: int) -> bool:
-    """The push watch of a just (re)connected mailbox (the ``start_watch`` task's unit):
-    started unless the connection is gone, disconnected or must wait; a provider failure
-    is recorded on its health (the beat task's renewal retries it). Once started, one
-    sync is queued: mail that arrived between the callback and the watch got no push.
+def connection_watch_start(*, connection_id: int, fresh_token: bool = False) -> bool:
+    """The push watch of a just (re)connected mailbox, or of one whose provider asked for
+    it to be renewed (the ``start_watch`` task's unit): started unless the connection is
+    gone, disconnected or must wait; a provider failure is recorded on its health (the
+    beat task's renewal retries it). ``fresh_token``: refresh the access token first (the
+    provider said the subscription's authorization is about to lapse); a refresh refused
+    makes the connection Token Expired. Once started, one sync is queued: mail that
+    arrived between the callback (or the provider's lapse) and the watch got no push.
     True when started."""
     from channels_email.sync import sync_request
+    from channels_email.tokens import ensure_fresh_token
 
     with unscoped():  # the id names the connection; the call runs in its tenant
         conn = (EmailConnection.objects.select_related("tenant")
@@ -206,6 +231,13 @@ def connection_watch_start(*, connection_id: int) -> bool:
     if conn is None or not providers.can(conn.provider, Capability.PUSH):
         return False
     with tenant_scope(conn.tenant):
+        if fresh_token and health.may_call(conn):
+            try:
+                ensure_fresh_token(conn, rejected_token=(conn.credentials or {}).get(
+                    "access_token", ""))
+            except providers.ProviderError as exc:
+                health.record_error(conn, exc)
+                return False
         if not watch_renew(conn):
             return False
     sync_request(conn.pk, "watch")
@@ -214,7 +246,10 @@ def connection_watch_start(*, connection_id: int) -> bool:
 
 def watch_start(conn: EmailConnection) -> None:
     """Start (or renew) the provider's push for ``conn`` and record its expiry and secret;
-    a connection without a cursor yet takes the watch's, one with a cursor keeps it."""
+    a connection without a cursor yet takes the watch's, one with a cursor keeps it. A
+    subscription the provider replaced by a new one (it had lost the old one) queues a
+    catch-up sync."""
+    previous = conn.subscription_id
     watch = authorized(conn).start_watch()
     fields = {"subscription_id": watch.subscription_id,
               "subscription_expires_at": watch.expires_at,
@@ -224,6 +259,13 @@ def watch_start(conn: EmailConnection) -> None:
     EmailConnection.objects.filter(pk=conn.pk).update(**fields)
     for name, value in fields.items():
         setattr(conn, name, value)
+    if previous and previous != watch.subscription_id:
+        # The provider had lost the subscription (it was recreated): the notifications
+        # of the gap are lost too, so catch up.
+        from channels_email.sync import sync_request
+
+        logger.warning("watch.recreated connection=%s", conn.pk)
+        transaction.on_commit(lambda: sync_request(conn.pk, "watch"))
 
 
 def watch_renew(conn: EmailConnection) -> bool:
@@ -248,17 +290,21 @@ def _queue_sync(conn: EmailConnection) -> None:
 def connection_disconnect(*, connection: EmailConnection, actor: User | None) -> None:
     if connection.status == ConnectionStatus.DISCONNECTED:
         return
-    if providers.can(connection.provider, Capability.OAUTH_SIGN_IN) and connection.credentials:
+    if providers.is_enabled(connection.provider) and connection.credentials:
         client = authorized(connection)
         steps = [client.stop_watch] if providers.can(connection.provider, Capability.PUSH) \
             else []
-        for step in (*steps, lambda: client.revoke(connection.credentials)):
+        if providers.can(connection.provider, Capability.OAUTH_SIGN_IN):
+            steps.append(lambda: client.revoke(connection.credentials))
+        for step in steps:
             try:
                 step()
             except providers.ProviderError as exc:
                 logger.warning("disconnect.provider_error connection=%s error=%s",
                                connection.pk, health.redact(str(exc)))
+    subscription = connection.subscription_id
     health.record_disconnected(connection)
     forget_mailbox(connection.provider, connection.address)
+    forget_subscription(connection.provider, subscription)
     audit_record(tenant=connection.tenant, actor=actor, action="email_connection.disconnected",
                  target=connection, details={"address": connection.address})

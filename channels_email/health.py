@@ -38,7 +38,7 @@ BACKOFF_BASE_SECONDS = 30
 BACKOFF_CAP_SECONDS = 3600
 
 _SECRETS = re.compile(
-    r"(ya29\.[\w.-]+|1//[\w.-]+|4/[\w.-]{10,}|eyJ[\w-]+\.[\w-]+\.[\w-]*"
+    r"(ya29\.[\w.-]+|1//[\w.-]+|4/[\w.-]{10,}|eyJ[\w-]+\.[\w-]+\.[\w-]*|\b[01]\.A[\w.-]{20,}"
     r"|(?i:bearer)\s+[\w.~+/=-]+"
     r"|(?i:(?:access|refresh|id)_token|client_secret|code_verifier|code)[\"']?\s*[:=]\s*[\"']?[^\s\"'&,}]+)"
 )

@@ -143,7 +143,12 @@ class EmailConnection(TenantOwnedModel):
             models.UniqueConstraint(fields=["tenant"], condition=models.Q(is_default=True),
                                     name="connection_one_default_per_tenant"),
         ]
-        indexes = [models.Index(fields=["tenant", "status"], name="connection_tenant_status")]
+        indexes = [
+            models.Index(fields=["tenant", "status"], name="connection_tenant_status"),
+            # The webhook finds a notification's connection by its subscription id.
+            models.Index(fields=["provider", "subscription_id"], name="connection_subscription",
+                         condition=~models.Q(subscription_id="")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.address} ({self.provider_label})"

@@ -247,6 +247,7 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
     recipient, whoever typed it (nor is the sending mailbox, whatever the caller passed).
     ApplicationError ``no_recipient`` (on ``to``) when no recipient is left."""
     own = own | connection.own_addresses
+    send_size_check(connection=connection, body_text=body_text, attachments=attachments)
     recipients = list(dict.fromkeys(a for a in map(normalize_email, to) if a and a not in own))
     if not recipients:
         raise ApplicationError("no_recipient", "The reply has no recipient outside our own "
@@ -274,6 +275,32 @@ def _outbound_create(*, ticket: Ticket, connection: EmailConnection, author: Use
         webhooks_out.message_created_emit(message=message)
         transaction.on_commit(lambda: _queue_send(message.pk))
     return message
+
+
+def estimated_mime_bytes(*, body_text: str, attachments=()) -> int:
+    """About how big the reply's MIME will be: each file base64-encoded (4/3, plus line
+    breaks every 76 characters), the text twice (plain and HTML), headers."""
+    files = sum(-(-len(content) // 3) * 4 * 78 // 76 for _, content, _ in attachments)
+    return files + 2 * len(body_text.encode()) + 8192
+
+
+def send_size_check(*, connection: EmailConnection, body_text: str, attachments=()) -> None:
+    """Refuse, before anything is written, a reply bigger than the mailbox's provider can
+    send with our headers (``max_send_bytes``; Microsoft 365's sendMail takes 4 MB per
+    request, base64 included, and its large-message upload path cannot keep our threading
+    headers, so a bigger reply could only go out unthreaded). ApplicationError on
+    ``attachments``."""
+    if not providers.is_enabled(connection.provider):
+        return
+    limit = getattr(providers.get(connection.provider), "max_send_bytes", None)
+    size = estimated_mime_bytes(body_text=body_text, attachments=attachments)
+    if limit and size > limit:
+        raise ApplicationError(
+            "message_too_large_for_mailbox",
+            f"This reply would be about {size / 1e6:.1f} MB once encoded; "
+            f"{connection.provider_label} sends at most {limit / 1e6:.1f} MB from "
+            f"{connection.address} with our threading headers. Remove attachments or share "
+            "a link instead. Nothing was sent.", field="attachments", status=413)
 
 
 # ------------------------------------------------------------ acknowledgements

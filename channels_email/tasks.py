@@ -154,12 +154,13 @@ def renew_watches(*, within_hours: int = 36) -> int:
 
 
 @shared_task(name="ingest.start_watch")
-def start_watch(*, connection_id: int) -> bool:
-    """Start the push watch of a just (re)connected mailbox (``connect.
-    connection_watch_start``): in a task, never in the OAuth callback request."""
+def start_watch(*, connection_id: int, fresh_token: bool = False) -> bool:
+    """Start (or renew, with a fresh token first when ``fresh_token``) the push watch of
+    a mailbox (``connect.connection_watch_start``): in a task, never in the OAuth callback
+    request, nor in the webhook request a provider's lifecycle event arrived in."""
     from channels_email.connect import connection_watch_start
 
-    return connection_watch_start(connection_id=connection_id)
+    return connection_watch_start(connection_id=connection_id, fresh_token=fresh_token)
 
 
 @shared_task(bind=True, name="outbound.send_reply", max_retries=None,

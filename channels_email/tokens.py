@@ -7,7 +7,9 @@ Contract of ``ensure_fresh_token(connection, margin=..., rejected_token=...)``:
 - Otherwise takes a per-connection Redis lock (waiting for a worker that is refreshing
   it already), re-reads the credentials (that worker may have done the job), refreshes
   through the provider, and saves the new access token, expiry and any new refresh token
-  (encrypted at rest by the model field).
+  or token cache (msal's, holding the rotated refresh token), encrypted at rest by the
+  model field. Where the refresh token lives is the provider's business: one it does not
+  find is its ``AuthError``.
 - Raises the provider's error; it records nothing itself: the caller reports the outcome
   to ``health`` (``invalid_grant`` -> Token Expired, and nothing further is fetched or
   sent until Reconnect).
@@ -72,8 +74,8 @@ def ensure_fresh_token(connection: EmailConnection, margin: timedelta = DEFAULT_
     if not providers.can(connection.provider, Capability.OAUTH_SIGN_IN) or not needs_refresh(
             connection, margin, rejected_token):
         return False
-    if not (connection.credentials or {}).get("refresh_token"):
-        raise providers.AuthError("no refresh token stored", reason="no_refresh_token")
+    if not connection.credentials:
+        raise providers.AuthError("no credentials stored", reason="no_refresh_token")
     with redis_client().lock(redis_key("token-lock", connection.pk), timeout=60,
                              blocking_timeout=30):
         connection.refresh_from_db(fields=["credentials", "status"])

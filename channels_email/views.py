@@ -5,7 +5,7 @@ Tenant admins only; runs in the tenant scope."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
@@ -144,22 +144,32 @@ def connect_start(request, provider: str):
     if not providers.get(provider).is_configured():
         messages.error(request, "That provider is not configured on this server.")
         return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
-    return redirect(connect.oauth_start(request=request, tenant=request.tenant,
-                                        provider=provider))
+    return _to_sign_in(request, provider)
+
+
+def _to_sign_in(request, provider: str, reconnect: EmailConnection | None = None):
+    try:
+        return redirect(connect.oauth_start(request=request, tenant=request.tenant,
+                                            provider=provider, reconnect=reconnect))
+    except connect.ConnectError as exc:
+        messages.error(request, str(exc))
+        return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
 
 
 @require_POST
 def connection_reconnect(request, connection_id: int):
     conn = _connection(request, connection_id)
-    return redirect(connect.oauth_start(request=request, tenant=request.tenant,
-                                        provider=conn.provider, reconnect=conn))
+    return _to_sign_in(request, conn.provider, conn)
 
 
 @require_POST
 def connection_disconnect_view(request, connection_id: int):
     conn = _connection(request, connection_id)
     connect.connection_disconnect(connection=conn, actor=request.user)
-    messages.success(request, f"{conn.address} is disconnected. Its tickets stay.")
+    hint = getattr(providers.get(conn.provider), "disconnect_hint", "") \
+        if providers.is_enabled(conn.provider) else ""
+    messages.success(request, f"{conn.address} is disconnected. Its tickets stay."
+                     + (f" {hint}" if hint else ""))
     return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
 
 
@@ -192,9 +202,15 @@ def connection_detail(request, connection_id: int):
                   status=400 if request.method == "POST" else 200)
 
 
-@login_required
 def oauth_callback(request, provider: str):
-    """The provider sends the admin back here (one fixed URL, not tenant-scoped)."""
+    """The provider sends the admin back here (one fixed URL, not tenant-scoped). A return
+    that is no sign-in (an organization's admin consent, which a tenant admin without a
+    helpdesk account may give) is answered without a login; it changes nothing."""
+    notice = connect.callback_notice(provider=provider, params=request.GET.dict())
+    if notice:
+        return render(request, "channels_email/connect_notice.html", {"notice": notice})
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
     try:
         state = connect.read_state(request=request, provider=provider,
                                    state=request.GET.get("state", ""))
@@ -206,15 +222,16 @@ def oauth_callback(request, provider: str):
         return render(request, "channels_email/connect_error.html",
                       {"error": "You are not an admin of that workspace."}, status=403)
     tenant = membership.tenant
-    if request.GET.get("error"):
-        messages.info(request, "Access was not granted, so nothing was connected.")
-        return redirect("channels_email:channels", tenant_slug=tenant.slug)
     with tenant_scope(tenant):
         try:
             result = connect.oauth_complete(request=request, provider=provider, tenant=tenant,
-                                            state=state, code=request.GET.get("code", ""))
+                                            state=state, params=request.GET.dict())
         except connect.ConnectError as exc:
-            messages.error(request, str(exc))
+            if exc.help_url:  # a link the admin needs (an organization's admin consent)
+                return render(request, "channels_email/connect_error.html", {
+                    "error": str(exc), "help_url": exc.help_url,
+                    "help_label": exc.help_label, "tenant": tenant}, status=403)
+            (messages.info if exc.declined else messages.error)(request, str(exc))
             return redirect("channels_email:channels", tenant_slug=tenant.slug)
     conn = result.connection
     if result.created:

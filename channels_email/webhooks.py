@@ -7,10 +7,12 @@ Contract of ``provider_webhook`` (every ``/webhooks/<path>/`` a provider declare
   ``Handshake`` is answered 200 ``text/plain`` with exactly the text; its ``Rejected``
   with its status; nothing changes for either.
 - ``Accepted``: mark "sync wanted" for each connection in Redis and, when no sync was
-  pending, enqueue one; answer the accepted status. Writes no database row (it reads the
-  mailbox -> connection mapping, cached, or a subscription's connection and secret). If
-  Redis cannot be reached (the mapping's cache, the coalescing mark), PostgreSQL cannot
-  be reached for a lookup the caches do not answer, or the task cannot be enqueued: 503,
+  pending, enqueue one; for each of its ``renew_ids``, enqueue the task that renews (or
+  recreates) the subscription and then syncs; answer the accepted status. Writes no
+  database row (it reads the mailbox -> connection mapping, or a subscription's
+  connection and the digest of its secret, both cached). If Redis cannot be reached (the
+  caches, the coalescing mark), PostgreSQL cannot be reached for a lookup the caches do
+  not answer, or the task cannot be enqueued: 503,
   so that the provider retries the push.
 - A provider that is not enabled (the route was built under other settings): 404.
 """
@@ -44,7 +46,9 @@ CONNECTION_CACHE_SECONDS = 60
 
 
 _LOCAL: dict[str, tuple[float, int]] = {}
+_SUBSCRIPTIONS: dict[str, tuple[float, SubscriptionOwner]] = {}
 LOCAL_CACHE_SECONDS = 10
+SUBSCRIPTION_CACHE_SECONDS = 300
 
 
 def connection_id_for(provider: str, mailbox: str) -> int | None:
@@ -90,17 +94,53 @@ class CachedLookup:
 
     def by_subscription(self, provider: str, subscription_id: str
                         ) -> SubscriptionOwner | None:
+        """The connection of a subscription and the digest of its secret, cached once
+        found for ``SUBSCRIPTION_CACHE_SECONDS`` in Redis and for a few seconds in this
+        process (a subscription's secret never changes and a new subscription has a new
+        id; a notification for a connection disconnected meanwhile only queues a sync that
+        skips it). An unknown id is not cached: the first notifications of a new
+        subscription may arrive before its id is stored."""
+        key = f"subscription-owner:{provider}:{subscription_id}"
+        local = _SUBSCRIPTIONS.get(key)
+        if local is not None and local[0] > time.monotonic():
+            return local[1]
         try:
-            # Unscoped: a notification names only the subscription (unique per provider).
-            with unscoped():
-                found = (EmailConnection.objects.filter(provider=provider,
-                                                        subscription_id=subscription_id)
-                         .exclude(status=ConnectionStatus.DISCONNECTED)
-                         .exclude(subscription_id="")
-                         .values_list("pk", "subscription_secret").first())
-        except (OperationalError, InterfaceError) as exc:
-            raise LookupUnavailable("database_unavailable") from exc
-        return SubscriptionOwner(found[0], found[1] or "") if found else None
+            cached = cache.get(key)
+        except RedisError as exc:
+            raise LookupUnavailable("redis_unavailable") from exc
+        if cached is not None:
+            owner = SubscriptionOwner(int(cached[0]), str(cached[1]))
+        else:
+            try:
+                # Unscoped: a notification names only the subscription (unique per provider).
+                with unscoped():
+                    found = (EmailConnection.objects.filter(provider=provider,
+                                                            subscription_id=subscription_id)
+                             .exclude(status=ConnectionStatus.DISCONNECTED)
+                             .exclude(subscription_id="")
+                             .values_list("pk", "subscription_secret").first())
+            except (OperationalError, InterfaceError) as exc:
+                raise LookupUnavailable("database_unavailable") from exc
+            if not found:
+                return None
+            owner = SubscriptionOwner.of(found[0], found[1] or "")
+            try:
+                cache.set(key, (owner.connection_id, owner.secret_digest),
+                          SUBSCRIPTION_CACHE_SECONDS)
+            except RedisError as exc:
+                raise LookupUnavailable("redis_unavailable") from exc
+        if len(_SUBSCRIPTIONS) > 50_000:
+            _SUBSCRIPTIONS.clear()
+        _SUBSCRIPTIONS[key] = (time.monotonic() + LOCAL_CACHE_SECONDS, owner)
+        return owner
+
+
+def forget_subscription(provider: str, subscription_id: str) -> None:
+    """Drop the cached owner of a subscription (on disconnect)."""
+    if subscription_id:
+        key = f"subscription-owner:{provider}:{subscription_id}"
+        _SUBSCRIPTIONS.pop(key, None)
+        cache.delete(key)
 
 
 def _text(status: int, text: str) -> HttpResponse:
@@ -125,11 +165,19 @@ def provider_webhook(request: HttpRequest, provider: str, hook: str,
     if not isinstance(outcome, Accepted):
         raise TypeError(f"{provider}.handle_webhook answered {outcome!r}")
     from channels_email.sync import sync_request
+    from channels_email.tasks import start_watch
 
     for connection_id in outcome.connection_ids:
         try:
             sync_request(connection_id)
         except Exception:  # noqa: BLE001 - broker or Redis down: let the provider retry
+            logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
+                             connection_id)
+            return _text(503, "try again")
+    for connection_id in outcome.renew_ids:
+        try:  # renews (or recreates) the subscription, then queues a catch-up sync
+            start_watch.delay(connection_id=connection_id, fresh_token=True)
+        except Exception:  # noqa: BLE001 - broker down: let the provider retry
             logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
                              connection_id)
             return _text(503, "try again")

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
+from channels_email import providers
 from channels_email.connect import connection_disconnect
 from channels_email.models import ConnectionStatus, EmailConnection, RoutingMode
 from channels_email.outbound import deliver, reply_create
@@ -36,7 +37,8 @@ from tickets.services import message_add, note_add, ticket_create, ticket_update
 DEMO_PASSWORD = "demo-pass-2026"
 ADMIN_EMAIL = "admin@acme.example"
 AGENT_EMAIL = "agent@acme.example"
-# Acme's Gmail mailbox: the sandbox's account picker suggests it (rundemo tells it so).
+# Acme's mailbox, of the provider whose sandbox picker suggests it (rundemo tells it so):
+# Gmail's.
 DEMO_MAILBOX = "support@acme.example"
 
 
@@ -189,7 +191,7 @@ def _mailbox(tenant: Tenant, flow: Flow, admin: User) -> EmailConnection:
     mailbox = EmailConnection.objects.filter(tenant=tenant, address=DEMO_MAILBOX).first()
     if mailbox is None:
         mailbox = EmailConnection.objects.create(
-            tenant=tenant, provider="gmail", address=DEMO_MAILBOX,
+            tenant=tenant, provider=providers.demo_seeded_provider(), address=DEMO_MAILBOX,
             display_name="Acme Support", status=ConnectionStatus.ACTIVE,
             routing_mode=RoutingMode.FLOW, routing_flow=flow)
         connection_disconnect(connection=mailbox, actor=admin)

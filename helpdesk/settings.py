@@ -347,7 +347,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "renew-watches": {
         "task": "maintenance.renew_watches",
-        "schedule": timedelta(hours=6),
+        "schedule": timedelta(hours=1),
     },
     "refresh-tokens": {
         "task": "maintenance.refresh_tokens",
@@ -438,6 +438,35 @@ PUBSUB_SERVICE_ACCOUNT = env.str(
     default="pubsub-push@helpdesk-dev.iam.gserviceaccount.com" if SANDBOX_URL else "")
 PROVIDER_HTTP_TIMEOUT_SECONDS = env.float("PROVIDER_HTTP_TIMEOUT_SECONDS", default=20.0)
 
+# Microsoft 365 (channels_email/providers/microsoft/). msal talks only https: with
+# SANDBOX_URL, the sandbox's TLS listener (SANDBOX_HTTPS_URL) and the CA it generated
+# (SANDBOX_CA_FILE) stand in for login.microsoftonline.com and graph.microsoft.com.
+SANDBOX_HTTPS_URL = "" if IS_PROD else env.str("SANDBOX_HTTPS_URL", default="").rstrip("/")
+SANDBOX_CA_FILE = "" if IS_PROD else env.str("SANDBOX_CA_FILE", default="")
+_microsoft = SANDBOX_HTTPS_URL if SANDBOX_URL else ""
+MS_CLIENT_ID = env.str("MS_CLIENT_ID", default="00000000-0000-4000-8000-0000000000de"
+                       if _microsoft else "")
+MS_CLIENT_SECRET = env.str("MS_CLIENT_SECRET", default="sandbox-secret" if _microsoft else "")
+# organizations: work or school accounts of any tenant; common: personal Outlook.com
+# accounts too; a tenant id or domain: that organization only.
+MS_AUTHORITY = env.str("MS_AUTHORITY", default=(_microsoft + "/organizations") if _microsoft
+                       else "https://login.microsoftonline.com/organizations").rstrip("/")
+# Where the browser signs in (the connect redirect's target, for the CSP's form-action):
+# the authority's origin, or the sandbox's plain-http pages.
+MS_SIGN_IN_ORIGIN = env.str("MS_SIGN_IN_ORIGIN", default=SANDBOX_URL if _microsoft else "")
+# A CA bundle (path) to trust instead of the system's for Microsoft's endpoints, used as
+# ``verify`` of sessions that ignore REQUESTS_CA_BUNDLE and friends; "" = the system's.
+MS_CA_BUNDLE = env.str("MS_CA_BUNDLE", default=SANDBOX_CA_FILE if _microsoft else "")
+GRAPH_BASE_URL = env.str("GRAPH_BASE_URL", default=(_microsoft + "/v1.0") if _microsoft
+                         else "https://graph.microsoft.com/v1.0").rstrip("/")
+GRAPH_NOTIFICATION_URL = env.str("GRAPH_NOTIFICATION_URL",
+                                 default=PUBLIC_BASE_URL + "/webhooks/microsoft/graph/")
+GRAPH_LIFECYCLE_URL = env.str("GRAPH_LIFECYCLE_URL",
+                              default=PUBLIC_BASE_URL + "/webhooks/microsoft/graph/lifecycle/")
+# The lifetime asked for a Graph subscription (Outlook messages: at most 10,080 minutes);
+# beat renews from the expiry Graph answered, whatever it granted.
+GRAPH_SUBSCRIPTION_MINUTES = env.int("GRAPH_SUBSCRIPTION_MINUTES", default=10080 - 60)
+
 # --- Outgoing webhooks (helpdesk.webhooks_out) ---------------------------------------------
 # Delivery never reaches private, link-local or reserved addresses; loopback only outside
 # prod (a receiver on the same machine in dev and tests). WEBHOOK_ALLOW_PRIVATE_ADDRESSES
@@ -465,5 +494,6 @@ CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
 # one out to turn it off. Connections of a provider left out stay, and are shown as such.
 EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
     "channels_email.providers.gmail.GmailProvider",
+    "channels_email.providers.microsoft.MicrosoftProvider",
     "channels_email.providers.manual.ManualProvider",
 ])

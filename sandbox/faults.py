@@ -19,6 +19,19 @@ Kinds:
   expired_history    users.history.list answers 404 notFound (Gmail API)
   push_duplicate     each push notification is delivered twice (same messageId)
   push_reorder       pushes are held reorder_hold_seconds and delivered newest first
+                     (Pub/Sub pushes and Graph change notifications alike)
+  mailbox_concurrency  429 ApplicationThrottled with Retry-After (Graph: over the 4
+                     concurrent requests per app per mailbox)
+  expired_delta      the next Graph delta call answers 410 SyncStateNotFound
+
+Graph answers the Gmail kinds too when the fault says ``"target": "graph"``:
+too_many_requests (429 TooManyRequests + Retry-After), server_error (status 500/502/503/504;
+503 with Retry-After), slow.
+
+Microsoft's token endpoint (target "ms_token"):
+  idle_refresh_token Microsoft refresh answers invalid_grant AADSTS700082 (90 days idle)
+  interaction_required  Microsoft refresh answers interaction_required AADSTS50076 (MFA)
+  consent_required   Microsoft code or refresh answers invalid_grant AADSTS65001
 """
 
 from __future__ import annotations
@@ -35,6 +48,13 @@ KINDS = {
     "expired_history": "history",
     "push_duplicate": "push",
     "push_reorder": "push",
+    "mailbox_concurrency": "graph",
+    "expired_delta": "delta",
+    # Microsoft's token endpoint (target "ms_token"; invalid_grant, slow and server_error
+    # apply there too with that target)
+    "idle_refresh_token": "ms_token",
+    "interaction_required": "ms_token",
+    "consent_required": "ms_token",
 }
 
 

@@ -48,6 +48,12 @@ DEFAULT_SETTINGS: dict = {
     "deliver_locally": True,  # mail sent to another sandbox mailbox lands in its INBOX
     # Addresses the account picker offers first (e.g. the demo's mailbox), existing or not.
     "suggested_accounts": [],
+    # Microsoft (sandbox/microsoft/identity.py): directory tenants, by name, and whether
+    # their users may consent to an app themselves; app registrations {client_id:
+    # {"client_secret", "redirect_uris", "secret_expired"}}.
+    "ms_tenants": {"contoso": {"user_consent": True},
+                   "fabrikam": {"user_consent": False}},
+    "ms_apps": {},
 }
 
 

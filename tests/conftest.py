@@ -54,4 +54,12 @@ def scoped(tenant):
         yield tenant
 
 # The Google sandbox (a real subprocess over HTTP) for any test folder that needs it.
-from tests.sandbox_support import connect, sandbox, sandbox_url, sandbox_var  # noqa: E402, F401
+from tests.sandbox_support import (  # noqa: E402, F401
+    connect,
+    sandbox,
+    sandbox_ca_file,
+    sandbox_https_url,
+    sandbox_server,
+    sandbox_url,
+    sandbox_var,
+)

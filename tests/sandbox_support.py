@@ -33,7 +33,9 @@ def sandbox_var(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sandbox_url(sandbox_var):
+def sandbox_server(sandbox_var):
+    """The running sandbox's server.json: ``url`` (http), ``https_url`` and ``ca_file``
+    (the CA its TLS certificate is signed by)."""
     env = {**os.environ, "HELPDESK_VAR_DIR": str(sandbox_var)}
     proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -44,13 +46,27 @@ def sandbox_url(sandbox_var):
             proc.kill()
             pytest.fail("sandbox did not start: " + (proc.stdout.read() if proc.stdout else ""))
         time.sleep(0.05)
-    url = json.loads(info.read_text())["url"]
-    yield url
+    yield json.loads(info.read_text())
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def sandbox_url(sandbox_server):
+    return sandbox_server["url"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_https_url(sandbox_server):
+    return sandbox_server["https_url"]
+
+
+@pytest.fixture(scope="session")
+def sandbox_ca_file(sandbox_server):
+    return sandbox_server["ca_file"]
 
 
 @pytest.fixture
@@ -327,3 +343,87 @@ def own_redis(settings, tmp_path):
     yield server
     use_redis(settings, shared)
     server.stop()
+
+
+# ------------------------------------------------------------------- Microsoft (identity)
+MS_CLIENT_ID = "6731de76-14a6-49ae-97bc-6eba6914391e"
+MS_CLIENT_SECRET = "sbx8Q~test-client-secret"
+MS_REDIRECT_URI = "http://127.0.0.1:8000/oauth/microsoft/callback/"
+MS_SCOPES = ["Mail.Read", "Mail.Send", "User.Read"]
+
+
+def ms_http_client(ca_file: str) -> requests.Session:
+    """What msal and Graph calls use against the sandbox: its CA trusted through
+    ``verify``, the environment's CA variables ignored (PROVIDERS.md 7.4 G6)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = ca_file
+    return session
+
+
+def ms_app(https_url: str, ca_file: str, *, tenant: str = "organizations", cache=None,
+           secret: str = MS_CLIENT_SECRET):
+    """A real msal ConfidentialClientApplication pointed at the sandbox over TLS (a new
+    one per call: msal answers an identical failed token request from its own cache)."""
+    import msal
+
+    return msal.ConfidentialClientApplication(
+        MS_CLIENT_ID, client_credential=secret, authority=f"{https_url}/{tenant}",
+        instance_discovery=False, http_client=ms_http_client(ca_file), token_cache=cache)
+
+
+def ms_mailbox(sandbox_url: str, address: str, tenant: str = "contoso") -> dict:
+    answer = requests.post(sandbox_url + "/_sandbox/mailboxes", json={
+        "email": address, "provider": "microsoft", "tenant": tenant}, timeout=5)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def ms_register(sandbox_url: str, redirect_uris=(MS_REDIRECT_URI,), **extra) -> None:
+    requests.post(sandbox_url + "/_sandbox/microsoft/apps", json={
+        "client_id": MS_CLIENT_ID, "client_secret": MS_CLIENT_SECRET,
+        "redirect_uris": list(redirect_uris), **extra}, timeout=5).raise_for_status()
+
+
+def ms_sign_in(auth_uri: str, email: str, *, decision: str = "accept"):
+    """Drive the sandbox's Microsoft sign-in pages for ``auth_uri`` like a browser: pick
+    (or type) the account, then press ``decision`` on the consent ("accept" / "deny") or
+    "Need admin approval" ("return") page. Returns the redirect's query parameters, or the
+    page (a requests Response) when there is no redirect."""
+    session = requests.Session()
+    page = session.get(auth_uri, allow_redirects=False, timeout=5)
+    base = auth_uri.split("?", 1)[0]
+    for _ in range(3):
+        if page.status_code == 302:
+            location = page.headers["Location"]
+            return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+        if page.status_code != 200:
+            return page
+        forms = forms_of(page.text)
+        typed = [f for f in forms if not f["buttons"] and any(k == "step" for k, _ in f["fields"])]
+        decide = [f for f in forms if any(k == "decision" for k, _ in f["buttons"])]
+        if decide:
+            form = decide[0]
+            if ("decision", decision) not in form["buttons"]:
+                return page
+            data = form["fields"] + [("decision", decision)]
+        elif typed:
+            data = [(k, v) for k, v in typed[0]["fields"] if k != "email"] + [("email", email)]
+        else:
+            return page
+        page = session.post(base, data=data, allow_redirects=False, timeout=5)
+    return page
+
+
+def use_sandbox_microsoft(settings, sandbox: str, https_url: str, ca_file: str, *,
+                          public_base_url: str = "http://testserver", tenant="organizations",
+                          **app) -> None:
+    """Point the Microsoft settings at the sandbox (msal over its TLS listener, trusting
+    its CA) and register our app with its callback under ``public_base_url``."""
+    settings.MS_CLIENT_ID, settings.MS_CLIENT_SECRET = MS_CLIENT_ID, MS_CLIENT_SECRET
+    settings.MS_AUTHORITY = f"{https_url}/{tenant}"
+    settings.MS_SIGN_IN_ORIGIN = sandbox
+    settings.MS_CA_BUNDLE = ca_file
+    settings.GRAPH_BASE_URL = https_url + "/v1.0"
+    settings.PUBLIC_BASE_URL = public_base_url
+    ms_register(sandbox, [public_base_url + "/oauth/microsoft/callback/"], **app)

@@ -24,6 +24,7 @@ from channels_email.providers.base import (
     PermanentError,
     ProviderError,
     RateLimited,
+    SandboxDemo,
     TransientError,
     WebhookRoute,
 )
@@ -92,6 +93,23 @@ def webhook_routes() -> list[tuple[str, WebhookRoute]]:
             if Capability.PUSH in cls.capabilities for route in cls.webhook_routes]
 
 
+def sandbox_demos(*, public_url: str, sandbox: dict, suggested: tuple[str, ...] = ()
+                  ) -> list[tuple[EmailProvider, SandboxDemo]]:
+    """How each enabled provider that has a side in the sandbox is wired for the demo
+    (``make demo``), in settings order."""
+    return [(provider, provider.sandbox_demo(public_url=public_url, sandbox=sandbox,
+                                             suggested=suggested))
+            for provider in enabled() if hasattr(provider, "sandbox_demo")]
+
+
+def demo_seeded_provider() -> str:
+    """The provider of the demo's seeded mailbox (one whose sandbox suggests it)."""
+    for provider in enabled():
+        if getattr(provider, "demo_seeded_mailbox", False):
+            return provider.name
+    raise LookupError("no enabled provider can hold the demo's seeded mailbox")
+
+
 def form_action_origins() -> list[str]:
     """Every origin an enabled provider's sign-in forms lead to, without repeats."""
     origins: list[str] = []
@@ -112,11 +130,13 @@ __all__ = [
     "RateLimited",
     "TransientError",
     "can",
+    "demo_seeded_provider",
     "enabled",
     "form_action_origins",
     "get",
     "is_enabled",
     "label",
     "names_with",
+    "sandbox_demos",
     "webhook_routes",
 ]

@@ -4,7 +4,10 @@ Gmail (history cursor, Pub/Sub push naming the mailbox) and Microsoft Graph (one
 subscription per mailbox with a client state to check, notifications naming a message, a
 delta link as the cursor, MIME sent through sendMail) both fit this protocol:
 
-- connect: ``authorization_url`` -> ``exchange_code`` -> ``mailbox_address``;
+- connect: ``begin_sign_in`` (the sign-in URL, and a flow dict the channel keeps in the
+  admin's session: PKCE verifier, nonce...) -> ``complete_sign_in`` (the flow and the
+  callback's query) -> ``mailbox_address``; a refusal comes back as ``SignInRefused``, in
+  words an admin can act on;
 - tokens: ``refresh`` (may return a rotated refresh token, which must be saved), ``revoke``;
 - push: ``start_watch`` / ``stop_watch`` (Gmail watch, Graph subscription), and
   ``parse_notification`` for the provider's webhook body;
@@ -29,13 +32,15 @@ Webhooks belong to the provider: ``handle_webhook(hook, request, lookup)`` verif
 it parses and answers ``Handshake`` (the subscription validation a provider sends before
 any notification, such as Graph's ``validationToken``), ``Accepted`` (the connections to
 sync) or ``Rejected`` (an HTTP status). ``lookup`` resolves a mailbox or a subscription to
-a connection; a subscription comes with its own secret (``SubscriptionOwner.secret``, what
-``start_watch`` returned as ``WatchState.secret``), for a constant-time check of the
-notification's client state.
+a connection; a subscription comes with (the digest of) its own secret (what
+``start_watch`` returned as ``WatchState.secret``): ``SubscriptionOwner.matches`` checks a
+notification's client state in constant time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -86,6 +91,20 @@ class PermanentError(ProviderError):
     large, not found): do not retry."""
 
 
+class SignInRefused(ProviderError):
+    """The sign-in came back refused (declined consent, admin approval needed, wrong
+    account, misconfigured app): ``message`` is what the admin reads, ``help_url`` /
+    ``help_label`` a link that fixes it (the tenant-wide admin consent), ``declined`` when
+    the user simply said no (not an error)."""
+
+    def __init__(self, message: str, *, help_url: str = "", help_label: str = "",
+                 declined: bool = False, **kwargs):
+        super().__init__(message, **kwargs)
+        self.help_url = help_url
+        self.help_label = help_label
+        self.declined = declined
+
+
 class CursorExpired(ProviderError):
     """The sync cursor is too old (Gmail history 404, Graph delta 410): run the bounded
     full sync instead."""
@@ -97,13 +116,17 @@ class TokenSet:
     expires_at: datetime
     refresh_token: str = ""  # "" when the provider did not return one (keep the old one)
     scopes: tuple[str, ...] = ()
+    # What else the provider keeps with the credentials (msal's serialized token cache,
+    # which holds the refresh token, and the account it is for); replaces the previous.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_credentials(self, previous: dict | None = None) -> dict[str, Any]:
         """The JSON stored (encrypted) on the connection; a refresh that returns no new
         refresh token keeps the previous one."""
         refresh = self.refresh_token or (previous or {}).get("refresh_token", "")
         return {"access_token": self.access_token, "refresh_token": refresh,
-                "expires_at": self.expires_at.isoformat(), "scopes": list(self.scopes)}
+                "expires_at": self.expires_at.isoformat(), "scopes": list(self.scopes),
+                **self.extra}
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,23 @@ class SentMessage:
     message_id_header: str = ""  # the Message-ID the provider stored (read back)
 
 
+@dataclass(frozen=True)
+class SandboxDemo:
+    """How ``make demo`` wires a provider to the local sandbox (``sandbox/``), declared
+    by the provider so that the demo names none: ``env`` for the demo's processes
+    (settings), ``calls`` (path, JSON body) POSTed to the sandbox once it runs (our app's
+    registration with its callback, push targets, a mailbox to connect), ``mailbox`` the
+    sandbox address an admin connects, and what the demo's ``--check`` needs to connect a
+    new mailbox by hand: ``new_mailbox`` (the body of ``/_sandbox/mailboxes`` for an
+    address, {} when sign-in creates it) and ``check_domain``."""
+
+    env: dict[str, str]
+    calls: tuple[tuple[str, dict], ...] = ()
+    mailbox: str = ""
+    check_domain: str = "example.com"
+    new_mailbox: dict = field(default_factory=dict)
+
+
 class Capability(StrEnum):
     """What a provider can do; a provider declares the ones it implements."""
 
@@ -183,11 +223,13 @@ class Handshake:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A verified notification: sync each of these connections (coalesced), then answer
-    ``status``."""
+    """A verified notification: sync each of these connections (coalesced), renew (or
+    recreate) the push subscription of each of ``renew_ids`` in a task and then sync it
+    (Graph's lifecycle events), then answer ``status``."""
 
     connection_ids: tuple[int, ...] = ()
     status: int = 204
+    renew_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,8 +242,24 @@ class Rejected:
 
 @dataclass(frozen=True)
 class SubscriptionOwner:
+    """The connection a subscription belongs to, and the SHA-256 (hex) of its secret
+    (``WatchState.secret`` as stored): caches hold the digest, never the secret."""
+
     connection_id: int
-    secret: str  # WatchState.secret as stored; compare in constant time
+    secret_digest: str  # "" when the subscription has no secret
+
+    @classmethod
+    def of(cls, connection_id: int, secret: str) -> SubscriptionOwner:
+        return cls(connection_id, hashlib.sha256(secret.encode()).hexdigest() if secret
+                   else "")
+
+    def matches(self, presented: object) -> bool:
+        """Whether ``presented`` (a notification's client state) is the secret, compared
+        in constant time; never for a subscription without one."""
+        if not self.secret_digest or not isinstance(presented, str):
+            return False
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
+        return hmac.compare_digest(digest, self.secret_digest)
 
 
 class LookupUnavailable(Exception):  # noqa: N818 - a condition, not a bug
@@ -224,12 +282,19 @@ class ConnectionLookup(Protocol):
 
 @runtime_checkable
 class SignIn(Protocol):
-    """OAuth in the browser, and token care."""
+    """OAuth in the browser, and token care. ``begin_sign_in`` returns the URL to send
+    the admin to and a JSON-serializable flow (kept in the admin's session, never shown)
+    that ``complete_sign_in`` gets back with the callback's query parameters; ``state``
+    is the channel's signed state, which the provider sends out and checks coming back.
+    ``callback_notice`` answers a return to the callback that is no sign-in (Microsoft's
+    admin consent): the words to show, or "" when it is a sign-in."""
 
-    def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
-                          login_hint: str = "") -> str: ...
+    def begin_sign_in(self, *, state: str, redirect_uri: str, login_hint: str = ""
+                      ) -> tuple[str, dict]: ...
 
-    def exchange_code(self, *, code: str, code_verifier: str, redirect_uri: str) -> TokenSet: ...
+    def complete_sign_in(self, *, flow: dict, params: dict, redirect_uri: str) -> TokenSet: ...
+
+    def callback_notice(self, params: dict) -> str: ...
 
     def missing_scopes(self, tokens: TokenSet) -> set[str]: ...
 
@@ -293,6 +358,9 @@ class EmailProvider(Protocol):
     label: str  # shown beside a mailbox ("Gmail")
     connect_button: str  # the Add Email Account button ("" when not connectable)
     not_configured_hint: str  # shown instead of the button when not configured
+    # Shown after Disconnect: where the admin removes what the provider still grants
+    # (Microsoft has no endpoint for an app to give its permissions up); "" when none.
+    disconnect_hint: str
     capabilities: frozenset[Capability]
 
     def is_configured(self) -> bool: ...

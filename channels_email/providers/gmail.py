@@ -18,10 +18,12 @@ import base64
 import binascii
 import email.utils
 import functools
+import hashlib
 import io
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -60,7 +62,9 @@ from channels_email.providers.base import (
     ProviderError,
     RateLimited,
     Rejected,
+    SandboxDemo,
     SentMessage,
+    SignInRefused,
     SyncPage,
     TokenSet,
     TransientError,
@@ -475,11 +479,44 @@ class GmailProvider:
     connect_button = "Gmail: Authorize with Google"
     not_configured_hint = ("Gmail is not configured on this server (GOOGLE_CLIENT_ID). "
                            "See the README.")
+    disconnect_hint = ""  # Disconnect revokes the grant at Google itself
     capabilities = frozenset(Capability)
     webhook_routes = (WebhookRoute(path="google/pubsub", hook="pubsub", log_key="google"),)
 
+    # The demo's seeded mailbox is a Gmail one: the sandbox's Google picker suggests it.
+    demo_seeded_mailbox = True
+
     def __init__(self, page_size: int = PAGE_SIZE):
         self.page_size = page_size
+
+    @staticmethod
+    def sandbox_demo(*, public_url: str, sandbox: dict, suggested: tuple[str, ...] = ()
+                     ) -> SandboxDemo:
+        """The demo's Google side: an OAuth client with our callback, and the Pub/Sub
+        topic pushing to our webhook (no real secrets)."""
+        client_id = "helpdesk-demo.apps.googleusercontent.com"
+        secret, topic = "demo-sandbox-secret", "projects/helpdesk-demo/topics/gmail"
+        account = "pubsub-push@helpdesk-demo.iam.gserviceaccount.com"
+        webhook = f"{public_url}/webhooks/google/pubsub/"
+        return SandboxDemo(
+            env={"GOOGLE_CLIENT_ID": client_id, "GOOGLE_CLIENT_SECRET": secret,
+                 "GMAIL_PUBSUB_TOPIC": topic, "PUBSUB_SERVICE_ACCOUNT": account},
+            calls=(("/_sandbox/clients", {
+                "client_id": client_id, "client_secret": secret,
+                "redirect_uris": [f"{public_url}/oauth/gmail/callback/"]}),
+                   ("/_sandbox/settings", {"topics": {topic: {
+                       "push_endpoint": webhook, "audience": webhook,
+                       "service_account": account}},
+                       "suggested_accounts": list(suggested)})),
+            mailbox=suggested[0] if suggested else "", check_domain="acme.example")
+
+    @staticmethod
+    def sandbox_consent(auth_query: dict, address: str) -> list[tuple[str, str]]:
+        """The form the sandbox's consent page posts when ``address`` allows everything
+        (the demo's --check walks it by hand)."""
+        return [*auth_query.items(), ("step", "consent"), ("email", address),
+                ("decision", "allow"),
+                *(("grant_scope", s) for s in auth_query.get("scope", "").split())]
 
     # -- what the channel shows and wires ------------------------------------------------
     def is_configured(self) -> bool:
@@ -495,6 +532,27 @@ class GmailProvider:
         return set(settings.GMAIL_SCOPES) - set(tokens.scopes)
 
     # -- OAuth ----------------------------------------------------------------------------
+    def begin_sign_in(self, *, state: str, redirect_uri: str, login_hint: str = ""
+                      ) -> tuple[str, dict]:
+        """Google's consent URL with a PKCE challenge; the flow keeps its verifier."""
+        verifier = secrets.token_urlsafe(64)[:96]
+        challenge = base64.urlsafe_b64encode(
+            hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        url = self.authorization_url(state=state, code_challenge=challenge,
+                                     redirect_uri=redirect_uri, login_hint=login_hint)
+        return url, {"verifier": verifier}
+
+    def complete_sign_in(self, *, flow: dict, params: dict, redirect_uri: str) -> TokenSet:
+        if params.get("error"):
+            raise SignInRefused("Access was not granted, so nothing was connected.",
+                                reason=str(params["error"])[:100], declined=True)
+        return self.exchange_code(code=params.get("code") or "",
+                                  code_verifier=flow.get("verifier") or "",
+                                  redirect_uri=redirect_uri)
+
+    def callback_notice(self, params: dict) -> str:
+        return ""
+
     def authorization_url(self, *, state: str, code_challenge: str, redirect_uri: str,
                           login_hint: str = "") -> str:
         params = {

@@ -13,6 +13,7 @@ class ManualProvider:
     label = "Manual (files and tests)"
     connect_button = ""
     not_configured_hint = ""
+    disconnect_hint = ""
     capabilities: frozenset[Capability] = frozenset()
 
     def is_configured(self) -> bool:

@@ -27,9 +27,11 @@ from tickets.models import Ticket
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def start_worker(sandbox: str, log, queues: str = "ingest,outbound") -> subprocess.Popen:
+def start_worker(sandbox: str, log, queues: str = "ingest,outbound",
+                 extra_env: dict | None = None) -> subprocess.Popen:
     """A real Celery worker (solo pool) on the test database, Redis and sandbox, consuming
-    ``queues``; its log goes to ``log`` (a path)."""
+    ``queues``, with ``extra_env`` on top of the test's settings; its log goes to ``log``
+    (a path)."""
     db = connection.settings_dict
     auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     env = dict(
@@ -41,6 +43,7 @@ def start_worker(sandbox: str, log, queues: str = "ingest,outbound") -> subproce
         SANDBOX_URL=sandbox, GOOGLE_CLIENT_ID=settings.GOOGLE_CLIENT_ID,
         GOOGLE_CLIENT_SECRET=settings.GOOGLE_CLIENT_SECRET,
         GMAIL_PUBSUB_TOPIC=settings.GMAIL_PUBSUB_TOPIC,
+        **(extra_env or {}),
     )
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "helpdesk", "worker", "--pool", "solo", "-Q",

@@ -119,6 +119,7 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker, settings
     assert "demo check passed" in result.stdout
     assert "web: login, ticket list, ticket view and a plain 404 OK" in result.stdout
     assert "gmail: connect, route to a team, sandbox email -> ticket OK" in result.stdout
+    assert "microsoft: connect" in result.stdout
     assert ("demo mailbox: support@acme.example suggested and reconnected, a seeded reply "
             "retried and delivered, the customer's answer threaded OK") in result.stdout
     ready = [line for line in result.stdout.splitlines() if line.startswith("Ready: ")]

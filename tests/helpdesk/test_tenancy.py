@@ -39,6 +39,9 @@ UNSCOPED_URL_NAMES = {
     "password_reset_done", "password_reset_confirm", "password_reset_complete",
     # Provider webhooks: authenticated by the provider's signed token, not a session.
     "webhook_google_pubsub",
+    # Graph's change and lifecycle notifications: each item carries its subscription's
+    # clientState secret; the validation handshake is answered before anything else.
+    "webhook_microsoft_graph", "webhook_microsoft_graph_lifecycle",
     # The OAuth redirect target: one fixed URL per provider; the signed state names the
     # tenant and the view checks the user is its admin.
     "oauth_callback",

@@ -58,3 +58,33 @@ def test_html_page_delivers_with_attachment_and_eml(sandbox):
                             timeout=5).json()["messages"]
     assert [m["subject"] for m in messages] == ["Form", "Uploaded"]
     assert b"x.pdf" in base64.b64decode(messages[0]["raw"])
+
+
+def test_page_and_cli_create_microsoft_mailboxes_and_deliver_into_them(sandbox, sandbox_var):
+    """The page's New mailbox form with Kind Microsoft 365 and a tenant (as a browser
+    posts it), the command line's --microsoft, then the page's Deliver into one."""
+    made = requests.post(sandbox + "/_sandbox/mailboxes", allow_redirects=False, timeout=5,
+                         data={"email": "desk@fabrikam.test", "provider": "microsoft",
+                               "tenant": "fabrikam"})
+    assert made.status_code == 302
+    out = json.loads(run_cli(sandbox_var, "mailbox", "cli@contoso.test", "--microsoft",
+                             "contoso"))
+    assert out["provider"] == "microsoft"
+    boxes = {b["email"]: b for b in requests.get(sandbox + "/_sandbox/mailboxes",
+                                                 timeout=5).json()["mailboxes"]}
+    assert (boxes["desk@fabrikam.test"]["provider"], boxes["desk@fabrikam.test"]["tenant"]) \
+        == ("microsoft", "fabrikam")
+    assert boxes["cli@contoso.test"]["tenant"] == "contoso"
+    assert boxes["desk@fabrikam.test"]["oid"] != boxes["cli@contoso.test"]["oid"]
+    page = requests.get(sandbox + "/_sandbox/", timeout=5).text
+    assert "Microsoft 365 (fabrikam)" in page and "<option value='microsoft'>" in page
+    delivered = requests.post(sandbox + "/_sandbox/deliver", allow_redirects=False, timeout=5,
+                              data={"to": "desk@fabrikam.test", "from": "c@example.net",
+                                    "subject": "Into Exchange", "body": "hello"})
+    assert delivered.status_code == 302
+    messages = requests.get(sandbox + "/_sandbox/messages?mailbox=desk@fabrikam.test",
+                            timeout=5).json()["messages"]
+    assert [m["subject"] for m in messages] == ["Into Exchange"]
+    refused = requests.post(sandbox + "/_sandbox/mailboxes", timeout=5, json={
+        "email": "x@nowhere.test", "provider": "microsoft", "tenant": "nowhere"})
+    assert refused.status_code == 400 and "unknown tenant" in refused.text

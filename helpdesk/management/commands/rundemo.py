@@ -1,6 +1,8 @@
-"""Run the whole product locally: migrate, seed, then the Google sandbox, web, Celery
+"""Run the whole product locally: migrate, seed, then the provider sandbox, web, Celery
 worker and beat. The sandbox stands in for Google (OAuth consent, Gmail, Pub/Sub push to
-our webhook): an admin can connect a Gmail mailbox and deliver customer mail from its page.
+our webhook) and Microsoft (sign-in and consent over its TLS listener, Graph): an admin
+can connect a Gmail or a Microsoft 365 mailbox and deliver customer mail from its page.
+How each provider is wired to the sandbox comes from the provider (``sandbox_demo``).
 
 Started by ``make demo`` (inside ``python -m helpdesk.embedded run``, which provides
 PostgreSQL and Redis when the environment names none). Ctrl-C stops every process.
@@ -32,16 +34,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from channels_email import providers
+from channels_email.providers.base import Capability
 from helpdesk.coordination import redis_client
 from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_MAILBOX, DEMO_PASSWORD, seed_demo
-
-# The demo's Google side: the sandbox's OAuth client and Pub/Sub topic (no real secrets).
-DEMO_GOOGLE = {
-    "GOOGLE_CLIENT_ID": "helpdesk-demo.apps.googleusercontent.com",
-    "GOOGLE_CLIENT_SECRET": "demo-sandbox-secret",
-    "GMAIL_PUBSUB_TOPIC": "projects/helpdesk-demo/topics/gmail",
-    "PUBSUB_SERVICE_ACCOUNT": "pubsub-push@helpdesk-demo.iam.gserviceaccount.com",
-}
 
 
 def _port_free(port: int) -> bool:
@@ -76,9 +72,12 @@ class Command(BaseCommand):
                      "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
         }
         public = f"http://127.0.0.1:{port}"
-        sandbox_proc, sandbox_url = self._start_sandbox(public)
+        sandbox_proc, info, demos = self._start_sandbox(public)
+        sandbox_url = info["url"].rstrip("/")
         env = dict(os.environ, PUBLIC_BASE_URL=public, SANDBOX_URL=sandbox_url, DEBUG="false",
-                   **DEMO_GOOGLE)
+                   SANDBOX_HTTPS_URL=info["https_url"], SANDBOX_CA_FILE=info["ca_file"])
+        for _, demo in demos:
+            env.update(demo.env)
         procs = {"sandbox": sandbox_proc}
         started = time.time()
         # Each child in a session of its own: Ctrl-C reaches rundemo only, which stops
@@ -88,7 +87,7 @@ class Command(BaseCommand):
                       for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
         self.stdout.write(f"Starting the demo ({report}): web, worker, beat and the "
-                          "Google sandbox...")
+                          "provider sandbox...")
         self._stopping = False
 
         def stop(signum, _frame):
@@ -99,12 +98,14 @@ class Command(BaseCommand):
         try:
             if not self._wait_ready(url, procs, started):
                 return  # Ctrl-C while starting
+            offered = ", ".join(f"{demo.mailbox} ({provider.label})"
+                                for provider, demo in demos if demo.mailbox)
             self.stdout.write(self.style.SUCCESS(
                 f"Ready: {url}  sign in as {ADMIN_EMAIL} (admin) or {AGENT_EMAIL} (agent), "
-                f"password {DEMO_PASSWORD}; Google sandbox {sandbox_url}/_sandbox/ (connect "
-                f"{DEMO_MAILBOX} under Email channels); Ctrl-C stops everything"))
+                f"password {DEMO_PASSWORD}; provider sandbox {sandbox_url}/_sandbox/ (connect "
+                f"{offered} under Email channels); Ctrl-C stops everything"))
             if check:
-                self._check(url, procs, sandbox_url)
+                self._check(url, procs, sandbox_url, demos)
                 self.stdout.write(self.style.SUCCESS("demo check passed"))
                 return
             while not self._stopping:
@@ -153,9 +154,10 @@ class Command(BaseCommand):
             time.sleep(0.3)
         return not waiting
 
-    def _start_sandbox(self, public: str) -> tuple[subprocess.Popen, str]:
-        """Start the sandbox on a free port and point it at this demo: our OAuth client
-        with its callback, and the Pub/Sub topic pushing to our webhook."""
+    def _start_sandbox(self, public: str) -> tuple[subprocess.Popen, dict, list]:
+        """Start the sandbox on free ports and point it at this demo as each provider
+        says (its ``sandbox_demo``: our app with its callback, push targets, a mailbox);
+        its server.json and the providers' demos."""
         info = settings.VAR_DIR / "sandbox" / "server.json"
         info.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-m", "sandbox", "--port", "0"],
@@ -164,24 +166,19 @@ class Command(BaseCommand):
         while not info.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise CommandError("the Google sandbox did not start")
+                raise CommandError("the provider sandbox did not start")
             time.sleep(0.1)
-        sandbox_url = json.loads(info.read_text())["url"].rstrip("/")
-        webhook = f"{public}/webhooks/google/pubsub/"
-        for path, body in (
-            ("/_sandbox/clients", {"client_id": DEMO_GOOGLE["GOOGLE_CLIENT_ID"],
-                                   "client_secret": DEMO_GOOGLE["GOOGLE_CLIENT_SECRET"],
-                                   "redirect_uris": [f"{public}/oauth/gmail/callback/"]}),
-            ("/_sandbox/settings", {"topics": {DEMO_GOOGLE["GMAIL_PUBSUB_TOPIC"]: {
-                "push_endpoint": webhook, "audience": webhook,
-                "service_account": DEMO_GOOGLE["PUBSUB_SERVICE_ACCOUNT"]}},
-                "suggested_accounts": [DEMO_MAILBOX]}),
-        ):
-            request = urllib.request.Request(sandbox_url + path, method="POST",
-                                             data=json.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json"})
-            urllib.request.urlopen(request, timeout=10).read()
-        return proc, sandbox_url
+        server = json.loads(info.read_text())
+        sandbox_url = server["url"].rstrip("/")
+        demos = providers.sandbox_demos(public_url=public, sandbox=server,
+                                        suggested=(DEMO_MAILBOX,))
+        for _, demo in demos:
+            for path, body in demo.calls:
+                request = urllib.request.Request(sandbox_url + path, method="POST",
+                                                 data=json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(request, timeout=10).read()
+        return proc, server, demos
 
     def _stop(self, procs):
         """SIGTERM each child once, wait (gunicorn's graceful timeout is 20 s), then kill
@@ -223,7 +220,7 @@ class Command(BaseCommand):
         page = post(login, {"username": email, "password": DEMO_PASSWORD}, login)
         return opener, page.read().decode(), post
 
-    def _check(self, url: str, procs, sandbox_url: str) -> None:
+    def _check(self, url: str, procs, sandbox_url: str, demos) -> None:
         """Sign in as the agent, open the ticket list and a ticket, and round-trip a task
         through the worker. Raises CommandError on the first failure."""
         deadline = time.monotonic() + 60
@@ -267,28 +264,39 @@ class Command(BaseCommand):
         self.stdout.write("worker: ping task round trip OK")
         if procs["beat"].poll() is not None:
             raise CommandError("beat exited")
-        self._check_gmail(url, sandbox_url)
+        for provider, demo in demos:
+            if providers.can(provider.name, Capability.OAUTH_SIGN_IN):
+                self._check_connect(url, sandbox_url, provider, demo)
         self._check_demo_mailbox(url, sandbox_url)
 
-    def _check_gmail(self, url: str, sandbox_url: str) -> None:
-        """The Gmail path as an admin walks it, against the sandbox: connect (OAuth
-        consent), route to a team, deliver a customer email, see the ticket appear
-        (push -> webhook -> worker). The check's mailbox is disconnected afterwards."""
+    def _check_connect(self, url: str, sandbox_url: str, provider, demo) -> None:
+        """A provider's path as an admin walks it, against the sandbox: connect (sign-in
+        and consent), route to a team, and, for a provider with the whole mailbox, deliver
+        a customer email and see the ticket appear (push -> webhook -> worker). The
+        check's mailbox is disconnected afterwards."""
         opener, _, post = self._signed_in(url, ADMIN_EMAIL)
         channels = url + "acme/settings/email/"
         opener.open(channels, timeout=10).read()
-        consent = post(channels + "connect/gmail/", {}, channels)  # lands on the sandbox
+        mailbox = f"demo-check-{uuid.uuid4().hex[:8]}@{demo.check_domain}"
+        if demo.new_mailbox:
+            self._sandbox(sandbox_url, "/_sandbox/mailboxes",
+                          {"email": mailbox, **demo.new_mailbox})
+        consent = post(f"{channels}connect/{provider.name}/", {}, channels)  # the sandbox
         auth = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(consent.geturl()).query))
-        mailbox = f"demo-check-{uuid.uuid4().hex[:8]}@acme.example"
-        fields = [*auth.items(), ("step", "consent"), ("email", mailbox),
-                  ("decision", "allow"), *(("grant_scope", s) for s in auth["scope"].split())]
+        fields = provider.sandbox_consent(auth, mailbox)
         landed = opener.open(urllib.request.Request(
             consent.geturl().split("?")[0], data=urllib.parse.urlencode(fields).encode()),
             timeout=20)  # Allow -> our callback -> the new connection's routing page
         page, where = landed.read().decode(), landed.geturl()
         team = re.search(r'<option value="(\d+)">Billing</option>', page)
         if not re.search(r"/acme/settings/email/\d+/$", where) or not team:
-            raise CommandError(f"Gmail connect did not reach the routing page ({where})")
+            raise CommandError(f"{provider.label} connect did not reach the routing page "
+                               f"({where})")
+        connection_id = re.search(r"/email/(\d+)/$", where).group(1)
+        if not frozenset(Capability) <= provider.capabilities:
+            post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
+            self.stdout.write(f"{provider.name}: connect (sign-in only here) OK")
+            return
         post(where, {"display_name": "Acme Support", "routing_mode": "team",
                      "routing_team": team.group(1)}, where).read()
         subject = f"Demo check {uuid.uuid4().hex[:8]}"
@@ -304,9 +312,9 @@ class Command(BaseCommand):
             if time.monotonic() > deadline:
                 raise CommandError("the sandbox email did not become a ticket within 60 s")
             time.sleep(0.5)
-        connection_id = re.search(r"/email/(\d+)/$", where).group(1)
         post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
-        self.stdout.write("gmail: connect, route to a team, sandbox email -> ticket OK")
+        self.stdout.write(f"{provider.name}: connect, route to a team, sandbox email -> "
+                          "ticket OK")
 
     @staticmethod
     def _sandbox(sandbox_url: str, path: str, body: dict | None = None) -> dict:
@@ -323,12 +331,12 @@ class Command(BaseCommand):
         opener, _, post = self._signed_in(url, ADMIN_EMAIL)
         channels = url + "acme/settings/email/"
         opener.open(channels, timeout=10).read()
-        picker = post(channels + "connect/gmail/", {}, channels)
+        seeded = providers.get(providers.demo_seeded_provider())
+        picker = post(f"{channels}connect/{seeded.name}/", {}, channels)
         if f"{DEMO_MAILBOX}</button> <small>suggested</small>" not in picker.read().decode():
             raise CommandError(f"the sandbox's account picker does not suggest {DEMO_MAILBOX}")
         auth = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(picker.geturl()).query))
-        fields = [*auth.items(), ("step", "consent"), ("email", DEMO_MAILBOX),
-                  ("decision", "allow"), *(("grant_scope", s) for s in auth["scope"].split())]
+        fields = seeded.sandbox_consent(auth, DEMO_MAILBOX)
         opener.open(urllib.request.Request(
             picker.geturl().split("?")[0], data=urllib.parse.urlencode(fields).encode()),
             timeout=20).read()  # Allow -> our callback -> the seeded connection, reconnected
