@@ -465,5 +465,9 @@ CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
 # one out to turn it off. Connections of a provider left out stay, and are shown as such.
 EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
     "channels_email.providers.gmail.GmailProvider",
+    "channels_email.providers.imap.ImapProvider",
     "channels_email.providers.manual.ManualProvider",
 ])
+# IMAP/SMTP mailboxes: certificates are checked against the system's trust store, plus
+# this CA file when set (dev and tests: the sandbox mail server's own CA).
+IMAP_EXTRA_CA_FILE = env.str("IMAP_EXTRA_CA_FILE", default="")

@@ -40,6 +40,8 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.utils import parseaddr
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -253,6 +255,7 @@ class MailServer:
         self.data_faults: list[str] = []
         self.submitted: list[tuple[str, list[str], bytes]] = []
         self.save_sent = False
+        self._passwd_stamp = 0
         self.ca_file = self.root / "ca.pem"
         self._account = _run_user()
 
@@ -329,8 +332,26 @@ class MailServer:
         if self.proc is not None:
             self._write_passwd()
 
+    def reset_user(self, address: str) -> None:
+        """Empty the user's mailboxes (a new home: new UIDVALIDITY values too). Only while
+        no session of that user is open."""
+        shutil.rmtree(self.root / "mail" / address.lower(), ignore_errors=True)
+
     def set_password(self, address: str, password: str) -> None:
+        """Change a password; returns once Dovecot signs in with the new one (it notices a
+        changed passwd-file within about a second)."""
         self.add_user(address, password)
+        if self.proc is None:
+            return
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.imap(address).logout()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _write_passwd(self) -> None:
         path = self.root / "passwd"
@@ -339,14 +360,18 @@ class MailServer:
         if os.geteuid() == 0:
             os.chown(tmp, self._account.pw_uid, self._account.pw_gid)
         tmp.replace(path)
-        # Dovecot re-reads a passwd-file whose mtime changed; make sure it did.
-        now = time.time()
-        os.utime(path, (now, now + 0.001 * (len(self.users) % 997)))
+        # Dovecot re-reads a passwd-file whose mtime changed, compared in whole seconds:
+        # each write moves it on by at least one second (into the future if need be).
+        self._passwd_stamp = max(int(time.time()), self._passwd_stamp + 1)
+        os.utime(path, (self._passwd_stamp, self._passwd_stamp))
 
     # -- mail ----------------------------------------------------------------------------
     def deliver(self, raw: bytes, to: list[str] | str, mail_from: str = "") -> None:
         """Deliver ``raw`` to local mailboxes through Dovecot's LMTP (mail from outside)."""
         recipients = [to] if isinstance(to, str) else list(to)
+        if not mail_from:  # the envelope sender of ordinary mail is its author
+            author = BytesHeaderParser().parsebytes(raw).get("From", "")
+            mail_from = parseaddr(str(author))[1]
         with smtplib.LMTP(HOST, self.ports.lmtp, timeout=10) as lmtp:
             lmtp.sendmail(mail_from or "<>", recipients, raw)
 

@@ -475,7 +475,9 @@ class GmailProvider:
     connect_button = "Gmail: Authorize with Google"
     not_configured_hint = ("Gmail is not configured on this server (GOOGLE_CLIENT_ID). "
                            "See the README.")
-    capabilities = frozenset(Capability)
+    capabilities = frozenset({Capability.OAUTH_SIGN_IN, Capability.PUSH,
+                              Capability.CURSOR_SYNC, Capability.FETCH, Capability.SEND,
+                              Capability.FIND_SENT})
     webhook_routes = (WebhookRoute(path="google/pubsub", hook="pubsub", log_key="google"),)
 
     def __init__(self, page_size: int = PAGE_SIZE):
