@@ -151,6 +151,10 @@ ssl_key = <{root}/key.pem
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Tests sign in with wrong passwords on purpose: no failure delay, and loopback is exempt
+# from the per-address auth penalty (which would slow every later sign-in).
+auth_failure_delay = 0
+login_trusted_networks = 127.0.0.0/8
 mail_max_userip_connections = 100
 mail_location = maildir:~/Maildir
 passdb {{
@@ -328,21 +332,15 @@ class MailServer:
 
     # -- users ---------------------------------------------------------------------------
     def add_user(self, address: str, password: str) -> None:
+        """Add (or change) a user; once running, returns when Dovecot knows it (it notices
+        a changed passwd-file within about a second: add users before ``start`` when you
+        can)."""
+        if self.users.get(address.lower()) == password:
+            return
         self.users[address.lower()] = password
-        if self.proc is not None:
-            self._write_passwd()
-
-    def reset_user(self, address: str) -> None:
-        """Empty the user's mailboxes (a new home: new UIDVALIDITY values too). Only while
-        no session of that user is open."""
-        shutil.rmtree(self.root / "mail" / address.lower(), ignore_errors=True)
-
-    def set_password(self, address: str, password: str) -> None:
-        """Change a password; returns once Dovecot signs in with the new one (it notices a
-        changed passwd-file within about a second)."""
-        self.add_user(address, password)
         if self.proc is None:
             return
+        self._write_passwd()
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -352,6 +350,14 @@ class MailServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def reset_user(self, address: str) -> None:
+        """Empty the user's mailboxes (a new home: new UIDVALIDITY values too). Only while
+        no session of that user is open."""
+        shutil.rmtree(self.root / "mail" / address.lower(), ignore_errors=True)
+
+    def set_password(self, address: str, password: str) -> None:
+        self.add_user(address, password)
 
     def _write_passwd(self) -> None:
         path = self.root / "passwd"

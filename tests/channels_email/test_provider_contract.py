@@ -28,7 +28,7 @@ from channels_email.sync import connection_sync, push_unmark
 from channels_email.tasks import process_inbound_email, start_watch
 from channels_email.tokens import authorized
 from helpdesk.tenancy import tenant_scope, unscoped
-from tests.mail_support import mail_server  # noqa: F401 - fixture
+from tests.mail_support import FIXED
 from tests.sandbox_support import PushCatcher, consent, use_sandbox_google
 from tickets.models import Ticket
 
@@ -108,8 +108,7 @@ class ImapDriver:
         self.server = server
         self.idle = None
         settings.IMAP_EXTRA_CA_FILE = str(server.ca_file)
-        server.add_user(MAILBOX, "contract-password")
-        server.add_user("maria@customer.example", "customer-password")
+        server.set_password(MAILBOX, FIXED[MAILBOX])  # a scenario changes it
         server.reset_user(MAILBOX)
         server.save_sent = False
 
@@ -121,7 +120,7 @@ class ImapDriver:
         answer = client.post(f"/{tenant.slug}/settings/email/add/imap/", {
             "action": "save", "address": address, "imap_host": "127.0.0.1",
             "imap_security": "ssl", "imap_port": self.server.ports.imaps,
-            "username": address, "password": self.server.users[address],
+            "username": address, "password": FIXED[address],
             "smtp_security": "starttls", "smtp_port": self.server.ports.submission,
             "folder": "INBOX", "sent_folder": "Sent", "append_sent": "on",
             "after_import": "leave", "sync_start_at": "2000-01-01"})

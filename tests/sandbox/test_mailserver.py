@@ -13,14 +13,12 @@ import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from tests.mail_support import mail_server, mailboxes  # noqa: F401 - fixtures
-
 
 def _tls(server):
     return ssl.create_default_context(cafile=str(server.ca_file))
 
 
-def test_imap_over_both_tls_modes_and_lmtp_delivery(mail_server, mailboxes):  # noqa: F811
+def test_imap_over_both_tls_modes_and_lmtp_delivery(mail_server, mailboxes):
     mail_server.deliver(b"Subject: Hello\r\nMessage-ID: <m1@x>\r\n\r\nHi\r\n", mailboxes.support)
     implicit = IMAPClient("127.0.0.1", port=mail_server.ports.imaps, ssl=True,
                           ssl_context=_tls(mail_server), timeout=5)
@@ -39,14 +37,14 @@ def test_imap_over_both_tls_modes_and_lmtp_delivery(mail_server, mailboxes):  # 
     again.logout()
 
 
-def test_a_changed_password_is_refused(mail_server, mailboxes):  # noqa: F811
+def test_a_changed_password_is_refused(mail_server, mailboxes):
     mail_server.set_password(mailboxes.support, "changed")
     with pytest.raises(LoginError):
         IMAPClient("127.0.0.1", port=mail_server.ports.imap, ssl=False,
                    timeout=5).login(mailboxes.support, mailboxes.support_password)
 
 
-def test_submission_needs_tls_and_refuses_strangers(mail_server, mailboxes):  # noqa: F811
+def test_submission_needs_tls_and_refuses_strangers(mail_server, mailboxes):
     with smtplib.SMTP("127.0.0.1", mail_server.ports.submission, timeout=5) as smtp:
         with pytest.raises(smtplib.SMTPNotSupportedError):
             smtp.login(mailboxes.support, mailboxes.support_password)  # not before TLS
