@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 
 from django import db
 
@@ -36,6 +37,7 @@ from helpdesk.tenancy import tenant_scope, unscoped
 logger = logging.getLogger(__name__)
 
 WAIT_SLICE_SECONDS = 1.0  # how often a thread looks at its stop flag while idling
+RECHECK_SECONDS = 30.0  # how often a held session re-reads its connection's state
 
 
 def shard_of(connection_id: int, shards: int) -> int:
@@ -116,10 +118,21 @@ class MailboxThread(threading.Thread):
             logger.info("watch.idle connection=%s", conn.pk)
             self.failures = 0
             self.on_push(conn.pk, "idle")  # catch up on what came while nobody listened
+            checked = time.monotonic()
             while not self.stopping.is_set():
                 if self.session.wait(WAIT_SLICE_SECONDS):
                     logger.info("watch.exists connection=%s", conn.pk)
                     self.on_push(conn.pk, "push")
+                if time.monotonic() - checked > RECHECK_SECONDS:
+                    # A skip time or cool-off began, or the mailbox was disconnected: let
+                    # the connection go until it may be called again.
+                    checked = time.monotonic()
+                    conn.refresh_from_db(fields=["status", "consecutive_errors",
+                                                 "last_error_at", "rate_limited_until",
+                                                 "credentials"])
+                    if not health.may_call(conn):
+                        logger.info("watch.paused connection=%s", conn.pk)
+                        return False
         except providers.ProviderError as exc:
             logger.warning("watch.dropped connection=%s error=%s", conn.pk,
                            health.redact(str(exc)))

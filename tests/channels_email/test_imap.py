@@ -271,3 +271,68 @@ def test_4xx_retries_and_5xx_fails_with_the_servers_text(conversation, tenant, a
         second.refresh_from_db()
     assert "554 5.7.1 Message rejected as spam" in second.delivery_error
     assert len(mail_server.messages(mailboxes.customer)) == 1
+
+
+# ---------------------------------------------------------------- connection settings
+
+def test_skip_times_hold_every_task_in_the_mailboxs_time_zone(
+        admin_client, tenant, mail_server, mailboxes, admin_user):
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    conn = add(admin_client, tenant, mail_server, mailboxes)
+    mail_server.deliver(customer_mail(mailboxes, "Before the window"), mailboxes.support)
+    run_tasks(conn.pk)
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get()
+    here = datetime.now(ZoneInfo("Asia/Tokyo"))
+    window = f"{(here - timedelta(minutes=30)):%H:%M}-{(here + timedelta(minutes=30)):%H:%M}"
+    answer = admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/account/",
+                               form(mail_server, mailboxes, password="", skip_times=window,
+                                    time_zone="Asia/Tokyo"))
+    assert answer.status_code == 302
+    mail_server.deliver(customer_mail(mailboxes, "During the window"), mailboxes.support)
+    assert run_tasks(conn.pk).state == "skipped"  # not even a sign-in
+    message = reply(tenant, ticket, admin_user)
+    with pytest.raises(outbound.SendDeferred) as held:
+        outbound.deliver(message.pk)
+    assert 20 * 60 < held.value.wait <= 31 * 60  # until the window ends
+    assert mail_server.messages(mailboxes.customer) == []
+    # The same clock times in another zone are not now: mail and the reply go.
+    admin_client.post(f"/{tenant.slug}/settings/email/{conn.pk}/account/",
+                      form(mail_server, mailboxes, password="", skip_times=window,
+                           time_zone="America/New_York"))
+    assert len(run_tasks(conn.pk).new_rows) == 1
+    assert outbound.deliver(message.pk) == DeliveryStatus.DELIVERED
+
+
+def test_a_bad_skip_time_or_zone_is_refused_in_words(admin_client, tenant, mail_server,
+                                                     mailboxes):
+    answer = admin_client.post(f"/{tenant.slug}/settings/email/add/imap/",
+                               form(mail_server, mailboxes, skip_times="2am to 4am",
+                                    time_zone="Mars/Olympus"))
+    page = answer.content.decode()
+    assert answer.status_code == 400
+    assert "is not a time window like 02:00-04:00" in page and "is not a time zone" in page
+
+
+def test_after_max_tries_the_mailbox_cools_off(admin_client, tenant, mail_server, mailboxes):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    conn = add(admin_client, tenant, mail_server, mailboxes, max_tries=2,
+               cool_off_minutes=10)
+    run_tasks(conn.pk)
+    mail_server.deliver(customer_mail(mailboxes, "After the outage"), mailboxes.support)
+    with tenant_scope(tenant):  # two failures in a row, the last one a minute ago
+        EmailConnection.objects.filter(pk=conn.pk).update(
+            consecutive_errors=2, last_error_at=timezone.now() - timedelta(minutes=1))
+    assert run_tasks(conn.pk).state == "skipped"
+    with tenant_scope(tenant):
+        EmailConnection.objects.filter(pk=conn.pk).update(
+            last_error_at=timezone.now() - timedelta(minutes=11))
+    assert len(run_tasks(conn.pk).new_rows) == 1
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.consecutive_errors == 0  # the success resets the count

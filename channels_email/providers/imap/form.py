@@ -10,6 +10,7 @@ from __future__ import annotations
 from django import forms
 from django.utils import timezone
 
+from channels_email.connection_options import format_skip_times, parse_skip_times, zone
 from channels_email.providers.imap.account import (
     AFTER_IMPORT_CHOICES,
     SECURITY_CHOICES,
@@ -55,6 +56,23 @@ class ImapAccountForm(forms.Form):
     after_import = forms.ChoiceField(label="After import", choices=AFTER_IMPORT_CHOICES,
                                      initial="leave")
     move_to = forms.CharField(label="Move to folder", max_length=200, required=False)
+    max_tries = forms.IntegerField(
+        label="Max tries before the connection counts as failing", min_value=0,
+        max_value=100, initial=3, required=False,
+        help_text="0: keep trying without a pause. Empty: 3.")
+    cool_off_minutes = forms.IntegerField(
+        label="Cool-off after that (minutes)", min_value=0, max_value=24 * 60, initial=5,
+        required=False, help_text="Empty: 5.")
+    skip_times = forms.CharField(
+        label="Skip times", required=False, max_length=500,
+        help_text="Daily windows with no fetching or sending, like 02:00-04:00 (several: "
+                  "separate with commas).")
+    time_zone = forms.CharField(label="Time zone of the skip times", max_length=64,
+                                required=False, help_text="Like Europe/Berlin; empty: the "
+                                                          "server's.")
+    timeout_ms = forms.IntegerField(label="Connection timeout (milliseconds)",
+                                    min_value=500, max_value=120000, initial=20000,
+                                    required=False, help_text="Empty: 20000 (20 s).")
     sync_start_at = forms.DateField(label="Import mail from", widget=forms.DateInput(
         attrs={"type": "date"}), help_text="Mail that arrived before this day is left alone.")
 
@@ -69,6 +87,7 @@ class ImapAccountForm(forms.Form):
     @classmethod
     def initial_from(cls, address: str, credentials: dict, sync_start_at) -> dict:
         account = ImapAccount.from_credentials(credentials)
+        options = credentials.get("options") or {}
         return {
             "address": address, "imap_host": account.imap.host,
             "imap_security": account.imap.security, "imap_port": account.imap.port,
@@ -78,7 +97,25 @@ class ImapAccountForm(forms.Form):
             "sent_folder": account.sent_folder, "append_sent": account.append_sent,
             "after_import": account.after_import, "move_to": account.move_to,
             "sync_start_at": timezone.localtime(sync_start_at).date(),
+            "timeout_ms": account.timeout_ms or 20000,
+            **{key: options[key] for key in ("max_tries", "cool_off_minutes", "skip_times",
+                                             "time_zone") if key in options},
         }
+
+    def clean_skip_times(self):
+        try:
+            return format_skip_times(parse_skip_times(self.cleaned_data["skip_times"]))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_time_zone(self):
+        name = self.cleaned_data["time_zone"].strip()
+        if name:
+            try:
+                zone(name)
+            except ValueError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return name
 
     def clean(self):
         data = super().clean()
@@ -111,5 +148,9 @@ class ImapAccountForm(forms.Form):
             "append_sent": bool(data["append_sent"]),
             "after_import": data["after_import"],
             "move_to": (data["move_to"] or "").strip(),
-            **({"options": stored["options"]} if "options" in stored else {}),
+            "timeout_ms": data["timeout_ms"] or 20000,
+            "options": {"max_tries": 3 if data["max_tries"] is None else data["max_tries"],
+                        "cool_off_minutes": 5 if data["cool_off_minutes"] is None
+                        else data["cool_off_minutes"],
+                        "skip_times": data["skip_times"], "time_zone": data["time_zone"]},
         }
