@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 EMBEDDED := $(PY) -m helpdesk.embedded run --
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint compose-check browser services-stop clean
+.PHONY: install demo test lint compose-check browser mailserver services-stop clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required (found %d.%d)" % sys.version_info[:2])'
@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+demo: install mailserver
 	$(EMBEDDED) $(PY) manage.py rundemo
 
-test: install lint compose-check browser
+test: install lint compose-check browser mailserver
 	$(EMBEDDED) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -37,6 +37,19 @@ browser:
 	fi
 	@if ! command -v chromium >/dev/null 2>&1 && [ -n "$$CI" ]; then \
 		echo "chromium is missing; CI must run the browser tests" >&2; exit 1; \
+	fi
+
+# IMAP mailboxes are tested (and demonstrated) against a real Dovecot that
+# sandbox/mailserver.py starts unprivileged in a folder of its own.
+mailserver:
+	@if ! command -v dovecot >/dev/null 2>&1 || [ ! -x /usr/lib/dovecot/lmtp ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing dovecot-imapd and dovecot-lmtpd (Debian packages) for the IMAP tests"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd dovecot-lmtpd) >/dev/null; \
+		fi; \
+	fi
+	@if { ! command -v dovecot >/dev/null 2>&1 || [ ! -x /usr/lib/dovecot/lmtp ]; } && [ -n "$$CI" ]; then \
+		echo "dovecot (dovecot-imapd, dovecot-lmtpd) is missing; CI must run the IMAP tests" >&2; exit 1; \
 	fi
 
 # docker-compose.yml is validated without an engine by Debian's docker-compose.

@@ -127,11 +127,16 @@ def may_call(connection: EmailConnection) -> bool:
 
 
 def wait_seconds(connection: EmailConnection) -> float:
-    """Seconds until a Rate Limited connection may be called again (0: now)."""
+    """Seconds until the connection may be called again (0: now): a Rate Limited one's
+    wait, or what its own connection settings say (skip times, cool-off after
+    ``max_tries`` failures: ``connection_options``)."""
+    from channels_email import connection_options
+
+    own = connection_options.wait_seconds(connection)
     until = connection.rate_limited_until
     if connection.status != ConnectionStatus.RATE_LIMITED or until is None:
-        return 0.0
-    return max(0.0, (until - timezone.now()).total_seconds())
+        return own
+    return max(own, (until - timezone.now()).total_seconds())
 
 
 def _refresh(connection: EmailConnection) -> None:

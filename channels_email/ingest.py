@@ -298,7 +298,9 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
         "message_id_header": parsed.message_id[:998],
         "subject": parsed.subject[:998],
         "from_address": (parsed.from_.email if parsed.from_ else "")[:320],
-        "details": _summary(parsed),
+        # The sync's duplicate key (sync._not_seen) outlives the parse.
+        "details": {**{k: v for k, v in (row.details or {}).items() if k == "dedupe_key"},
+                    **_summary(parsed)},
     }
     if parsed.quarantine_reason:
         _finish(row, InboundState.QUARANTINED, parsed.quarantine_reason, head)

@@ -174,8 +174,15 @@ class EmailConnection(TenantOwnedModel):
 
     @property
     def can_sign_in(self) -> bool:
-        """Connected by signing in (Reconnect and Disconnect apply)."""
-        return providers.can(self.provider, providers.Capability.OAUTH_SIGN_IN)
+        """Connected by signing in, with OAuth or a password (Reconnect and Disconnect
+        apply)."""
+        return providers.can(self.provider, providers.Capability.OAUTH_SIGN_IN) or \
+            providers.can(self.provider, providers.Capability.PASSWORD_SIGN_IN)
+
+    @property
+    def status_label(self) -> str:
+        """The status as its provider words it ("Sign-in failed" for a password)."""
+        return providers.status_label(self.provider, self.status, self.get_status_display())
 
     @property
     def watch_expired(self) -> bool:

@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from channels_email import providers
 from channels_email.models import (
     ConnectionStatus,
     EmailConnection,
@@ -50,7 +51,8 @@ class ConnectionHealth:
 
     @property
     def status_label(self) -> str:
-        return self.connection.get_status_display()
+        conn = self.connection
+        return providers.status_label(conn.provider, conn.status, conn.get_status_display())
 
     @property
     def last_sync_age(self) -> str:

@@ -170,7 +170,7 @@ def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str,
 
     Returns (and queues) every listed row still waiting to be ingested, new or not. Only
     rows this sync created count as mail the reconciliation sweep found without a push."""
-    unique = list({ref.provider_message_id: ref for ref in refs}.values())
+    unique = _not_seen(conn, list({ref.provider_message_id: ref for ref in refs}.values()))
     ids: list[int] = []
     created: list[int] = []
     with transaction.atomic():
@@ -178,7 +178,8 @@ def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str,
             created = _insert_new([
                 InboundEmail(tenant_id=conn.tenant_id, connection=conn,
                              provider_message_id=ref.provider_message_id[:255],
-                             provider_thread_id=ref.provider_thread_id[:255])
+                             provider_thread_id=ref.provider_thread_id[:255],
+                             details={"dedupe_key": ref.dedupe_key} if ref.dedupe_key else {})
                 for ref in unique
             ])
             ids = list(InboundEmail.objects.filter(
@@ -194,6 +195,19 @@ def _store(conn: EmailConnection, refs: list[MessageRef], cursor: str,
         EmailConnection.objects.filter(pk=conn.pk).update(**fields)
         transaction.on_commit(lambda: _enqueue(ids))
     return ids
+
+
+def _not_seen(conn: EmailConnection, refs: list[MessageRef]) -> list[MessageRef]:
+    """``refs`` less those whose ``dedupe_key`` a row of ``conn`` has already: the same
+    mail under new provider ids (an IMAP folder whose UIDVALIDITY changed)."""
+    keys = {ref.dedupe_key for ref in refs if ref.dedupe_key}
+    if not keys:
+        return refs
+    seen = set(InboundEmail.objects.filter(connection=conn, details__dedupe_key__in=keys)
+               .values_list("details__dedupe_key", flat=True))
+    if seen:
+        logger.info("sync.known_elsewhere connection=%s count=%s", conn.pk, len(seen))
+    return [ref for ref in refs if not ref.dedupe_key or ref.dedupe_key not in seen]
 
 
 def _insert_new(rows: list[InboundEmail]) -> list[int]:

@@ -1,12 +1,14 @@
 from django.urls import path
 
-from channels_email import views
+from channels_email import account_views, views
 
 app_name = "channels_email"
 urlpatterns = [
     path("", views.email_channels, name="channels"),
     path("connect/<str:provider>/", views.connect_start, name="connect"),
+    path("add/<str:provider>/", account_views.account_add, name="account_add"),
     path("<int:connection_id>/", views.connection_detail, name="connection"),
+    path("<int:connection_id>/account/", account_views.account_edit, name="account_edit"),
     path("<int:connection_id>/reconnect/", views.connection_reconnect, name="reconnect"),
     path("<int:connection_id>/disconnect/", views.connection_disconnect_view,
          name="disconnect"),

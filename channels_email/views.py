@@ -106,6 +106,8 @@ def email_channels(request):
         "connections": connections_with_health(tenant=request.tenant),
         "connect_options": [p for p in providers.enabled()
                             if providers.Capability.OAUTH_SIGN_IN in p.capabilities],
+        "account_options": [p for p in providers.enabled()
+                            if providers.Capability.PASSWORD_SIGN_IN in p.capabilities],
         "suppressions": suppressions_for_tenant(tenant=request.tenant)[:200],
     })
 
@@ -159,6 +161,10 @@ def _to_sign_in(request, provider: str, reconnect: EmailConnection | None = None
 @require_POST
 def connection_reconnect(request, connection_id: int):
     conn = _connection(request, connection_id)
+    if providers.can(conn.provider, providers.Capability.PASSWORD_SIGN_IN):
+        # A password mailbox reconnects by entering its password again.
+        return redirect("channels_email:account_edit", tenant_slug=request.tenant.slug,
+                        connection_id=conn.pk)
     return _to_sign_in(request, conn.provider, conn)
 
 

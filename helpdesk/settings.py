@@ -495,5 +495,9 @@ CELERY_BEAT_SCHEDULE["redrive-webhooks"] = {
 EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
     "channels_email.providers.gmail.GmailProvider",
     "channels_email.providers.microsoft.MicrosoftProvider",
+    "channels_email.providers.imap.ImapProvider",
     "channels_email.providers.manual.ManualProvider",
 ])
+# IMAP/SMTP mailboxes: certificates are checked against the system's trust store, plus
+# this CA file when set (dev and tests: the sandbox mail server's own CA).
+IMAP_EXTRA_CA_FILE = env.str("IMAP_EXTRA_CA_FILE", default="")

@@ -54,6 +54,8 @@ def scoped(tenant):
         yield tenant
 
 # The Google sandbox (a real subprocess over HTTP) for any test folder that needs it.
+# The real Dovecot + SMTP submission server (sandbox/mailserver.py) for IMAP tests.
+from tests.mail_support import mail_server, mailboxes  # noqa: E402, F401
 from tests.sandbox_support import (  # noqa: E402, F401
     connect,
     sandbox,

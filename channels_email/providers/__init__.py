@@ -87,6 +87,13 @@ def label(name: str) -> str:
     return cls.label if cls is not None else name
 
 
+def status_label(name: str, status: str, default: str) -> str:
+    """How ``status`` reads for a mailbox of provider ``name`` (a password mailbox's Token
+    Expired is "Sign-in failed"); ``default`` otherwise."""
+    cls = _classes().get(name)
+    return (getattr(cls, "status_labels", None) or {}).get(status, default)
+
+
 def webhook_routes() -> list[tuple[str, WebhookRoute]]:
     """(provider name, route) of every enabled provider's webhooks."""
     return [(name, route) for name, cls in _classes().items()
@@ -138,5 +145,6 @@ __all__ = [
     "label",
     "names_with",
     "sandbox_demos",
+    "status_label",
     "webhook_routes",
 ]

@@ -143,6 +143,10 @@ class WatchState:
 class MessageRef:
     provider_message_id: str
     provider_thread_id: str = ""
+    # A key that stays the same when the provider renumbers its messages (IMAP: Message-ID
+    # + Date across a UIDVALIDITY change): a bounded full sync skips refs whose key a row
+    # of the connection has already. "" when the provider needs no such check.
+    dedupe_key: str = ""
 
 
 @dataclass
@@ -197,6 +201,13 @@ class Capability(StrEnum):
     FETCH = "fetch"  # FetchRaw
     SEND = "send"  # SendMime
     FIND_SENT = "find_sent"  # FindSent
+    PASSWORD_SIGN_IN = "password_sign_in"  # PasswordSignIn: IMAP/SMTP with a password
+    IDLE = "idle"  # IdlePush: a long-held connection announces new mail (IMAP IDLE)
+
+
+# A whole mailbox behind OAuth with push (Gmail, Microsoft Graph).
+OAUTH_MAILBOX = frozenset({Capability.OAUTH_SIGN_IN, Capability.PUSH, Capability.CURSOR_SYNC,
+                           Capability.FETCH, Capability.SEND, Capability.FIND_SENT})
 
 
 # ------------------------------------------------------------------------------ webhooks
@@ -344,10 +355,37 @@ class FindSent(Protocol):
     def find_sent(self, connection, message_id_header: str) -> SentMessage | None: ...
 
 
+@runtime_checkable
+class PasswordSignIn(Protocol):
+    """A mailbox signed in to with stored settings and a password (IMAP/SMTP):
+    ``check_account`` signs in with ``credentials`` (nothing saved) and says what it found,
+    or raises the ProviderError that says what failed. A refused password raises
+    ``AuthError`` with reason ``sign_in_failed_reason``."""
+
+    sign_in_failed_reason: str
+
+    def check_account(self, credentials: dict) -> Any: ...
+
+    def start_cursor(self) -> str:
+        """The cursor a new mailbox starts from (its first sync imports the mail since
+        the connection's ``sync_start_at``)."""
+        ...
+
+
+@runtime_checkable
+class IdlePush(Protocol):
+    """``idle_open(connection)`` returns a session whose ``wait(seconds) -> bool`` is True
+    when the server announced new mail, and ``close()``; held by ``manage.py
+    mailbox_watch``, which queues the same coalesced sync as a webhook does."""
+
+    def idle_open(self, connection) -> Any: ...
+
+
 CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.OAUTH_SIGN_IN: SignIn, Capability.PUSH: PushSubscription,
     Capability.CURSOR_SYNC: CursorSync, Capability.FETCH: FetchRaw,
     Capability.SEND: SendMime, Capability.FIND_SENT: FindSent,
+    Capability.PASSWORD_SIGN_IN: PasswordSignIn, Capability.IDLE: IdlePush,
 }
 
 

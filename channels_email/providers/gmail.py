@@ -50,9 +50,9 @@ from googleapiclient.http import MediaIoBaseUpload
 from channels_email.mime import normalize_message_id
 from channels_email.providers.base import (
     ACCESS_TOKEN_REFUSED,
+    OAUTH_MAILBOX,
     Accepted,
     AuthError,
-    Capability,
     ConnectionLookup,
     CursorExpired,
     Handshake,
@@ -480,7 +480,7 @@ class GmailProvider:
     not_configured_hint = ("Gmail is not configured on this server (GOOGLE_CLIENT_ID). "
                            "See the README.")
     disconnect_hint = ""  # Disconnect revokes the grant at Google itself
-    capabilities = frozenset(Capability)
+    capabilities = OAUTH_MAILBOX
     webhook_routes = (WebhookRoute(path="google/pubsub", hook="pubsub", log_key="google"),)
 
     # The demo's seeded mailbox is a Gmail one: the sandbox's Google picker suggests it.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
+from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
@@ -27,6 +28,7 @@ from channels_email.sync import connection_sync, push_unmark
 from channels_email.tasks import process_inbound_email, start_watch
 from channels_email.tokens import authorized, ensure_fresh_token
 from helpdesk.tenancy import tenant_scope, unscoped
+from tests.mail_support import FIXED
 from tests.sandbox_support import PushCatcher, consent, use_sandbox_google
 from tickets.models import Ticket
 
@@ -145,28 +147,126 @@ class MicrosoftDriver:
         return GmailDriver.sent_message_ids(self)
 
 
-DRIVERS = {"gmail": GmailDriver, "microsoft": MicrosoftDriver}
+
+
+@dataclass(frozen=True)
+class Announced:
+    """What an IDLE push amounts to for the scenarios: 204 when the server announced the
+    new mail (EXISTS) on the held connection."""
+
+    status_code: int
+
+
+class ImapDriver:
+    """IMAP/SMTP against the real Dovecot and submission server (tests/mail_support.py):
+    connected through the admin form, pushes are IDLE's EXISTS on a held connection,
+    the expired cursor is a UIDVALIDITY reset, revoking is a changed password."""
+
+    throttles = False  # Dovecot has no throttling answer to inject
+
+    def __init__(self, settings, server):
+        self.server = server
+        self.idle = None
+        settings.IMAP_EXTRA_CA_FILE = str(server.ca_file)
+        server.set_password(MAILBOX, FIXED[MAILBOX])  # a scenario changes it
+        server.reset_user(MAILBOX)
+        server.save_sent = False
+
+    def close(self):
+        if self.idle is not None:
+            self.idle.close()
+
+    def connect(self, client, tenant, address: str) -> EmailConnection:
+        answer = client.post(f"/{tenant.slug}/settings/email/add/imap/", {
+            "action": "save", "address": address, "imap_host": "127.0.0.1",
+            "imap_security": "ssl", "imap_port": self.server.ports.imaps,
+            "username": address, "password": FIXED[address],
+            "smtp_security": "starttls", "smtp_port": self.server.ports.submission,
+            "folder": "INBOX", "sent_folder": "Sent", "append_sent": "on",
+            "after_import": "leave", "sync_start_at": "2000-01-01"})
+        assert answer.status_code == 302, answer.content.decode()[:3000]
+        with tenant_scope(tenant):
+            conn = EmailConnection.objects.get(address=address)
+            self.idle = providers.get(conn.provider).idle_open(conn)
+        return conn
+
+    def deliver(self, address: str, subject: str) -> None:
+        mail = EmailMessage()
+        mail["From"], mail["To"] = "Maria Lopez <maria@customer.example>", address
+        mail["Subject"], mail["Message-ID"] = subject, make_msgid(domain="customer.example")
+        mail.set_content("Hello, the printer is on fire.")
+        self.server.deliver(mail.as_bytes(), address)
+
+    def next_push(self, client):
+        return Announced(204 if self.idle.wait(10) else 408)
+
+    def fault(self, kind: str, **extra) -> None:
+        assert kind == "cursor_expired"
+        self.server.set_uidvalidity(MAILBOX, "INBOX", 4242)
+
+    def revoke(self, address: str) -> None:
+        self.server.set_password(address, "changed-by-the-user")
+
+    def sent_message_ids(self) -> list[str]:
+        return [str(message_from_bytes(raw, policy=default)["Message-ID"]).strip("<>")
+                for _, _, raw in self.server.submitted]
+
+
+DRIVERS = {"gmail": GmailDriver, "microsoft": MicrosoftDriver, "imap": ImapDriver}
 
 
 def _signing_in() -> list[str]:
+    return [p.name for p in providers.enabled()
+            if {Capability.OAUTH_SIGN_IN, Capability.PASSWORD_SIGN_IN} & p.capabilities]
+
+
+def _oauth() -> list[str]:
     return [p.name for p in providers.enabled() if Capability.OAUTH_SIGN_IN in p.capabilities]
 
 
 def test_every_provider_is_covered():
-    """Each enabled provider either signs in (and has a driver here, so the scenarios run
-    for it) or declares no capability at all (manual: mail arrives as files)."""
+    """Each enabled provider either signs in, by OAuth or with a password (and has a
+    driver here, so the scenarios run for it), or declares no capability at all (manual:
+    mail arrives as files)."""
     for provider in providers.enabled():
         if provider.capabilities:
-            assert Capability.OAUTH_SIGN_IN in provider.capabilities
+            assert {Capability.OAUTH_SIGN_IN, Capability.PASSWORD_SIGN_IN} \
+                & provider.capabilities
             assert provider.name in DRIVERS, f"no contract driver for {provider.name}"
     assert _signing_in(), "no provider to run the contract against"
 
 
-@pytest.fixture(params=_signing_in())
-def driver(request, settings, sandbox, sandbox_server):
+def _make_driver(request, settings):
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    drv = DRIVERS[request.param](settings, sandbox, sandbox_server)
+    if request.param == "imap":
+        drv = ImapDriver(settings, request.getfixturevalue("mail_server"))
+    else:
+        drv = DRIVERS[request.param](settings, request.getfixturevalue("sandbox"),
+                                     request.getfixturevalue("sandbox_server"))
     drv.name = request.param
+    return drv
+
+
+@pytest.fixture(params=_signing_in())
+def driver(request, settings):
+    drv = _make_driver(request, settings)
+    yield drv
+    drv.close()
+
+
+@pytest.fixture(params=_oauth())
+def oauth_driver(request, settings):
+    """The scenarios of the OAuth sign-in itself (consent, the watch task)."""
+    drv = _make_driver(request, settings)
+    yield drv
+    drv.close()
+
+
+@pytest.fixture(params=[name for name in _signing_in()
+                        if getattr(DRIVERS[name], "throttles", True)])
+def throttling_driver(request, settings):
+    """Providers whose throttling answer the sandbox can inject."""
+    drv = _make_driver(request, settings)
     yield drv
     drv.close()
 
@@ -178,6 +278,8 @@ def admin_client(client, admin_user):
 
 
 def _connect(driver, client, tenant, address: str = MAILBOX) -> EmailConnection:
+    if hasattr(driver, "connect"):  # a form rather than a consent screen
+        return driver.connect(client, tenant, address)
     start = client.post(f"/{tenant.slug}/settings/email/connect/{driver.name}/")
     assert start.status_code == 302
     back = urllib.parse.urlsplit(driver.consent(start["Location"], address))
@@ -204,7 +306,8 @@ def _titles(tenant) -> list[str]:
         return sorted(Ticket.objects.values_list("title", flat=True))
 
 
-def test_connect_signs_in_and_the_watch_starts_in_a_task(driver, admin_client, tenant):
+def test_connect_signs_in_and_the_watch_starts_in_a_task(oauth_driver, admin_client, tenant):
+    driver = oauth_driver
     start = admin_client.post(f"/{tenant.slug}/settings/email/connect/{driver.name}/")
     back = urllib.parse.urlsplit(driver.consent(start["Location"], MAILBOX))
     assert admin_client.get(back.path + "?" + back.query).status_code == 302
@@ -222,10 +325,11 @@ def test_connect_signs_in_and_the_watch_starts_in_a_task(driver, admin_client, t
     assert conn.subscription_expires_at is not None and conn.cursor
 
 
-def test_mail_arriving_before_the_watch_task_runs_is_not_skipped(driver, admin_client,
+def test_mail_arriving_before_the_watch_task_runs_is_not_skipped(oauth_driver, admin_client,
                                                                   tenant):
     """The callback records the mailbox's cursor itself: the first sync starts there even
     when the watch task has not run (or failed), and imports what arrived meanwhile."""
+    driver = oauth_driver
     start = admin_client.post(f"/{tenant.slug}/settings/email/connect/{driver.name}/")
     back = urllib.parse.urlsplit(driver.consent(start["Location"], MAILBOX))
     assert admin_client.get(back.path + "?" + back.query).status_code == 302
@@ -299,7 +403,8 @@ def test_send_then_find_sent_by_our_message_id(driver, admin_client, tenant):
     assert found is not None and found.provider_message_id == sent.provider_message_id
 
 
-def test_throttled_is_rate_limited_then_active(driver, admin_client, tenant):
+def test_throttled_is_rate_limited_then_active(throttling_driver, admin_client, tenant):
+    driver = throttling_driver
     conn = _connect(driver, admin_client, tenant)
     driver.deliver(MAILBOX, "Busy day")
     driver.fault("throttled", retry_after=30)

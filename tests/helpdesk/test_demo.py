@@ -122,6 +122,8 @@ def test_rundemo_check_brings_up_web_worker_and_beat(django_db_blocker, settings
     assert "microsoft: connect" in result.stdout
     assert ("demo mailbox: support@acme.example suggested and reconnected, a seeded reply "
             "retried and delivered, the customer's answer threaded OK") in result.stdout
+    # With Dovecot installed (make test installs it), the IMAP path too.
+    assert "imap: Test connection, save, email -> ticket OK" in result.stdout
     ready = [line for line in result.stdout.splitlines() if line.startswith("Ready: ")]
     assert len(ready) == 1 and "http://127.0.0.1:8790/" in ready[0]
     assert "admin@acme.example" in ready[0] and "demo-pass-2026" in ready[0]

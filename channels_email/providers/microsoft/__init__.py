@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from channels_email.providers.base import (
+    OAUTH_MAILBOX,
     Accepted,
-    Capability,
     ConnectionLookup,
     Handshake,
     Rejected,
@@ -31,7 +31,7 @@ class MicrosoftProvider(MicrosoftIdentity, GraphMailbox):
     disconnect_hint = ("Microsoft keeps the permissions it granted the helpdesk until an "
                        f"admin removes them: {ENTRA_APPS} (or the user, at "
                        "myapps.microsoft.com).")
-    capabilities = frozenset(Capability)
+    capabilities = OAUTH_MAILBOX
     webhook_routes = (
         WebhookRoute(path="microsoft/graph", hook="graph", log_key="microsoft"),
         WebhookRoute(path="microsoft/graph/lifecycle", hook="lifecycle",

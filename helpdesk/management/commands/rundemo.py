@@ -39,6 +39,11 @@ from channels_email.providers.base import Capability
 from helpdesk.coordination import redis_client
 from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_MAILBOX, DEMO_PASSWORD, seed_demo
 
+# The demo's IMAP mailbox on the local Dovecot, and a customer who writes to it.
+DEMO_IMAP_USER = "help@imap.demo"
+DEMO_IMAP_CUSTOMER = "customer@imap.demo"
+DEMO_IMAP_PASSWORD = "demo-imap-password"
+
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
@@ -70,6 +75,8 @@ class Command(BaseCommand):
                        "--concurrency", "2", "--loglevel", "INFO"],
             "beat": [python, "-m", "celery", "-A", "helpdesk", "beat", "--loglevel", "INFO",
                      "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
+            # IMAP IDLE as push for IMAP/SMTP mailboxes (channels_email/watch.py).
+            "watcher": [python, "manage.py", "mailbox_watch"],
         }
         public = f"http://127.0.0.1:{port}"
         sandbox_proc, info, demos = self._start_sandbox(public)
@@ -79,6 +86,16 @@ class Command(BaseCommand):
         for _, demo in demos:
             env.update(demo.env)
         procs = {"sandbox": sandbox_proc}
+        imap_note = "IMAP demo mail server: not started (install dovecot-imapd dovecot-lmtpd)"
+        mail_proc, mail_info = self._start_mailserver()
+        self._mail_info = mail_info
+        if mail_proc is not None:
+            procs["mailserver"] = mail_proc
+            env["IMAP_EXTRA_CA_FILE"] = mail_info["ca_file"]
+            imap_note = (f"IMAP demo mail server: host 127.0.0.1, IMAP SSL/TLS port "
+                         f"{mail_info['imaps_port']}, SMTP STARTTLS port "
+                         f"{mail_info['submission_port']}, user {DEMO_IMAP_USER}, password "
+                         f"{DEMO_IMAP_PASSWORD} (Add Email Account > IMAP/SMTP)")
         started = time.time()
         # Each child in a session of its own: Ctrl-C reaches rundemo only, which stops
         # each child once (gunicorn's gthread workers hang when the terminal's SIGINT and
@@ -86,8 +103,8 @@ class Command(BaseCommand):
         procs.update({name: subprocess.Popen(cmd, env=env, start_new_session=True)
                       for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
-        self.stdout.write(f"Starting the demo ({report}): web, worker, beat and the "
-                          "provider sandbox...")
+        self.stdout.write(f"Starting the demo ({report}): web, worker, beat, the mailbox "
+                          "watcher, the provider sandbox and the demo mail server...")
         self._stopping = False
 
         def stop(signum, _frame):
@@ -104,6 +121,7 @@ class Command(BaseCommand):
                 f"Ready: {url}  sign in as {ADMIN_EMAIL} (admin) or {AGENT_EMAIL} (agent), "
                 f"password {DEMO_PASSWORD}; provider sandbox {sandbox_url}/_sandbox/ (connect "
                 f"{offered} under Email channels); Ctrl-C stops everything"))
+            self.stdout.write(imap_note)
             if check:
                 self._check(url, procs, sandbox_url, demos)
                 self.stdout.write(self.style.SUCCESS("demo check passed"))
@@ -129,7 +147,7 @@ class Command(BaseCommand):
         schedule = settings.CELERY_BEAT_SCHEDULE_FILENAME
         waiting = {"web", "worker", "beat"}
         while waiting and not self._stopping:
-            for name in ("web", "worker", "beat", "sandbox"):
+            for name in ("web", "worker", "beat", "watcher", "sandbox"):
                 if procs[name].poll() is not None:
                     raise CommandError(f"{name} exited with code {procs[name].returncode}")
             if "web" in waiting:
@@ -179,6 +197,29 @@ class Command(BaseCommand):
                                                  headers={"Content-Type": "application/json"})
                 urllib.request.urlopen(request, timeout=10).read()
         return proc, server, demos
+
+    def _start_mailserver(self) -> tuple[subprocess.Popen | None, dict]:
+        """Dovecot and its SMTP submission server (sandbox/mailserver.py) with one demo
+        mailbox and one customer, when Dovecot is installed; (None, {}) otherwise."""
+        from sandbox.mailserver import dovecot_available
+
+        if not dovecot_available():
+            return None, {}
+        root = settings.VAR_DIR / "mailserver"
+        info = root / "server.json"
+        info.unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.mailserver", "--root", str(root),
+             "--user", f"{DEMO_IMAP_USER}:{DEMO_IMAP_PASSWORD}",
+             "--user", f"{DEMO_IMAP_CUSTOMER}:{DEMO_IMAP_PASSWORD}"],
+            cwd=settings.BASE_DIR, start_new_session=True, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not info.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise CommandError("the demo mail server (Dovecot) did not start")
+            time.sleep(0.1)
+        return proc, json.loads(info.read_text())
 
     def _stop(self, procs):
         """SIGTERM each child once, wait (gunicorn's graceful timeout is 20 s), then kill
@@ -268,6 +309,8 @@ class Command(BaseCommand):
             if providers.can(provider.name, Capability.OAUTH_SIGN_IN):
                 self._check_connect(url, sandbox_url, provider, demo)
         self._check_demo_mailbox(url, sandbox_url)
+        if "mailserver" in procs:
+            self._check_imap(url, self._mail_info)
 
     def _check_connect(self, url: str, sandbox_url: str, provider, demo) -> None:
         """A provider's path as an admin walks it, against the sandbox: connect (sign-in
@@ -315,6 +358,48 @@ class Command(BaseCommand):
         post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
         self.stdout.write(f"{provider.name}: connect, route to a team, sandbox email -> "
                           "ticket OK")
+
+    def _check_imap(self, url: str, info: dict) -> None:
+        """The IMAP path as an admin walks it, against the demo's Dovecot: Test
+        connection, Save, then a customer's email delivered to the mailbox becomes a
+        ticket through IDLE (watcher -> worker). Disconnected afterwards."""
+        from sandbox.mailserver import MailServer
+
+        opener, _, post = self._signed_in(url, ADMIN_EMAIL)
+        channels = url + "acme/settings/email/"
+        form = {"address": DEMO_IMAP_USER, "imap_host": "127.0.0.1", "imap_security": "ssl",
+                "imap_port": info["imaps_port"], "username": DEMO_IMAP_USER,
+                "password": DEMO_IMAP_PASSWORD, "smtp_security": "starttls",
+                "smtp_port": info["submission_port"], "folder": "INBOX",
+                "sent_folder": "Sent", "append_sent": "on", "after_import": "leave",
+                "sync_start_at": time.strftime("%Y-%m-%d")}
+        add = channels + "add/imap/"
+        opener.open(add, timeout=10).read()
+        try:
+            post(add, {**form, "action": "test"}, add).read()
+        except urllib.error.HTTPError as failed:
+            said = re.findall(r'role="alert">(.*?)</div>', failed.read().decode(), re.S)
+            raise CommandError(f"IMAP Test connection failed against the demo Dovecot: "
+                               f"{said}") from failed
+        saved = post(add, {**form, "action": "save"}, add)
+        where = saved.geturl()
+        if not re.search(r"/acme/settings/email/\d+/$", where):
+            raise CommandError(f"IMAP save did not reach the mailbox page ({where})")
+        subject = f"IMAP demo check {uuid.uuid4().hex[:8]}"
+        server = MailServer(settings.VAR_DIR / "mailserver")
+        server.ports.lmtp = info["lmtp_port"]
+        server.deliver((f"From: Dana Customer <{DEMO_IMAP_CUSTOMER}>\r\nTo: {DEMO_IMAP_USER}"
+                        f"\r\nSubject: {subject}\r\n\r\nIs anyone there?\r\n").encode(),
+                       DEMO_IMAP_USER)
+        deadline = time.monotonic() + 60
+        queue = f"{url}acme/tickets/?view=unassigned"
+        while subject not in opener.open(queue, timeout=10).read().decode():
+            if time.monotonic() > deadline:
+                raise CommandError("the IMAP email did not become a ticket within 60 s")
+            time.sleep(0.5)
+        connection_id = re.search(r"/email/(\d+)/$", where).group(1)
+        post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
+        self.stdout.write("imap: Test connection, save, email -> ticket OK")
 
     @staticmethod
     def _sandbox(sandbox_url: str, path: str, body: dict | None = None) -> dict:
