@@ -11,8 +11,9 @@ from contacts.services import contact_update
 from helpdesk.tenancy import tenant_scope
 from tests.api.test_foundation import bearer, make_key
 from tests.factories import ContactFactory, MessageFactory, TicketFactory
+from tickets import selectors
 from tickets.models import Message, MessageKind, Ticket
-from tickets.selectors import ticket_list
+from tickets.selectors import search_condition, ticket_list
 from tickets.services import ticket_merge
 
 pytestmark = pytest.mark.django_db
@@ -145,9 +146,20 @@ def test_the_search_term_reaches_the_planner_as_a_constant(tenant, tickets):
     """The typed words become a tsquery constant before planning, so the planner can tell
     a rare word (the GIN index) from a common one (walk the most recent first)."""
     with tenant_scope(tenant):
-        sql, params = ticket_list(tenant=tenant, search="Refunds Café").query.sql_with_params()
+        sql, params = (Ticket.objects.filter(tenant=tenant)
+                       .filter(search_condition("Refunds Café")).query.sql_with_params())
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN {sql}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "'cafe':* & 'refunds':*" in plan.replace("''", "'"), plan
     assert "helpdesk_search_query" not in plan, plan
+
+
+@pytest.mark.parametrize("few", [1000, 2])
+def test_few_and_many_matches_list_the_same_tickets(tenant, tickets, monkeypatch, few):
+    """Below SEARCH_FEW matches the page is read by id, above it by the condition: the
+    same tickets either way (here 'ch' starts a word of both tickets)."""
+    monkeypatch.setattr(selectors, "SEARCH_FEW", few)
+    assert found(tenant, "ch") == {"Refund for invoice 4711", "Login broken"}
+    assert found(tenant, "refund") == {"Refund for invoice 4711"}
+    assert found(tenant, "xylophone") == set()
