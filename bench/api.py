@@ -5,7 +5,8 @@ Run it with the project's services (embedded ones when DATABASE_URL / REDIS_URL 
     .venv/bin/python -m helpdesk.embedded run -- .venv/bin/python bench/api.py
 
 What it does, on real PostgreSQL, in one process (Django's full middleware stack, called
-in process: server time without a network or a WSGI server in front):
+in process, DEBUG off and the database connection kept as production keeps it: server
+time without a network or a WSGI server in front):
 1. migrates a scratch database (helpdesk_bench_api) and fills one workspace with 1,000
    tickets in bulk SQL (INSERT ... SELECT over generate_series, through the same triggers
    the product's writes go through): contacts at one per five tickets over 50 company
@@ -306,6 +307,7 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
     os.environ["MEDIA_ROOT"] = str(VAR / ("smoke/api" if workload.smoke else "api") / "media")
     os.environ["DEBUG"] = "false"  # as in production: no query log, no debug pages
+    os.environ["CONN_MAX_AGE"] = "60"  # as in production: one connection, kept open
     os.environ["API_RATE_LIMIT_PER_MINUTE"] = "1000000"  # the bench is one client, fast
     try:
         figures = run(workload, args)
