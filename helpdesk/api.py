@@ -30,21 +30,19 @@ Contract:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from urllib.parse import urlencode
 
 import redis
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -54,6 +52,7 @@ from rest_framework.pagination import BasePagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.response import Response
 
+from helpdesk import keyset
 from helpdesk.coordination import redis_client, redis_key
 from helpdesk.errors import ApplicationError
 from helpdesk.models import ApiKey, IdempotencyRecord
@@ -349,20 +348,16 @@ class KeysetPagination(BasePagination):
     max_size = 200
 
     def paginate_queryset(self, queryset: QuerySet, request, view=None):
-        keyset = view.keyset
         size = self._size(request)
-        cursor = request.query_params.get("cursor")
-        queryset = queryset.order_by(*keyset)
-        if cursor:
-            queryset = queryset.filter(self._after(keyset, self._decode(cursor, keyset)))
-        rows = list(queryset[: size + 1])
+        try:
+            page = keyset.keyset_page(queryset, view.keyset, size=size,
+                                      after_cursor=request.query_params.get("cursor"))
+        except keyset.InvalidCursor:
+            raise exceptions.ValidationError(
+                {"cursor": ["Not a cursor this API gave out."]}) from None
         self.request = request
-        self.next_values = None
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            self.next_values = [self._value(last, key.lstrip("-")) for key in keyset]
-        return rows
+        self.next_cursor = page.next_cursor
+        return page.rows
 
     def get_paginated_response(self, data):
         return Response({"results": data, "next": self._next_link()})
@@ -398,46 +393,13 @@ class KeysetPagination(BasePagination):
                 {"page_size": [f"A whole number from 1 to {self.max_size}."]})
         return size
 
-    @staticmethod
-    def _value(row, name: str):
-        value = row
-        for step in name.split("__"):  # "user__email": through the relation
-            value = getattr(value, step)
-        return {"dt": value.isoformat()} if isinstance(value, datetime) else value
-
     def _next_link(self) -> str | None:
-        if self.next_values is None:
+        if self.next_cursor is None:
             return None
-        token = base64.urlsafe_b64encode(json.dumps(self.next_values).encode()).decode()
         params = self.request.query_params.copy()
-        params["cursor"] = token.rstrip("=")
+        params["cursor"] = self.next_cursor
         return self.request.build_absolute_uri(
             self.request.path + "?" + urlencode(sorted(params.items())))
-
-    @staticmethod
-    def _decode(cursor: str, keyset) -> list:
-        try:
-            values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-            if not isinstance(values, list) or len(values) != len(keyset):
-                raise ValueError
-            return [datetime.fromisoformat(v["dt"]) if isinstance(v, dict) else v
-                    for v in values]
-        except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
-            raise exceptions.ValidationError(
-                {"cursor": ["Not a cursor this API gave out."]}) from None
-
-    @staticmethod
-    def _after(keyset, values) -> Q:
-        """Rows strictly after ``values`` in ``keyset`` order: the usual lexicographic
-        (a < x) or (a = x and b < y) ... expansion."""
-        condition = Q()
-        equal = Q()
-        for key, value in zip(keyset, values, strict=True):
-            name = key.lstrip("-")
-            step = Q(**{f"{name}__lt" if key.startswith("-") else f"{name}__gt": value})
-            condition |= equal & step
-            equal &= Q(**{name: value})
-        return condition
 
 
 __all__ = [

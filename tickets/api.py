@@ -182,7 +182,9 @@ class TicketFilters(serializers.Serializer):
     tag = serializers.CharField(required=False, max_length=50)
     updated_since = serializers.DateTimeField(required=False)
     q = serializers.CharField(required=False, max_length=200,
-                              help_text="Subject, contact address or #number.")
+                              help_text="Words, each the start of a word of the subject, "
+                              "the messages, the contact's name or address, or CC; or a "
+                              "#number.")
 
     def validate_assignee(self, value: str):
         if value == "none":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import BooleanField, Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from helpdesk.models import Tenant
 from tickets.models import Attachment, Message, MessageKind, Ticket, TicketStatus
@@ -48,12 +49,45 @@ def ticket_list(
         qs = qs.filter(assignee_id=assignee_id)
     search = search.strip()
     if search:
-        term = Q(title__icontains=search) | Q(contact__email__icontains=search)
-        digits = search.lstrip("#")
-        if digits.isdigit():
-            term |= Q(number=int(digits))
-        qs = qs.filter(term)
+        qs = qs.filter(ticket_search(tenant=tenant, term=search))
     return qs.order_by("-updated_at", "-id")
+
+
+SEARCH_MAX_LENGTH = 200
+# A search with fewer matches than this in the workspace lists them by id; one with more
+# is a condition for the planner (see ticket_search).
+SEARCH_FEW = 1000
+
+
+def ticket_search(*, tenant: Tenant, term: str) -> Q:
+    """The tickets of ``tenant`` that ``term`` finds, as a condition on Ticket: every word
+    of it starts a word of the ticket's search document (subject, messages, the contact's
+    name and address, CC; accents ignored; see tickets/migrations/0012), or it is the
+    ticket's number ("#123" or "123"). The one definition of search, for the list page and
+    the API's ``q`` alike.
+
+    Costs one query, whatever the page: PostgreSQL cannot tell how many tickets a word
+    start matches (it guesses 0.5%), and a wrong guess either way is slow at 100,000
+    tickets (walking the most recent first past every ticket for a rare word, or sorting
+    every match of a common one). So the matches are counted first on the
+    ``(tenant_id, search_document)`` GIN index, up to SEARCH_FEW: fewer come back as
+    their ids (the page is then sorted from them), more mean a common word, for which the
+    walk along the most recent first finds a page at once."""
+    matches = search_condition(term)
+    few = list(Ticket.objects.filter(tenant=tenant).filter(matches)
+               .values_list("pk", flat=True)[:SEARCH_FEW])
+    return Q(pk__in=few) if len(few) < SEARCH_FEW else matches
+
+
+def search_condition(term: str) -> Q:
+    """``term``'s condition on Ticket itself (see ticket_search)."""
+    term = term.strip()[:SEARCH_MAX_LENGTH]
+    matches = Q(RawSQL(f'{Ticket._meta.db_table}."search_document" @@ helpdesk_search_query(%s)',
+                       [term], output_field=BooleanField()))
+    digits = term.lstrip("#")
+    if digits.isdigit() and int(digits) < 2**63:
+        matches |= Q(number=int(digits))
+    return matches
 
 
 def teams_of_user(*, tenant: Tenant, user_id: int) -> QuerySet:

@@ -11,11 +11,11 @@ import uuid
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from helpdesk import keyset
 from helpdesk.errors import ApplicationError
 from helpdesk.forms import clean_address
 from helpdesk.models import User
@@ -78,6 +78,19 @@ def _list_view(request, teams: list[Team]) -> tuple[str, dict]:
     return "all", {}
 
 
+def _ticket_page(request, tickets) -> keyset.KeysetPage:
+    """The page of the list the URL asks for (``?after=`` / ``?before=`` a cursor of the
+    REST API's kind): one query however deep, no count of the rows. A cursor that is not
+    ours reads as the first page."""
+    order = ("-updated_at", "-id")
+    try:
+        return keyset.keyset_page(tickets, order, size=settings.TICKETS_PER_PAGE,
+                                  after_cursor=request.GET.get("after"),
+                                  before_cursor=request.GET.get("before"))
+    except keyset.InvalidCursor:
+        return keyset.keyset_page(tickets, order, size=settings.TICKETS_PER_PAGE)
+
+
 def ticket_list_view(request):
     """The ticket list: a view (My open tickets, Unassigned, each of my teams, All) and
     the filters on top of it. htmx gets the table alone (the filters' requests, and the
@@ -94,13 +107,13 @@ def ticket_list_view(request):
         filters.update(unassigned=assignee == "none", assignee_id=(
             request.user.pk if assignee == "me" else _int_or_none(assignee)))
     filters["search"] = params.get("q", "")[:200]
-    page = Paginator(ticket_list(tenant=request.tenant, **filters),
-                     settings.TICKETS_PER_PAGE).get_page(params.get("page"))
+    page = _ticket_page(request, ticket_list(tenant=request.tenant, **filters))
     query = params.copy()
-    query.pop("page", None)
+    for name in ("after", "before", "page"):
+        query.pop(name, None)
     query["view"] = view
-    poll = query.copy()
-    poll["page"] = page.number
+    poll = params.copy()
+    poll["view"] = view
     context = {
         "page": page,
         "view": view,

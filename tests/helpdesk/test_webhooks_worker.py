@@ -1,5 +1,5 @@
 """Outgoing webhooks end to end with a real Celery worker (outbound and webhooks queues)
-on real Redis and the Gmail sandbox: a reply goes out, and
+on real Redis and the Gmail sandbox: a reply posted over the REST API goes out, and
 ``message.delivery_status_changed`` reaches a real HTTP receiver, signed, first as
 Delivered and then, when the receiving server's bounce comes in, as Bounced."""
 
@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from email import message_from_bytes
+from email.policy import default
 
 import pytest
 import requests
+from django.test import Client
 from standardwebhooks.webhooks import Webhook
 
-from channels_email import outbound
+from helpdesk.services import api_key_create
 from helpdesk.tenancy import tenant_scope
 from helpdesk.webhooks_out import live_secrets, webhook_endpoint_create
 from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
@@ -25,7 +28,7 @@ from tests.channels_email.test_gmail_flow import (  # noqa: F401 - fixtures
 from tests.channels_email.test_gmail_worker import start_worker as start_gmail_worker
 from tests.channels_email.test_outbound import conversation  # noqa: F401 - fixture
 from tests.helpdesk.webhook_receiver import Receiver
-from tickets.models import DeliveryStatus
+from tickets.models import DeliveryStatus, Message
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -77,8 +80,14 @@ def test_delivered_then_bounced_reply_reach_the_receiver_signed(
     with tenant_scope(tenant):
         endpoint = webhook_endpoint_create(tenant=tenant, actor=admin_user, url=receiver.url,
                                            events=["message.delivery_status_changed"])
-        message = outbound.reply_create(ticket=ticket, author=admin_user,
-                                        body_text="We are on it.")
+        _, key = api_key_create(tenant=tenant, actor=admin_user, name="CRM", scope="write")
+    posted = Client().post(f"/api/v1/tickets/{ticket.number}/replies/",
+                           {"body": "We are on it."}, content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert posted.status_code == 201, posted.content
+    assert posted.json()["delivery_status"] == DeliveryStatus.PENDING
+    with tenant_scope(tenant):
+        message = Message.objects.get(pk=posted.json()["id"])
     verifier = Webhook(live_secrets(endpoint)[0])
 
     def statuses(received):
@@ -93,6 +102,8 @@ def test_delivered_then_bounced_reply_reach_the_receiver_signed(
     assert delivered["data"]["ticket_number"] == ticket.number
     sent = requests.get(sandbox + "/_sandbox/sent", timeout=5).json()["messages"]
     assert len(sent) == 1  # the sandbox mailbox has the reply
+    mime = message_from_bytes(base64.b64decode(sent[0]["raw"]), policy=default)
+    assert "We are on it." in mime.get_body(("plain",)).get_content()
 
     with tenant_scope(tenant):
         message.refresh_from_db()

@@ -6,6 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from helpdesk import keyset
 from helpdesk.tenancy import tenant_scope
 from tests.factories import (
     AttachmentFactory,
@@ -46,7 +47,43 @@ def test_ticket_list_query_count_does_not_grow_with_rows(agent_client, tenant):
     _bulk_tickets(tenant, 990)
     assert _list_queries(agent_client, url) == small
     assert _list_queries(agent_client, url + "?status=new&assignee=none&q=bulk") == small_filtered
-    assert _list_queries(agent_client, url + "?page=40") == small
+    deep = Ticket._base_manager.filter(tenant=tenant).order_by("-updated_at", "-id")[900]
+    cursor = keyset.encode([deep.updated_at, deep.id])
+    assert _list_queries(agent_client, url + f"?view=all&after={cursor}") == small
+    assert _list_queries(agent_client, url + f"?view=all&before={cursor}") == small
+
+
+@pytest.mark.django_db
+def test_ticket_list_pages_by_cursor_without_counting(agent_client, tenant):
+    """Older -> ... -> the end visits every ticket once, newest first; Newer comes back to
+    the same rows; no statement counts the tickets."""
+    import re
+
+    from django.test import override_settings
+
+    _bulk_tickets(tenant, 12)
+    expected = list(Ticket._base_manager.filter(tenant=tenant).order_by("-updated_at", "-id")
+                    .values_list("number", flat=True))
+    url = f"/{tenant.slug}/tickets/"
+    seen, pages, link = [], [], "?view=all"
+    with override_settings(TICKETS_PER_PAGE=5), CaptureQueriesContext(connection) as ctx:
+        while link:
+            response = agent_client.get(url + link)
+            numbers = [t.number for t in response.context["page"]]
+            pages.append((link, numbers))
+            seen += numbers
+            html = response.content.decode()
+            older = re.search(r'href="(\?[^"]*after=[^"]*)">Older', html)
+            link = older.group(1).replace("&amp;", "&") if older else None
+        assert seen == expected and [len(n) for _, n in pages] == [5, 5, 2]
+        assert "Newer" not in agent_client.get(url + pages[0][0]).content.decode()
+        last = agent_client.get(url + pages[2][0]).content.decode()
+        newer = re.search(r'href="(\?[^"]*before=[^"]*)">. Newer', last).group(1)
+        back = agent_client.get(url + newer.replace("&amp;", "&"))
+        assert [t.number for t in back.context["page"]] == pages[1][1]
+    assert not [q for q in ctx.captured_queries
+                if "COUNT(" in q["sql"].upper() and '"tickets_ticket"' in q["sql"]]
+    assert agent_client.get(url + "?view=all&after=bogus").status_code == 200
 
 
 @pytest.mark.django_db
@@ -326,10 +363,10 @@ def test_ticket_list_table_polls_itself_with_its_view(agent_client, tenant, agen
     settings.TICKET_LIST_POLL_SECONDS = 7
     url = f"/{tenant.slug}/tickets/"
     table = agent_client.get(url + "?view=unassigned", HTTP_HX_REQUEST="true").content.decode()
-    assert f'hx-get="{url}?view=unassigned&amp;page=1" hx-trigger="every 7s"' in table
+    assert f'hx-get="{url}?view=unassigned" hx-trigger="every 7s"' in table
     assert "<html" not in table
     TicketFactory(tenant=tenant, title="Arrived meanwhile")
-    again = agent_client.get(url + "?view=unassigned&page=1", HTTP_HX_REQUEST="true")
+    again = agent_client.get(url + "?view=unassigned", HTTP_HX_REQUEST="true")
     assert "Arrived meanwhile" in again.content.decode()
 
 
