@@ -35,7 +35,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from channels_email import providers
-from channels_email.providers.base import Capability
+from channels_email.providers.base import OAUTH_MAILBOX, Capability
 from helpdesk.coordination import redis_client
 from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_MAILBOX, DEMO_PASSWORD, seed_demo
 
@@ -336,7 +336,7 @@ class Command(BaseCommand):
             raise CommandError(f"{provider.label} connect did not reach the routing page "
                                f"({where})")
         connection_id = re.search(r"/email/(\d+)/$", where).group(1)
-        if not frozenset(Capability) <= provider.capabilities:
+        if not OAUTH_MAILBOX <= provider.capabilities:
             post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
             self.stdout.write(f"{provider.name}: connect (sign-in only here) OK")
             return
