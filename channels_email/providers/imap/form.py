@@ -30,8 +30,10 @@ class ImapAccountForm(forms.Form):
                                    initial=993, help_text="993 for SSL/TLS, 143 for STARTTLS")
     username = forms.CharField(label="User name", max_length=320,
                                help_text="Often the email address itself.")
+    # render_value: after Test connection the page keeps what the admin just typed, so Save
+    # works next; the stored password is never an initial value, so it is never rendered.
     password = forms.CharField(label="Password or app password", required=False,
-                               strip=False, widget=forms.PasswordInput(render_value=False),
+                               strip=False, widget=forms.PasswordInput(render_value=True),
                                help_text="Stored encrypted. With two-step sign-in, create an "
                                          "app password at your mail provider.")
     smtp_host = forms.CharField(label="SMTP server", max_length=253, required=False,
@@ -43,7 +45,7 @@ class ImapAccountForm(forms.Form):
     smtp_username = forms.CharField(label="SMTP user name", max_length=320, required=False,
                                     help_text="Empty: the IMAP user name")
     smtp_password = forms.CharField(label="SMTP password", required=False, strip=False,
-                                    widget=forms.PasswordInput(render_value=False),
+                                    widget=forms.PasswordInput(render_value=True),
                                     help_text="Empty: the IMAP password")
     folder = forms.CharField(label="Folder to import", max_length=200, initial="INBOX",
                              help_text="The folder new customer mail arrives in.")
