@@ -15,6 +15,7 @@ from .delivery import customer_reply, deliver
 from .google.errors import google_error
 from .google.oauth import revoke_grant
 from .http import BadRequest, Part, Request, Response, html_page, is_form, route
+from .microsoft.graph import GraphPushWorker
 from .microsoft.identity import ensure_microsoft_mailbox, tenants
 
 
@@ -54,15 +55,8 @@ class Control(Part):
         parsed = gmail.parse(self.store.get_raw(rec["blob"]))
         answering = str(parsed.get("In-Reply-To", "") or "")
         what = (f"a reply to {html.escape(answering)}" if answering else "a new email")
-        watch = box.get("watch")
-        if box.get("provider") == "microsoft":  # a Graph subscription of the mailbox
-            watch = next((s for s in (state.get("graph") or {}).get("subscriptions", {})
-                          .values() if s.get("mailbox") == box["email"]), None)
-            watched = watch is not None
-        else:
-            watched = bool(watch and watch["expiration"] >= gmail.now_ms())
         push = ("The helpdesk watches this mailbox: a push tells it now."
-                if watched else
+                if _watched(state, box) else
                 "Nobody watches this mailbox, so no push is sent: connect it in the helpdesk "
                 "first (it is not fetched until then).")
         return (f"<div class='card' id='delivered'><p><strong>Delivered</strong> {what} "
@@ -77,7 +71,7 @@ class Control(Part):
         rows = "".join(
             f"<tr><td>{html.escape(b['email'])}</td><td>{html.escape(_kind(b))}</td>"
             f"<td>{len(b['messages'])}</td>"
-            f"<td>{b['history_id']}</td><td>{'yes' if b['watch'] else 'no'}</td><td>"
+            f"<td>{b['history_id']}</td><td>{'yes' if _watched(state, b) else 'no'}</td><td>"
             "<form method='post' action='/_sandbox/revoke-all'>"
             f"<input type='hidden' name='email' value='{html.escape(b['email'], True)}'>"
             "<button>Revoke app access</button></form></td></tr>"
@@ -106,7 +100,7 @@ class Control(Part):
             "aria-label='Reply text'><button>Reply as the customer</button></form></td></tr>"
             for b, m in sent
         ) or "<tr><td colspan=5>Nothing sent yet.</td></tr>"
-        body = f"""<h1>Google sandbox</h1>{notice}
+        body = f"""<h1>Provider sandbox (Google and Microsoft)</h1>{notice}
 <div class='card'><h2>Mailboxes</h2><table><tr><th>Address</th><th>Kind</th><th>Messages</th>
 <th>historyId</th><th>Watched</th><th>Access</th></tr>{rows}</table>
 <p>Revoke app access is the user removing the helpdesk's access at Google (or an admin
@@ -352,3 +346,13 @@ def _kind(box: dict) -> str:
     if box.get("provider") == "microsoft":
         return f"Microsoft 365 ({box.get('tenant', '')})"
     return "Gmail"
+
+
+def _watched(state: dict, box: dict) -> bool:
+    """Whether pushes go out for ``box``: an unexpired Gmail watch, or a live Graph
+    subscription of the mailbox."""
+    if box.get("provider") == "microsoft":
+        return any(s.get("mailbox") == box["email"] and GraphPushWorker.alive(s)
+                   for s in (state.get("graph") or {}).get("subscriptions", {}).values())
+    watch = box.get("watch")
+    return bool(watch and watch["expiration"] >= gmail.now_ms())
