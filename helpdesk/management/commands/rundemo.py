@@ -95,7 +95,9 @@ class Command(BaseCommand):
             imap_note = (f"IMAP demo mail server: host 127.0.0.1, IMAP SSL/TLS port "
                          f"{mail_info['imaps_port']}, SMTP STARTTLS port "
                          f"{mail_info['submission_port']}, user {DEMO_IMAP_USER}, password "
-                         f"{DEMO_IMAP_PASSWORD} (Add Email Account > IMAP/SMTP)")
+                         f"{DEMO_IMAP_PASSWORD} (Add Email Account > IMAP/SMTP); a customer "
+                         f"mailbox {DEMO_IMAP_CUSTOMER}, same password, to write from in a "
+                         "mail client (this server refuses mail to any other address)")
         started = time.time()
         # Each child in a session of its own: Ctrl-C reaches rundemo only, which stops
         # each child once (gunicorn's gthread workers hang when the terminal's SIGINT and
