@@ -70,11 +70,14 @@ def oidc_token(key: SigningKey, audience: str, service_account: str) -> str:
     })
 
 
-class PushWorker(threading.Thread):
-    def __init__(self, store: Store, key: SigningKey):
-        super().__init__(name="sandbox-push", daemon=True)
+class RetryingPusher(threading.Thread):
+    """What the sandbox's push threads share (Pub/Sub here, Graph's change notifications
+    in microsoft/graph.py): attempts due in memory, a reorder buffer, one POST per attempt
+    logged in ``pushes``, and exponential backoff with jitter until acked or out of tries."""
+
+    def __init__(self, store: Store, name: str):
+        super().__init__(name=name, daemon=True)
         self.store = store
-        self.key = key
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.pending: list[dict] = []  # in-memory attempts: {"due", "job"}
@@ -84,6 +87,55 @@ class PushWorker(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
+
+    def _release_held(self) -> None:
+        if not self.held:
+            return
+        hold = float(self.store.settings().get("reorder_hold_seconds", 1.0))
+        if time.time() - self.held_since >= hold:
+            for job in reversed(self.held):  # newest first
+                self.pending.append({"due": time.time(), "job": job})
+            self.held = []
+            self.held_since = 0.0
+
+    def _deliver_due(self) -> None:
+        now = time.time()
+        due = [p for p in self.pending if p["due"] <= now]
+        self.pending = [p for p in self.pending if p["due"] > now]
+        for item in due:
+            self._attempt(item["job"])
+
+    def _attempt(self, job: dict) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _post(request: urllib.request.Request, timeout: float) -> int | str:
+        """The HTTP status of one attempt, or what kept it from getting one."""
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except Exception as exc:  # noqa: BLE001 - timeouts, refused connections
+            return f"error: {exc.__class__.__name__}"
+
+    def _logged_or_retried(self, job: dict, entry: dict, settings: dict) -> None:
+        """Log the attempt; unless acked or out of attempts, schedule the next one."""
+        with self.store.transaction() as state:
+            state["pushes"].append(entry)
+            del state["pushes"][:-500]
+        if entry["acked"] or job["attempts"] >= int(settings.get("push_max_attempts", 50)):
+            return
+        low = float(settings.get("push_retry_min_seconds", 1.0))
+        high = float(settings.get("push_retry_max_seconds", 60.0))
+        delay = min(high, low * (2 ** (job["attempts"] - 1))) * random.uniform(0.8, 1.2)
+        self.pending.append({"due": time.time() + delay, "job": job})
+
+
+class PushWorker(RetryingPusher):
+    def __init__(self, store: Store, key: SigningKey):
+        super().__init__(store, "sandbox-push")
+        self.key = key
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -129,23 +181,6 @@ class PushWorker(threading.Thread):
                     else:
                         self.pending.append({"due": time.time(), "job": copy_})
 
-    def _release_held(self) -> None:
-        if not self.held:
-            return
-        hold = float(self.store.settings().get("reorder_hold_seconds", 1.0))
-        if time.time() - self.held_since >= hold:
-            for job in reversed(self.held):  # newest first
-                self.pending.append({"due": time.time(), "job": job})
-            self.held = []
-            self.held_since = 0.0
-
-    def _deliver_due(self) -> None:
-        now = time.time()
-        due = [p for p in self.pending if p["due"] <= now]
-        self.pending = [p for p in self.pending if p["due"] > now]
-        for item in due:
-            self._attempt(item["job"])
-
     def _attempt(self, job: dict) -> None:
         settings = self.store.settings()
         job["attempts"] += 1
@@ -156,16 +191,7 @@ class PushWorker(threading.Thread):
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}",
                      "User-Agent": "APIs-Google; (+https://developers.google.com/webmasters/APIs-Google.html)"},
         )
-        status: int | str
-        try:
-            with urllib.request.urlopen(  # noqa: S310
-                request, timeout=float(settings.get("push_ack_deadline_seconds", 10))
-            ) as resp:
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except Exception as exc:  # noqa: BLE001 - timeouts, refused connections
-            status = f"error: {exc.__class__.__name__}"
+        status = self._post(request, float(settings.get("push_ack_deadline_seconds", 10)))
         acked = status in (102, 200, 201, 202, 204)
         entry = {
             "messageId": job["messageId"],
@@ -177,12 +203,4 @@ class PushWorker(threading.Thread):
             "acked": acked,
             "at": time.time(),
         }
-        with self.store.transaction() as state:
-            state["pushes"].append(entry)
-            del state["pushes"][:-500]
-        if acked or job["attempts"] >= int(settings.get("push_max_attempts", 50)):
-            return
-        low = float(settings.get("push_retry_min_seconds", 1.0))
-        high = float(settings.get("push_retry_max_seconds", 60.0))
-        delay = min(high, low * (2 ** (job["attempts"] - 1))) * random.uniform(0.8, 1.2)
-        self.pending.append({"due": time.time() + delay, "job": job})
+        self._logged_or_retried(job, entry, settings)

@@ -56,9 +56,7 @@ import datetime as dt
 import email.utils
 import hashlib
 import json
-import random
 import re
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -70,6 +68,7 @@ from email.policy import default as default_policy
 from .. import faults as faultlib
 from .. import gmail
 from ..http import Part, Request, Response, base_url, route
+from ..push import RetryingPusher
 
 GRAPH_SCOPE = "https://graph.microsoft.com/"
 READ = {"Mail.Read", "Mail.ReadWrite", "Mail.ReadBasic"}
@@ -825,29 +824,19 @@ def change_item(sub: dict, gid: str) -> dict:
 # ---------------------------------------------------------------------- delivery thread
 
 
-class GraphPushWorker(threading.Thread):
+class GraphPushWorker(RetryingPusher):
     """Watches the mailboxes of live subscriptions for new messages in the subscribed
     folder and POSTs change notifications; sends queued lifecycle events; retries."""
 
     batch = 100  # items per POST at most
 
     def __init__(self, store):
-        super().__init__(name="sandbox-graph-push", daemon=True)
-        self.store = store
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-        self.pending: list[dict] = []  # {"due", "job"}
-        self.held: list[dict] = []
-        self.held_since = 0.0
+        super().__init__(store, "sandbox-graph-push")
         self._seen_mtime = 0.0
 
     @staticmethod
     def alive(sub: dict) -> bool:
         return not sub.get("removed") and sub["expires"] > time.time()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
 
     # -- the handshake -------------------------------------------------------------------
     @staticmethod
@@ -957,23 +946,6 @@ class GraphPushWorker(threading.Thread):
                 if h["id"] > sub["notified_through"]
                 and (not folder or folder in h["message"]["labelIds"])]
 
-    def _release_held(self) -> None:
-        if not self.held:
-            return
-        hold = float(self.store.settings().get("reorder_hold_seconds", 1.0))
-        if time.time() - self.held_since >= hold:
-            for job in reversed(self.held):
-                self.pending.append({"due": time.time(), "job": job})
-            self.held = []
-            self.held_since = 0.0
-
-    def _deliver_due(self) -> None:
-        now = time.time()
-        due = [p for p in self.pending if p["due"] <= now]
-        self.pending = [p for p in self.pending if p["due"] > now]
-        for item in due:
-            self._attempt(item["job"])
-
     def _attempt(self, job: dict) -> None:
         settings = self.store.settings()
         job["attempts"] += 1
@@ -981,28 +953,13 @@ class GraphPushWorker(threading.Thread):
             job["url"], data=json.dumps({"value": job["items"]}).encode(), method="POST",
             headers={"Content-Type": "application/json; charset=utf-8",
                      "User-Agent": "Microsoft-Graph-ChangeNotifications/1.0"})
-        status: int | str
-        try:
-            with urllib.request.urlopen(request, timeout=10.0) as resp:  # noqa: S310
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except Exception as exc:  # noqa: BLE001 - timeouts, refused connections
-            status = f"error: {exc.__class__.__name__}"
+        status = self._post(request, 10.0)
         acked = isinstance(status, int) and 200 <= status < 300
         entry = {"kind": "graph", "id": job["id"], "endpoint": job["url"],
                  "subscriptionId": job["subscription"], "event": job["event"],
                  "items": len(job["items"]), "attempt": job["attempts"], "status": status,
                  "acked": acked, "at": time.time()}
-        with self.store.transaction() as state:
-            state["pushes"].append(entry)
-            del state["pushes"][:-500]
-        if acked or job["attempts"] >= int(settings.get("push_max_attempts", 50)):
-            return
-        low = float(settings.get("push_retry_min_seconds", 1.0))
-        high = float(settings.get("push_retry_max_seconds", 60.0))
-        delay = min(high, low * (2 ** (job["attempts"] - 1))) * random.uniform(0.8, 1.2)
-        self.pending.append({"due": time.time() + delay, "job": job})
+        self._logged_or_retried(job, entry, settings)
 
 
 def routes(app) -> list:
