@@ -501,3 +501,9 @@ EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
 # IMAP/SMTP mailboxes: certificates are checked against the system's trust store, plus
 # this CA file when set (dev and tests: the sandbox mail server's own CA).
 IMAP_EXTRA_CA_FILE = env.str("IMAP_EXTRA_CA_FILE", default="")
+# The IMAP and SMTP servers an admin names are never link-local or reserved addresses
+# (a cloud's metadata service), nor loopback or private ones in prod (another tenant's
+# admin must not probe our network); an on-premises install whose mail server lives on
+# the LAN sets IMAP_ALLOW_PRIVATE_ADDRESSES.
+IMAP_ALLOW_LOOPBACK = env.bool("IMAP_ALLOW_LOOPBACK", default=not IS_PROD)
+IMAP_ALLOW_PRIVATE_ADDRESSES = env.bool("IMAP_ALLOW_PRIVATE_ADDRESSES", default=not IS_PROD)
