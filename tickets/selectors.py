@@ -157,8 +157,10 @@ def outbound_message_get_for(*, ticket: Ticket, message_id: int) -> Message:
 
 def ticket_timeline(*, ticket: Ticket) -> QuerySet[Message]:
     """The ticket's messages, oldest first, with their attachments and, for inbound mail,
-    the InboundEmail it came from (its ``details`` carry the DMARC verdict): three queries
-    however long the ticket is."""
+    the InboundEmail it came from (its ``details`` carry the DMARC verdict and the
+    Reply-To, with its sender and arrival: enough for the reply's default recipients,
+    ``channels_email.selectors.latest_inbound_email_of``): three queries however long
+    the ticket is."""
     from channels_email.models import InboundEmail
 
     return (
@@ -169,7 +171,7 @@ def ticket_timeline(*, ticket: Ticket) -> QuerySet[Message]:
                      queryset=Attachment.objects.filter(tenant_id=ticket.tenant_id)),
             Prefetch("inbound_emails",
                      queryset=InboundEmail.objects.filter(tenant_id=ticket.tenant_id)
-                     .only("id", "message_id", "details", "from_address")),
+                     .only("id", "message_id", "details", "from_address", "received_at")),
         )
         .order_by("created_at", "id")
     )
