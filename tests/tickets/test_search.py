@@ -133,9 +133,13 @@ def test_another_workspace_is_never_searched(tenant, other_tenant, tickets):
     assert found(other_tenant, "refund") == {"Refund elsewhere"}
 
 
-@pytest.mark.parametrize("term", ["refund", "cafe", "customer.example", "fire", "zzz", "!!!"])
+@pytest.mark.parametrize("few", [1000, 2], ids=["by-id", "by-condition"])
+@pytest.mark.parametrize("term", ["refund", "cafe", "customer.example", "fire", "zzz", "!!!",
+                                  "ch", "100%", "o'brien \\"])
 def test_the_list_page_and_the_api_agree(client, agent_client, tenant, admin_user, tickets,
-                                         term):
+                                         term, few, monkeypatch):
+    """Both paths of ticket_search (few matches read by id, many by the condition)."""
+    monkeypatch.setattr(selectors, "SEARCH_FEW", few)
     _, key = make_key(tenant, admin_user)
     api = client.get("/api/v1/tickets/", {"q": term}, **bearer(key))
     assert api.status_code == 200
