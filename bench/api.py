@@ -7,7 +7,9 @@ Run it with the project's services (embedded ones when DATABASE_URL / REDIS_URL 
 What it does, on real PostgreSQL, in one process (Django's full middleware stack, called
 in process, DEBUG off and the database connection kept as production keeps it: server
 time without a network or a WSGI server in front):
-1. migrates a scratch database (helpdesk_bench_api) and fills one workspace with 1,000
+1. migrates a scratch database (named after DATABASE_URL's: ``<name>_bench_api``, e.g.
+   hd_alice_bench_api, so runs on one server against different databases never collide;
+   ``--database`` names it outright) and fills one workspace with 1,000
    tickets in bulk SQL (INSERT ... SELECT over generate_series, through the same triggers
    the product's writes go through): contacts at one per five tickets over 50 company
    domains, five teams, ten agents, a realistic status mix (most tickets Solved or
@@ -25,10 +27,11 @@ Prints p50/p95 per request kind, UI and API, at both sizes, with SQL statements 
 request, and the ratio of the 100,000 figures to the 1,000 ones. The last line printed is
 one JSON object with the headline figures (milliseconds).
 
-``--smoke``: 50 and 300 tickets, 3 timed requests each, scratch database
-helpdesk_bench_api_smoke dropped afterwards; `make test` runs it (tests/bench/). Its
-figures say nothing about speed. ``--explain``: EXPLAIN ANALYZE of each search query and
-the lists at the large size, on stderr.
+``--smoke``: 50 and 300 tickets, 4 timed requests each, scratch database
+``<name>_bench_api_smoke`` dropped afterwards; `make test` runs it (tests/bench/). Its
+figures say nothing about speed; it runs ``--explain`` too. ``--explain``: EXPLAIN
+(ANALYZE, BUFFERS) of each statement of the lists and the search queries at the large
+size, custom and generic plan each (see explain), on stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -54,14 +58,26 @@ class Workload:
     large: int
     repeats: int  # timed requests per request kind (each search query: repeats // 4)
     warmup: int
-    database: str
+    suffix: str  # of the scratch database's name (see scratch_database)
     smoke: bool = False
 
 
-FULL = Workload(small=1_000, large=100_000, repeats=200, warmup=20,
-                database="helpdesk_bench_api")
-SMOKE = Workload(small=50, large=300, repeats=4, warmup=1,
-                 database="helpdesk_bench_api_smoke", smoke=True)
+FULL = Workload(small=1_000, large=100_000, repeats=200, warmup=20, suffix="_bench_api")
+SMOKE = Workload(small=50, large=300, repeats=4, warmup=1, suffix="_bench_api_smoke",
+                 smoke=True)
+# PostgreSQL's limit on a database name (bytes).
+NAME_MAX = 63
+
+
+def scratch_database(base_url: str, workload: Workload) -> str:
+    """The scratch database of a run against ``base_url``: its database's name plus the
+    workload's suffix (``hd_alice`` -> ``hd_alice_bench_api``), so that runs against
+    different databases of one server keep apart; ``helpdesk`` stands in for a URL that
+    names none or the server's maintenance database."""
+    name = urlsplit(base_url).path.lstrip("/")
+    if name in ("", "postgres", "template0", "template1"):
+        name = "helpdesk"
+    return name[: NAME_MAX - len(workload.suffix)] + workload.suffix
 
 # Words of the generated tickets (see seed): TOPICS in a few percent of tickets each,
 # COMMON in nearly all.
@@ -274,19 +290,58 @@ def run_size(ctx: dict, workload: Workload, label: str) -> dict:
 
 
 def explain(tenant, team) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of each statement the list and search run, twice: as
+    planned for the values at hand (a custom plan) and as PostgreSQL plans it once a
+    prepared statement has gone generic (psycopg prepares a statement after
+    ``prepare_threshold`` runs; after five more, PostgreSQL may keep one plan for any
+    parameter values). Search runs two statements: the matches counted up to SEARCH_FEW,
+    then the page (by id below it, by the condition above)."""
+    from django.core.exceptions import EmptyResultSet
     from django.db import connection
 
     from helpdesk.tenancy import tenant_scope
-    from tickets.selectors import ticket_list
+    from tickets.selectors import search_matches, ticket_list
 
     cases = [("list", {}), ("filtered", {"status": "open", "team_id": team})]
     cases += [(f"search {t!r}", {"search": t}) for t in search_terms(tenant)]
+    connection.ensure_connection()
+    raw = connection.connection
     with tenant_scope(tenant):
         for name, filters in cases:
-            sql, params = ticket_list(tenant=tenant, **filters)[:51].query.sql_with_params()
-            with connection.cursor() as cur:
-                cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-                log(f"\n-- {name}\n" + "\n".join(row[0] for row in cur.fetchall()))
+            statements = []
+            if "search" in filters:
+                statements.append(("matches", search_matches(tenant=tenant,
+                                                             term=filters["search"])))
+            statements.append(("page", ticket_list(tenant=tenant, **filters)[:51]))
+            for part, queryset in statements:
+                try:
+                    sql, params = queryset.query.sql_with_params()
+                except EmptyResultSet:
+                    log(f"\n-- {name}, {part}: no statement (nothing can match)")
+                    continue
+                for mode in ("force_custom_plan", "force_generic_plan"):
+                    log(f"\n-- {name}, {part} ({mode.removeprefix('force_')})\n"
+                        + _explain(raw, sql, params, mode))
+
+
+def _explain(raw, sql: str, params, mode: str) -> str:
+    """EXPLAIN ANALYZE of a prepared ``sql`` (Django's %s placeholders) executed with
+    ``params`` under plan_cache_mode ``mode``."""
+    from psycopg import sql as pgsql
+
+    numbered = iter(range(1, len(params) + 1))
+    statement = re.sub(r"%(s|%)", lambda m: f"${next(numbered)}" if m[1] == "s" else "%",
+                       sql)
+    values = ", ".join(pgsql.Literal(v).as_string(raw) for v in params)
+    raw.execute(f"SET plan_cache_mode = {mode}", prepare=False)
+    raw.execute(f"PREPARE bench_explain AS {statement}", prepare=False)
+    try:
+        rows = raw.execute("EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_explain"
+                           + (f"({values})" if params else ""), prepare=False).fetchall()
+    finally:
+        raw.execute("DEALLOCATE bench_explain", prepare=False)
+        raw.execute("RESET plan_cache_mode", prepare=False)
+    return "\n".join(row[0] for row in rows)
 
 
 def main() -> None:
@@ -295,15 +350,26 @@ def main() -> None:
                         help="a tiny workload in seconds (CI); figures say nothing about speed")
     parser.add_argument("--explain", action="store_true",
                         help="EXPLAIN ANALYZE of the list and search queries at the large size")
+    parser.add_argument("--database", metavar="NAME",
+                        help="the scratch database (dropped and created anew; default: "
+                             "DATABASE_URL's database name + _bench_api, or "
+                             "+ _bench_api_smoke with --smoke)")
     args = parser.parse_args()
     workload = SMOKE if args.smoke else FULL
     base_url = os.environ.get("DATABASE_URL")
     if not base_url:
         sys.exit("run me through `python -m helpdesk.embedded run --` or set DATABASE_URL")
-    _admin_execute(base_url, f'DROP DATABASE IF EXISTS "{workload.database}" WITH (FORCE)',
-                   f'CREATE DATABASE "{workload.database}"')
-    os.environ["DATABASE_URL"] = urlunsplit(
-        urlsplit(base_url)._replace(path=f"/{workload.database}"))
+    database = args.database or scratch_database(base_url, workload)
+    if database == urlsplit(base_url).path.lstrip("/"):
+        sys.exit(f"--database {database} is DATABASE_URL's own database; "
+                 "the bench drops its scratch database, name another")
+    if len(database.encode()) > NAME_MAX or '"' in database:
+        sys.exit(f"--database {database!r}: not a usable PostgreSQL database name "
+                 f"(at most {NAME_MAX} bytes, no double quote)")
+    log(f"scratch database {database}")
+    _admin_execute(base_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                   f'CREATE DATABASE "{database}"')
+    os.environ["DATABASE_URL"] = urlunsplit(urlsplit(base_url)._replace(path=f"/{database}"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "helpdesk.settings")
     os.environ["MEDIA_ROOT"] = str(VAR / ("smoke/api" if workload.smoke else "api") / "media")
     os.environ["DEBUG"] = "false"  # as in production: no query log, no debug pages
@@ -316,7 +382,7 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
-            _admin_execute(base_url, f'DROP DATABASE IF EXISTS "{workload.database}" WITH (FORCE)')
+            _admin_execute(base_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     print(json.dumps(figures))
 
 
@@ -361,7 +427,7 @@ def run(workload: Workload, args) -> dict:
     seed_s = time.perf_counter() - started
     log(f"grew the workspace to {workload.large:,} tickets in {seed_s:.1f} s "
         f"({(workload.large - workload.small) / seed_s:,.0f} tickets/s with 2 messages each)")
-    if args.explain:
+    if args.explain or workload.smoke:  # the smoke run keeps --explain from rotting
         explain(tenant, ctx["team"])
     large = run_size(ctx, workload, f"{workload.large:,}")
 

@@ -155,12 +155,29 @@ def inbound_email_get(*, tenant: Tenant, inbound_email_id: int) -> InboundEmail:
                                                                  pk=inbound_email_id)
 
 
-def addresses_needing_reconnect(*, tenant: Tenant) -> list[str]:
+def addresses_needing_reconnect(*, tenant: Tenant,
+                                mailboxes: list[EmailConnection] | None = None) -> list[str]:
     """The tenant's mailboxes that lost their sign-in (Token Expired): nothing is fetched
-    or sent for them until an admin reconnects."""
+    or sent for them until an admin reconnects. ``mailboxes``: the tenant's mailboxes
+    (``tenant_mailboxes``) when the caller has them, instead of a query."""
+    if mailboxes is not None:
+        return [m.address for m in mailboxes if m.status == ConnectionStatus.TOKEN_EXPIRED]
     return list(EmailConnection.objects.filter(
         tenant=tenant, status=ConnectionStatus.TOKEN_EXPIRED)
         .order_by("address").values_list("address", flat=True))
+
+
+# What a page that only shows mailboxes never reads: loaded if something does read it.
+MAILBOX_SECRETS = ("credentials", "subscription_secret", "cursor")
+
+
+def tenant_mailboxes(*, tenant_id: int) -> list[EmailConnection]:
+    """Every mailbox of the workspace by address, in one query, without its secrets (see
+    MAILBOX_SECRETS): what the ticket page takes its reply mailbox
+    (``reply_connection_for``), the workspace's own addresses (``tenant_addresses``) and
+    the mailboxes that lost their sign-in (``addresses_needing_reconnect``) from."""
+    return list(EmailConnection.objects.filter(tenant_id=tenant_id)
+                .defer(*MAILBOX_SECRETS).order_by("address", "id"))
 
 
 def connections_for_tenant(*, tenant: Tenant) -> QuerySet[EmailConnection]:
@@ -174,10 +191,24 @@ def connections_with_health(*, tenant: Tenant) -> list[ConnectionHealth]:
             .select_related("routing_team", "routing_flow", "reply_connection")]
 
 
-def reply_connection_for(*, ticket) -> EmailConnection | None:
+def reply_connection_for(*, ticket, mailboxes: list[EmailConnection] | None = None
+                         ) -> EmailConnection | None:
     """The mailbox replies on ``ticket`` go out through: the one mapped for replies from the
     ticket's own mailbox (default: that mailbox), else the workspace's default mailbox
-    (tickets that did not come by email). None when there is neither."""
+    (tickets that did not come by email). None when there is neither. ``mailboxes``: the
+    ticket's workspace's mailboxes (``tenant_mailboxes``) when the caller has them: the
+    same answer without a query."""
+    if mailboxes is not None:
+        by_id = {m.pk: m for m in mailboxes}
+        inbound = by_id.get(ticket.email_connection_id)
+        if inbound is not None:
+            mapped = by_id.get(inbound.reply_connection_id)
+            if mapped is not None and mapped.status != ConnectionStatus.DISCONNECTED:
+                return mapped
+            return inbound
+        return min((m for m in mailboxes
+                    if m.is_default and m.status != ConnectionStatus.DISCONNECTED),
+                   key=lambda m: m.pk, default=None)
     inbound = ticket.email_connection
     if inbound is not None:
         if inbound.reply_connection_id:
@@ -200,6 +231,18 @@ def latest_inbound_email(*, ticket_id: int) -> InboundEmail | None:
     return (InboundEmail.objects.filter(ticket_id=ticket_id, message__isnull=False,
                                         message__kind=MessageKind.INBOUND)
             .order_by("-received_at", "-id").first())
+
+
+def latest_inbound_email_of(timeline) -> InboundEmail | None:
+    """What ``latest_inbound_email`` finds, from the ticket's timeline already read
+    (``tickets.selectors.ticket_timeline``: its messages with their InboundEmails, which
+    move with them in a merge) instead of a query: the latest by arrival of the inbound
+    messages' emails."""
+    from tickets.models import MessageKind
+
+    emails = [e for m in timeline if m.kind == MessageKind.INBOUND
+              for e in m.inbound_emails.all()]
+    return max(emails, key=lambda e: (e.received_at, e.pk), default=None)
 
 
 def reply_recipients(*, ticket, latest=..., own: set[str] | None = None
@@ -230,12 +273,16 @@ def reply_recipients(*, ticket, latest=..., own: set[str] | None = None
     return to, cc
 
 
-def tenant_addresses(*, tenant_id: int) -> set[str]:
-    """Every address of the workspace's mailboxes, connected and alias, lower case."""
+def tenant_addresses(*, tenant_id: int, mailboxes: list[EmailConnection] | None = None
+                     ) -> set[str]:
+    """Every address of the workspace's mailboxes, connected and alias, lower case.
+    ``mailboxes``: those mailboxes (``tenant_mailboxes``) when the caller has them."""
     addresses = set()
+    rows = ([(m.address, m.alias_addresses) for m in mailboxes] if mailboxes is not None
+            else EmailConnection.objects.filter(tenant_id=tenant_id).values_list(
+                "address", "alias_addresses"))
     # EmailConnection.save lower-cases both.
-    for address, aliases in EmailConnection.objects.filter(tenant_id=tenant_id).values_list(
-            "address", "alias_addresses"):
+    for address, aliases in rows:
         addresses.add(address)
         addresses.update(aliases)
     return addresses

@@ -13,13 +13,16 @@ def tenancy(request):
     if user is None or not user.is_authenticated:
         return {}
     tenant = getattr(request, "tenant", None)
+    # TenantMiddleware has read them already on a workspace's pages.
+    memberships = getattr(request, "user_memberships", None)
     from channels_email.selectors import addresses_needing_reconnect
     from tickets.notifications import notification_unread_count
 
     return {
         "current_tenant": tenant,
         "current_membership": getattr(request, "membership", None),
-        "user_memberships": lambda: memberships_for_user(user=user),
+        "user_memberships": (lambda: memberships) if memberships is not None
+                            else lambda: memberships_for_user(user=user),
         "notification_unread_count":
             _once(notification_unread_count, tenant=tenant, user=user) if tenant else 0,
         "mailboxes_needing_reconnect":

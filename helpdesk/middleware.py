@@ -4,6 +4,8 @@ Contract:
 - A URL whose pattern captures ``tenant_slug`` requires a signed-in member of that
   tenant. Anonymous users are sent to the login page; signed-in non-members get 404,
   exactly like an unknown slug ("not found" and "not yours" look the same).
+- ``request.membership`` is the user's membership of it, read in the same query as all
+  of theirs (``request.user_memberships``, by workspace name, for the header's switcher).
 - The view runs inside ``tenant_scope(request.tenant)``, so every tenant-owned query is
   restricted to it; ``tenant_slug`` is removed from the view's kwargs.
 - Django's admin site (superusers only) runs unscoped: operators see every tenant.
@@ -16,7 +18,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import Http404
 from django.urls import Resolver404, resolve
 
-from helpdesk.selectors import membership_for
+from helpdesk.selectors import memberships_for_user
 from helpdesk.tenancy import tenant_scope, unscoped
 
 TENANT_KWARG = "tenant_slug"
@@ -45,11 +47,15 @@ class TenantMiddleware:
             return self.get_response(request)
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        membership = membership_for(user=request.user, tenant_slug=slug)
+        # All of the user's memberships in one query: the one of this workspace, and the
+        # others for the header's workspace switcher (helpdesk.context_processors).
+        memberships = memberships_for_user(user=request.user)
+        membership = next((m for m in memberships if m.tenant.slug == slug), None)
         if membership is None:
             raise Http404("No such workspace")
         request.tenant = membership.tenant
         request.membership = membership
+        request.user_memberships = memberships
         with tenant_scope(membership.tenant):
             return self.get_response(request)
 

@@ -8,11 +8,13 @@ runs in the API key's tenant scope (``helpdesk.api``), so another workspace's ti
 
 Concurrency: GET and PATCH of a ticket answer with its ``ETag``; PATCH requires
 ``If-Match`` (428 without it, 412 when the ticket changed since that ETag was read;
-``If-Match: *`` opts out knowingly)."""
+``If-Match: *`` opts out knowingly). A GET with ``If-None-Match`` naming the current ETag
+is a 304 without a body (the ETag covers everything the ticket's representation shows:
+``tickets.services.ticket_etag``)."""
 
 from __future__ import annotations
 
-from django.http import Http404
+from django.http import Http404, HttpResponseNotModified
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -73,7 +75,8 @@ def _problems(**described: str) -> dict:
 
 def _etag_header(*statuses: int) -> OpenApiParameter:
     return OpenApiParameter("ETag", str, OpenApiParameter.HEADER, response=list(statuses),
-                            description="The ticket's version, for If-Match on PATCH.")
+                            description="The ticket's version, for If-Match on PATCH and "
+                                        "If-None-Match on GET.")
 
 
 class _ContactRef(serializers.Serializer):
@@ -311,6 +314,14 @@ def _assignee(assignee_id: int | None) -> User | None:
     return user
 
 
+def _none_match(header: str, etag: str) -> bool:
+    """Whether If-None-Match ``header`` names ``etag`` (RFC 9110 13.1.2: weak comparison,
+    so W/"x" names "x"; ``*`` names any current representation)."""
+    if header.strip() == "*":
+        return True
+    return etag in {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
 def _with_etag(response: Response, ticket: Ticket) -> Response:
     response["ETag"] = ticket_etag(ticket)
     return response
@@ -333,10 +344,24 @@ class TicketPatchSerializer(serializers.Serializer):
 class TicketDetailView(GenericAPIView):
     serializer_class = TicketDetailSerializer
 
-    @extend_schema(parameters=[_etag_header(200)], responses={200: TicketDetailSerializer})
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "If-None-Match", str, OpenApiParameter.HEADER,
+            description="ETags of copies the client has: 304 with no body when the ticket "
+                        "is still one of them (`*`: any)."),
+            _etag_header(200, 304)],
+        responses={200: TicketDetailSerializer,
+                   304: OpenApiResponse(description="Not modified: the client's copy (its "
+                                                    "If-None-Match) is current.")})
     def get(self, request, number: int):
         ticket = _ticket_or_404(request, number)
+        etag = ticket_etag(ticket)
+        if _none_match(request.headers.get("If-None-Match", ""), etag):
+            not_modified = HttpResponseNotModified()
+            not_modified["ETag"] = etag
+            return not_modified
         return _with_etag(Response(self.get_serializer(ticket).data), ticket)
+
 
     @extend_schema(
         request=TicketPatchSerializer,

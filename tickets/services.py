@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Iterable
@@ -292,9 +293,24 @@ TAGS_MAX = 50
 
 
 def ticket_etag(ticket: Ticket) -> str:
-    """The ticket's entity tag (a strong, quoted ETag): it changes with every write of
-    the ticket, since each one moves ``updated_at``."""
-    stamp = f"{ticket.pk}:{ticket.updated_at.isoformat()}".encode()
+    """The ticket's entity tag (a strong, quoted ETag) for its representation (the API's
+    ticket: its own fields and what it shows of its contact, team, assignee and the
+    ticket it was merged into): it changes with every write of the ticket, since each
+    one moves ``updated_at``, and with every change of those others that the ticket's
+    row does not see (a contact renamed, a team renamed, an assignee's new name or
+    address, a merge that moves what the ticket was merged into). So If-Match refuses a
+    write to a copy that shows anything stale, and If-None-Match never answers 304 to
+    one. Read the ticket with those rows joined (``ticket_get_for``) or this costs a
+    query each."""
+    contact, team, assignee = ticket.contact, ticket.team, ticket.assignee
+    version = [
+        ticket.pk, ticket.updated_at.isoformat(),
+        [contact.pk, contact.email, contact.name],
+        [team.pk, team.name] if team is not None else None,
+        [assignee.pk, assignee.email, assignee.display_name] if assignee is not None else None,
+        ticket.merged_into.number if ticket.merged_into_id else None,
+    ]
+    stamp = json.dumps(version, ensure_ascii=False).encode()
     return f'"{hashlib.sha256(stamp).hexdigest()[:32]}"'
 
 
@@ -359,7 +375,10 @@ def ticket_update(*, ticket: Ticket, status: str | _Keep = KEEP,
     # transaction; the plain update keeps to its statements.
     with transaction.atomic(savepoint=if_match is not None):
         if if_match is not None:
-            current = Ticket.objects.select_for_update().get(pk=ticket.pk)
+            # Locks the ticket's row only; the others are read for its ETag.
+            current = (Ticket.objects.select_for_update(of=("self",))
+                       .select_related("contact", "team", "assignee", "merged_into")
+                       .get(pk=ticket.pk))
             if ticket_etag(current) not in set(if_match):
                 raise ApplicationError("ticket_changed", "The ticket changed since this "
                                        "copy was read (its ETag is not the If-Match one); "

@@ -141,20 +141,40 @@ def ticket_detail_view(request, number: int):
 
 
 def _detail_context(request, ticket: Ticket, form=None) -> dict:
-    from channels_email.selectors import reply_connection_for, reply_recipients, suppressed_among
+    """The ticket page's context. Its statements do not grow with the ticket: the
+    timeline is read once (three queries) and also gives the latest inbound mail the
+    reply answers; the workspace's mailboxes are read once and give the reply's mailbox,
+    our own addresses and (for the header's warning) the mailboxes that lost their
+    sign-in."""
+    from channels_email.selectors import (
+        addresses_needing_reconnect,
+        latest_inbound_email_of,
+        reply_connection_for,
+        reply_recipients,
+        suppressed_among,
+        tenant_addresses,
+        tenant_mailboxes,
+    )
 
-    to, cc = reply_recipients(ticket=ticket)
+    timeline = list(ticket_timeline(ticket=ticket))
+    mailboxes = tenant_mailboxes(tenant_id=ticket.tenant_id)
+    to, cc = reply_recipients(ticket=ticket, latest=latest_inbound_email_of(timeline),
+                              own=tenant_addresses(tenant_id=ticket.tenant_id,
+                                                   mailboxes=mailboxes))
     posted = getattr(form, "cleaned_data", {}) if form is not None else {}
     shown_to, shown_cc = posted.get("to") or to, posted.get("cc", cc)
     return {
         "ticket": ticket,
-        "timeline": ticket_timeline(ticket=ticket),
+        "timeline": timeline,
+        # Overrides the context processor's query (helpdesk.context_processors.tenancy).
+        "mailboxes_needing_reconnect": lambda: addresses_needing_reconnect(
+            tenant=request.tenant, mailboxes=mailboxes),
         "other_tickets": tickets_for_contact(tenant=request.tenant,
                                              contact_id=ticket.contact_id).exclude(pk=ticket.pk)[:10],
         "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc),
                                                  "form_token": uuid.uuid4()}),
         "reopens": ticket.status in (TicketStatus.SOLVED, TicketStatus.CLOSED),
-        "reply_from": reply_connection_for(ticket=ticket),
+        "reply_from": reply_connection_for(ticket=ticket, mailboxes=mailboxes),
         "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
                                             addresses=[*shown_to, *shown_cc]).values()),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),

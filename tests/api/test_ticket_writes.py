@@ -105,6 +105,87 @@ def test_patch_needs_if_match_and_a_stale_one_is_a_412(client, tenant, admin_use
     assert listed.status_code == 200 and listed.json()["priority"] == "low"
 
 
+def test_get_with_if_none_match_of_the_current_etag_is_a_304(client, tenant, write_key):
+    with tenant_scope(tenant):
+        ticket = TicketFactory(tenant=tenant, title="Cached")
+    url = f"/api/v1/tickets/{ticket.number}/"
+    read = client.get(url, **bearer(write_key))
+    etag = read["ETag"]
+    for header in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = client.get(url, **bearer(write_key), HTTP_IF_NONE_MATCH=header)
+        assert again.status_code == 304, header
+        assert again.content == b"" and again["ETag"] == etag
+    other = client.get(url, **bearer(write_key), HTTP_IF_NONE_MATCH='"other", W/"x"')
+    assert other.status_code == 200 and other.json()["title"] == "Cached"
+    # "*" names an existing ticket only: an unknown one is still a 404.
+    missing = client.get("/api/v1/tickets/999999/", **bearer(write_key), HTTP_IF_NONE_MATCH="*")
+    assert missing.status_code == 404
+    # After a write the old copy is stale: the whole ticket again, with the new ETag.
+    changed = api(client, "PATCH", url, write_key, {"priority": "urgent"}, HTTP_IF_MATCH=etag)
+    assert changed.status_code == 200, changed.content
+    fresh = client.get(url, **bearer(write_key), HTTP_IF_NONE_MATCH=etag)
+    assert fresh.status_code == 200 and fresh.json()["priority"] == "urgent"
+    assert fresh["ETag"] == changed["ETag"] != etag
+
+
+def _rename_contact(tenant, ticket):
+    from contacts.services import contact_update
+
+    contact_update(contact=ticket.contact, name="Renamed Contact")
+
+
+def _rename_team(tenant, ticket):
+    ticket.team.name = "Renamed team"
+    ticket.team.save()
+
+
+def _rename_assignee(tenant, ticket):
+    ticket.assignee.first_name = "Renamed"
+    ticket.assignee.save()
+
+
+def _new_address_of_assignee(tenant, ticket):
+    ticket.assignee.email = "renamed@example.com"
+    ticket.assignee.save()
+
+
+def _delete_team(tenant, ticket):
+    ticket.team.delete()
+
+
+def _merge_what_it_was_merged_into(tenant, ticket):
+    """The ticket was merged into A; A is merged into B: it now shows B."""
+    from tickets.services import ticket_merge
+
+    ticket_merge(source=ticket.merged_into, target=TicketFactory(tenant=tenant))
+
+
+@pytest.mark.parametrize("change", [
+    _rename_contact, _rename_team, _rename_assignee, _new_address_of_assignee, _delete_team,
+    _merge_what_it_was_merged_into], ids=lambda f: f.__name__.strip("_"))
+def test_the_etag_covers_what_the_ticket_shows_of_other_rows(client, tenant, agent,
+                                                             write_key, change):
+    """Changes the ticket's own row does not see still change its ETag: a 304 to a copy
+    that shows the old name (or team, or merge target) would be stale, and a PATCH from
+    that copy is a 412."""
+    with tenant_scope(tenant):
+        ticket = TicketFactory(tenant=tenant, team=TeamFactory(tenant=tenant), assignee=agent,
+                               merged_into=TicketFactory(tenant=tenant))
+    url = f"/api/v1/tickets/{ticket.number}/"
+    before = client.get(url, **bearer(write_key))
+    with tenant_scope(tenant):
+        change(tenant, Ticket.objects.select_related(
+            "contact", "team", "assignee", "merged_into").get(pk=ticket.pk))
+    after = client.get(url, **bearer(write_key), HTTP_IF_NONE_MATCH=before["ETag"])
+    assert after.status_code == 200 and after.json() != before.json()
+    assert after["ETag"] != before["ETag"]
+    stale = api(client, "PATCH", url, write_key, {"priority": "low"},
+                HTTP_IF_MATCH=before["ETag"])
+    assert stale.status_code == 412
+    assert api(client, "PATCH", url, write_key, {"priority": "low"},
+               HTTP_IF_MATCH=after["ETag"]).status_code == 200
+
+
 def test_patch_refuses_another_workspaces_team_and_member_naming_the_field(
         client, tenant, other_tenant, write_key):
     with tenant_scope(tenant):

@@ -118,3 +118,29 @@ def test_ingest_names_the_missing_shared_workload(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert str(absent) in result.stderr and "gen_corpus.py" in result.stderr
+
+
+def test_api_bench_names_its_scratch_database_after_the_run_database(monkeypatch):
+    """Two runs against different databases of one server never share a scratch
+    database (bench/api.py drops and creates its own)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_api", BENCH / "api.py")
+    api = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_api", api)  # for its dataclasses
+    spec.loader.exec_module(api)
+    name = api.scratch_database
+    assert name("postgres://u@h:5432/hd_alice", api.FULL) == "hd_alice_bench_api"
+    assert name("postgres://u@h:5432/hd_bob", api.SMOKE) == "hd_bob_bench_api_smoke"
+    assert name("postgres://u@h:5432/postgres", api.FULL) == "helpdesk_bench_api"
+    assert name("postgres://u@h:5432", api.SMOKE) == "helpdesk_bench_api_smoke"
+    long = name("postgres://u@h/" + "x" * 70, api.SMOKE)
+    assert len(long) <= 63 and long.endswith("_bench_api_smoke")
+
+
+def test_api_bench_refuses_to_drop_the_run_database(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH / "api.py"), "--smoke", "--database",
+                             "hd_same"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={**services_env(),
+                                 "DATABASE_URL": "postgres://u@127.0.0.1:1/hd_same"})
+    assert result.returncode != 0 and "DATABASE_URL's own database" in result.stderr

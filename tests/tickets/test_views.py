@@ -383,3 +383,132 @@ def test_ticket_list_views_query_count_is_constant(agent_client, tenant, agent):
     before = [_list_queries(agent_client, url + v) for v in views]
     _bulk_tickets(tenant, 300)
     assert [_list_queries(agent_client, url + v) for v in views] == before
+
+
+def _mail_setup(tenant, *, own: bool, mapped: str, default: str) -> Ticket:
+    """A ticket with two inbound mails (the later one has a Reply-To) and a workspace
+    whose mailboxes are: ``own`` the ticket's mailbox or none, ``mapped`` its reply
+    mailbox ("active", "disconnected" or "" for none), ``default`` the workspace's default
+    mailbox (same choices), and one that lost its sign-in."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from channels_email.models import ConnectionStatus
+    from tests.factories import EmailConnectionFactory, InboundEmailFactory
+
+    def mailbox(state: str, **fields):
+        if not state:
+            return None
+        return EmailConnectionFactory(tenant=tenant, status=(
+            ConnectionStatus.DISCONNECTED if state == "disconnected" else ConnectionStatus.ACTIVE),
+            **fields)
+
+    EmailConnectionFactory(tenant=tenant, address="lost@company.example",
+                           status=ConnectionStatus.TOKEN_EXPIRED)
+    mailbox(default, address="help@company.example", is_default=True,
+            alias_addresses=["Hilfe@company.example"])
+    reply = mailbox(mapped, address="replies@company.example", display_name="Replies")
+    inbound = mailbox("active" if own else "", address="inbox@company.example",
+                      reply_connection=reply)
+    ticket = TicketFactory(tenant=tenant, email_connection=inbound,
+                           cc_addresses=["colleague@customer.example", "help@company.example"])
+    now = timezone.now()
+    for n, (received, details) in enumerate([
+            (now - timedelta(hours=1), {"reply_to": ["billing@customer.example"]}),
+            (now - timedelta(hours=2), {"reply_to": ["old@customer.example"]})]):
+        message = MessageFactory(tenant=tenant, ticket=ticket, kind=MessageKind.INBOUND,
+                                 body_text=f"Mail {n}")
+        InboundEmailFactory(connection=inbound or EmailConnectionFactory(tenant=tenant),
+                            ticket=ticket, message=message, received_at=received,
+                            details=details, from_address="boss@customer.example")
+    MessageFactory(tenant=tenant, ticket=ticket, kind=MessageKind.OUTBOUND,
+                   author_contact=None, body_text="Our answer", delivery_status="delivered")
+    return ticket
+
+
+MAIL_SETUPS = [
+    {"own": False, "mapped": "", "default": ""},
+    {"own": False, "mapped": "", "default": "active"},
+    {"own": False, "mapped": "", "default": "disconnected"},
+    {"own": True, "mapped": "", "default": "active"},
+    {"own": True, "mapped": "active", "default": "active"},
+    {"own": True, "mapped": "disconnected", "default": ""},
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("setup", MAIL_SETUPS, ids=lambda s: "-".join(map(str, s.values())))
+def test_the_page_takes_mailboxes_and_latest_mail_from_what_it_read(tenant, setup):
+    """The ticket page reads the workspace's mailboxes once and the latest inbound mail
+    from its timeline: the same reply mailbox, own addresses, lost sign-ins and latest
+    mail as the queries the reply service makes."""
+    from channels_email.selectors import (
+        addresses_needing_reconnect,
+        latest_inbound_email,
+        latest_inbound_email_of,
+        reply_connection_for,
+        tenant_addresses,
+        tenant_mailboxes,
+    )
+    from tickets.selectors import ticket_timeline
+
+    ticket = _mail_setup(tenant, **setup)
+    with tenant_scope(tenant):
+        ticket = Ticket.objects.get(pk=ticket.pk)
+        mailboxes = tenant_mailboxes(tenant_id=tenant.pk)
+        assert (reply_connection_for(ticket=ticket, mailboxes=mailboxes)
+                == reply_connection_for(ticket=ticket))
+        assert (tenant_addresses(tenant_id=tenant.pk, mailboxes=mailboxes)
+                == tenant_addresses(tenant_id=tenant.pk))
+        assert (addresses_needing_reconnect(tenant=tenant, mailboxes=mailboxes)
+                == addresses_needing_reconnect(tenant=tenant) == ["lost@company.example"])
+        latest = latest_inbound_email_of(list(ticket_timeline(ticket=ticket)))
+        assert latest.pk == latest_inbound_email(ticket_id=ticket.pk).pk
+        assert latest.details == {"reply_to": ["billing@customer.example"]}
+    expected = {"replies@company.example" if setup["mapped"] == "active" else
+                "inbox@company.example" if setup["own"] else
+                "help@company.example" if setup["default"] == "active" else None}
+    assert {getattr(reply_connection_for(ticket=ticket, mailboxes=mailboxes), "address",
+                    None)} == expected
+
+
+@pytest.mark.django_db
+def test_the_ticket_page_statements_are_few_and_do_not_grow(client, tenant, admin_user):
+    """An admin's ticket page with mailboxes, a mapped reply mailbox, a lost sign-in and
+    inbound mail: what it shows comes from one read of the mailboxes, one of the timeline
+    (messages, attachments, inbound mails), and no more than 14 statements in all,
+    however long the ticket."""
+    import re
+
+    client.force_login(admin_user)
+    ticket = _mail_setup(tenant, own=True, mapped="active", default="active")
+    url = f"/{tenant.slug}/tickets/{ticket.number}/"
+    counts = []
+    for more in (0, 40):
+        for i in range(more):
+            message = MessageFactory(tenant=tenant, ticket=ticket, kind=MessageKind.NOTE,
+                                     author_contact=None, body_text=f"Note {i}")
+            if i % 10 == 0:
+                AttachmentFactory(message=message)
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(url)
+        assert response.status_code == 200
+        page = response.content.decode()
+        # What the page shows of them: the reply mailbox, the To and CC the reply gets
+        # (To: the latest mail's Reply-To; CC: never our own address), the lost sign-in.
+        assert "From: Replies &lt;replies@company.example&gt;" in page
+        assert re.search(r'name="to"[^>]*value="billing@customer.example"', page), page
+        # (the contact stays in copy: a colleague wrote the latest mail)
+        assert re.search(rf'name="cc"[^>]*value="{re.escape(ticket.contact.email)}, '
+                         r'colleague@customer.example"', page)
+        assert "lost@company.example</strong> lost its sign-in" in page
+        statements = [q["sql"] for q in queries.captured_queries]
+        assert sum('FROM "channels_email_emailconnection"' in s for s in statements) == 1
+        assert sum('FROM "channels_email_inboundemail"' in s for s in statements) == 1
+        reading = [s.split(".", 1)[0] for s in statements if s.startswith("SELECT ")]
+        assert reading.count('SELECT "channels_email_emailconnection"') == 1
+        assert reading.count('SELECT "channels_email_inboundemail"') == 1
+        assert reading.count('SELECT "helpdesk_membership"') == 2  # mine, the assignable
+        counts.append(len(statements))
+    assert counts[0] == counts[1] <= 14, counts
