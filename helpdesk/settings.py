@@ -496,8 +496,20 @@ EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
     "channels_email.providers.gmail.GmailProvider",
     "channels_email.providers.microsoft.MicrosoftProvider",
     "channels_email.providers.imap.ImapProvider",
+    "channels_email.providers.forwarding.ForwardingProvider",
     "channels_email.providers.manual.ManualProvider",
 ])
 # IMAP/SMTP mailboxes: certificates are checked against the system's trust store, plus
 # this CA file when set (dev and tests: the sandbox mail server's own CA).
 IMAP_EXTRA_CA_FILE = env.str("IMAP_EXTRA_CA_FILE", default="")
+# Forwarding mailboxes (channels_email/providers/forwarding/): each gets a generated address
+# on this domain, whose MX must point at the inbound SMTP server (manage.py inbound_smtp,
+# listening on INBOUND_SMTP_HOST:INBOUND_SMTP_PORT; behind port 25 in production). The
+# ".localhost" default is for dev and the demo: mail reaches it only from this machine,
+# and prod does not offer forwarding until a real domain is set.
+INBOUND_EMAIL_DOMAIN = env.str("INBOUND_EMAIL_DOMAIN", default="inbound.localhost").lower()
+INBOUND_SMTP_HOST = env.str("INBOUND_SMTP_HOST", default="127.0.0.1")
+INBOUND_SMTP_PORT = env.int("INBOUND_SMTP_PORT", default=2525)
+# Larger messages are refused (SIZE in EHLO, 552 at MAIL FROM or after DATA); below the
+# parser's own 50 MB limit so that whatever is accepted can be read.
+INBOUND_SMTP_MAX_BYTES = env.int("INBOUND_SMTP_MAX_BYTES", default=40 * 1024 * 1024)

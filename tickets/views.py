@@ -141,9 +141,15 @@ def ticket_detail_view(request, number: int):
 
 
 def _detail_context(request, ticket: Ticket, form=None) -> dict:
-    from channels_email.selectors import reply_connection_for, reply_recipients, suppressed_among
+    from channels_email.selectors import (
+        reply_connection_for,
+        reply_from,
+        reply_recipients,
+        suppressed_among,
+    )
 
     to, cc = reply_recipients(ticket=ticket)
+    sending = reply_connection_for(ticket=ticket)
     posted = getattr(form, "cleaned_data", {}) if form is not None else {}
     shown_to, shown_cc = posted.get("to") or to, posted.get("cc", cc)
     return {
@@ -154,7 +160,11 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc),
                                                  "form_token": uuid.uuid4()}),
         "reopens": ticket.status in (TicketStatus.SOLVED, TicketStatus.CLOSED),
-        "reply_from": reply_connection_for(ticket=ticket),
+        "reply_from": sending,
+        # The From a reply gets (name, address): the sending mailbox's, or the address the
+        # customer wrote to when that mailbox may send as it.
+        "reply_from_header": reply_from(inbound=ticket.email_connection, sending=sending)
+        if sending is not None else None,
         "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
                                             addresses=[*shown_to, *shown_cc]).values()),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),
