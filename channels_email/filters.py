@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from channels_email.classify import forwarding_confirmation
 from channels_email.mime import ParsedEmail
 from channels_email.models import AllowedEmails, AllowedSenders, EmailConnection
+from channels_email.providers.forwarding.confirmation import forwarding_confirmation
 from helpdesk.coordination import redis_client, redis_key
 from helpdesk.patterns import pattern_search
 

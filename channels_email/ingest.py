@@ -34,7 +34,6 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import F
 
 from channels_email import filters
-from channels_email.classify import forwarding_confirmation
 from channels_email.mime import DEFAULT_LIMITS, ParsedEmail, ParseLimits, parse_email
 from channels_email.models import (
     BodyPreference,
@@ -45,6 +44,7 @@ from channels_email.models import (
     RoutingMode,
 )
 from channels_email.outbound import acknowledgement_create, report_record
+from channels_email.providers.forwarding.confirmation import forwarding_confirmation
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
 from helpdesk import sql, webhooks_out

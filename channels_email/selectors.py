@@ -320,11 +320,6 @@ class ForwardingOverview:
     from_address: str
 
 
-# Gmail's confirmation page; any other link in such a mail is not shown as a link.
-CONFIRMATION_LINK_HOSTS = ("https://mail-settings.google.com/", "https://mail.google.com/",
-                           "https://isolated.mail.google.com/")
-
-
 def forwarding_overview(connection: EmailConnection) -> ForwardingOverview | None:
     """None for a mailbox that is not forwarded to us."""
     if not receives_only(connection):
@@ -334,9 +329,10 @@ def forwarding_overview(connection: EmailConnection) -> ForwardingOverview | Non
               .order_by("-received_at", "-id").only("details", "received_at").first())
     confirmation = dict((latest.details or {}).get("forwarding_confirmation") or {}) \
         if latest is not None else None
-    if confirmation and not str(confirmation.get("link", "")).startswith(
-            CONFIRMATION_LINK_HOSTS):
-        confirmation["link"] = ""
+    if confirmation:
+        from channels_email.providers.forwarding.confirmation import shown_link
+
+        confirmation["link"] = shown_link(str(confirmation.get("link", "")))
     sending = reply_connection_of(tenant_id=connection.tenant_id, inbound=connection)
     mapped = sending is not None and sending.pk == connection.reply_connection_id
     from_address = reply_from(inbound=connection, sending=sending)[1] if sending else ""

@@ -46,9 +46,9 @@ from django.db import DatabaseError, close_old_connections
 from django.db import connections as db_connections
 
 from channels_email import health, providers
-from channels_email.classify import forwarding_confirmation
 from channels_email.models import ConnectionStatus, EmailConnection, InboundState
 from channels_email.providers.base import Capability
+from channels_email.providers.forwarding.confirmation import forwarding_confirmation
 from helpdesk.tenancy import tenant_scope, unscoped
 
 logger = logging.getLogger(__name__)
