@@ -5,11 +5,13 @@ Contract:
   Message-ID, registered in EmailThreadRef) in the caller's transaction and queues the send
   on commit. ``deliver`` (the task's body) builds the MIME (In-Reply-To the latest inbound
   mail, a bounded References chain, a ``Re:`` subject that does not stack, From the
-  connection's name and address, our loop header, text + HTML, attachments) and sends it in
-  the conversation's provider thread: Delivered with the provider id; transient errors
-  retry while Pending (up to 8 attempts or 24 hours), throttling waits for the connection,
-  permanent errors and lost sign-ins end Failed with a readable reason. A retry first asks
-  the provider for our Message-ID among the sent mail, so nothing is sent twice.
+  connection's name and address, or the address the customer wrote to when the sending
+  mailbox may send as it (``selectors.reply_from``), our loop header, text + HTML,
+  attachments) and sends it in the conversation's provider thread: Delivered with the
+  provider id; transient errors retry while Pending (up to 8 attempts or 24 hours),
+  throttling waits for the connection, permanent errors and lost sign-ins end Failed with
+  a readable reason. A retry first asks the provider for our Message-ID among the sent
+  mail, so nothing is sent twice.
 - ``report_record`` is the hook inbound bounces and spam complaints are handed to.
 """
 
