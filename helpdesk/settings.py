@@ -390,6 +390,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "axes": {"level": "WARNING"},
+        # aiosmtpd (the inbound SMTP server) logs every command with its addresses at
+        # INFO; our own log lines name ids only.
+        "mail.log": {"level": "WARNING"},
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.request": {"level": "ERROR"},
     },
@@ -513,3 +516,7 @@ INBOUND_SMTP_PORT = env.int("INBOUND_SMTP_PORT", default=2525)
 # Larger messages are refused (SIZE in EHLO, 552 at MAIL FROM or after DATA); below the
 # parser's own 50 MB limit so that whatever is accepted can be read.
 INBOUND_SMTP_MAX_BYTES = env.int("INBOUND_SMTP_MAX_BYTES", default=40 * 1024 * 1024)
+# STARTTLS for the forwarders that use it (most do when it is offered): a certificate for
+# the MX host name and its key, both PEM files; unset, the server offers no TLS.
+INBOUND_SMTP_TLS_CERT_FILE = env.str("INBOUND_SMTP_TLS_CERT_FILE", default="")
+INBOUND_SMTP_TLS_KEY_FILE = env.str("INBOUND_SMTP_TLS_KEY_FILE", default="")

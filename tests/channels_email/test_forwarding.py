@@ -214,6 +214,30 @@ def test_an_oversized_message_is_refused_and_nothing_is_stored(admin_client, ten
     assert row.raw_size == len(small)
 
 
+def test_starttls_is_offered_with_a_certificate_and_mail_still_arrives(
+        admin_client, tenant, settings, tmp_path):
+    import ssl
+
+    from sandbox.mailserver import make_certificates
+
+    settings.INBOUND_EMAIL_DOMAIN = "inbound.localhost"
+    conn = add_forwarding(admin_client, tenant)
+    ca_file, cert_file, key_file = make_certificates(tmp_path)
+    server = InboundSMTPServer("127.0.0.1", free_port(), tls_cert_file=str(cert_file),
+                               tls_key_file=str(key_file)).start()
+    try:
+        with smtplib.SMTP(server.host, server.port, timeout=20) as smtp:
+            smtp.ehlo()
+            assert smtp.has_extn("starttls")
+            smtp.starttls(context=ssl.create_default_context(cafile=str(ca_file)))
+            assert smtp.sendmail("someone@customer.example", [conn.inbound_address],
+                                 customer_mail()) == {}
+    finally:
+        server.stop()
+    with tenant_scope(tenant):
+        assert InboundEmail.objects.get().connection_id == conn.pk
+
+
 # ------------------------------------------------------------ Gmail's confirmation
 
 def test_gmails_confirmation_shows_its_code_on_the_mailbox_page_and_is_no_ticket(

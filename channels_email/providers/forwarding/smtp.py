@@ -6,6 +6,8 @@ Contract, per SMTP session:
   forwarding mailbox that is not disconnected (before DATA, so an unknown address never
   gets a message stored), 451 when the lookup cannot be made now (the sender retries),
   452 beyond ``MAX_RECIPIENTS``.
+- TLS: STARTTLS is offered when ``INBOUND_SMTP_TLS_CERT_FILE`` and ``..._KEY_FILE`` are
+  set (never required: a public MX must accept plain SMTP too).
 - Size: EHLO announces SIZE (RFC 1870) with ``INBOUND_SMTP_MAX_BYTES``; a MAIL FROM whose
   SIZE is larger, or DATA that grows larger, is refused with 552 (aiosmtpd's own checks).
 - DATA: for each mailbox among the recipients, one ``InboundEmail`` with the raw bytes as
@@ -34,6 +36,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
@@ -219,15 +222,24 @@ class InboundSMTPServer:
     ``start()`` returns once it answers, ``stop()`` ends it."""
 
     def __init__(self, host: str | None = None, port: int | None = None, *,
-                 max_bytes: int | None = None):
+                 max_bytes: int | None = None, tls_cert_file: str | None = None,
+                 tls_key_file: str | None = None):
         self.host = host or settings.INBOUND_SMTP_HOST
         self.port = port if port is not None else settings.INBOUND_SMTP_PORT
         self.max_bytes = max_bytes or settings.INBOUND_SMTP_MAX_BYTES
+        cert = settings.INBOUND_SMTP_TLS_CERT_FILE if tls_cert_file is None else tls_cert_file
+        key = settings.INBOUND_SMTP_TLS_KEY_FILE if tls_key_file is None else tls_key_file
+        tls = None
+        if cert and key:
+            # Offered, not required: a forwarder that cannot do TLS still delivers (RFC 3207
+            # section 4: a publicly referenced server must not require it).
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(cert, key)
         self.handler = InboundHandler()
         self.controller = Controller(
             self.handler, hostname=self.host, port=self.port,
-            data_size_limit=self.max_bytes, enable_SMTPUTF8=True,
-            ident="Helpdesk inbound mail", ready_timeout=10)
+            data_size_limit=self.max_bytes, enable_SMTPUTF8=True, tls_context=tls,
+            require_starttls=False, ident="Helpdesk inbound mail", ready_timeout=10)
 
     def start(self) -> InboundSMTPServer:
         self.controller.start()
