@@ -214,6 +214,28 @@ def test_an_oversized_message_is_refused_and_nothing_is_stored(admin_client, ten
     assert row.raw_size == len(small)
 
 
+def test_a_message_that_cannot_be_stored_gets_451_and_arrives_once_when_sent_again(
+        admin_client, tenant, smtp_server, settings, tmp_path):
+    conn = add_forwarding(admin_client, tenant)
+    working = settings.STORAGES
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the storage cannot make its folders under a file
+    settings.STORAGES = {**working, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(blocked)}}}
+    raw = customer_mail()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send(smtp_server, raw, conn.inbound_address)
+    assert refused.value.smtp_code == 451  # the forwarder keeps it and tries again
+    with unscoped():
+        assert not InboundEmail.objects.exists()
+    settings.STORAGES = working
+    assert send(smtp_server, raw, conn.inbound_address) == {}
+    assert ingest_all() == [InboundState.PROCESSED]
+    with tenant_scope(tenant):
+        assert Ticket.objects.count() == 1
+
+
 def test_starttls_is_offered_with_a_certificate_and_mail_still_arrives(
         admin_client, tenant, settings, tmp_path):
     import ssl
