@@ -521,8 +521,9 @@ def deliver(message_pk: int) -> str:
             _failed(message, "The reply has no recipient: add one in To, then send it again.")
             return DeliveryStatus.FAILED
         if connection.status in (ConnectionStatus.DISCONNECTED, ConnectionStatus.TOKEN_EXPIRED):
-            _failed(message, f"The mailbox is {connection.get_status_display()}: reconnect "
-                             "needed, then retry.")
+            _failed(message, f"Not sent: {connection.address} was "
+                             f"{connection.get_status_display()} (reconnect needed). Once it "
+                             "is reconnected, Retry sends it.")
             return DeliveryStatus.FAILED
         if not health.may_call(connection):
             raise SendDeferred(f"connection is {connection.status}",
@@ -544,8 +545,8 @@ def deliver(message_pk: int) -> str:
                 sent = client.send(raw, thread_id)
         except providers.AuthError as exc:
             health.record_error(connection, exc)
-            _failed(message, "The mailbox needs to be reconnected (its sign-in expired or "
-                             "was revoked); then retry.")
+            _failed(message, f"Not sent: the sign-in of {connection.address} had expired or been "
+                             "revoked (reconnect needed). Once it is reconnected, Retry sends it.")
             return DeliveryStatus.FAILED
         except providers.RateLimited as exc:
             health.record_error(connection, exc)

@@ -36,7 +36,7 @@ from channels_email.services import (
     suppression_remove,
 )
 from helpdesk.errors import ApplicationError
-from helpdesk.selectors import membership_for
+from helpdesk.selectors import membership_for, memberships_for_user
 from helpdesk.tenancy import require_admin, tenant_scope
 
 CHANNEL_ADMIN = "manage email channels"  # what the 403 says a non-admin cannot do
@@ -217,7 +217,9 @@ def oauth_callback(request, provider: str):
     helpdesk account may give) is answered without a login; it changes nothing."""
     notice = connect.callback_notice(provider=provider, params=request.GET.dict())
     if notice:
-        return render(request, "channels_email/connect_notice.html", {"notice": notice})
+        admin_of = [m.tenant for m in memberships_for_user(user=request.user) if m.is_admin]
+        return render(request, "channels_email/connect_notice.html",
+                      {"notice": notice, "admin_of": admin_of})
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     try:

@@ -96,7 +96,8 @@ THREADS = [
       (MessageKind.OUTBOUND, "Done: the next invoice carries the new address.")]),
     (4, "Feature request: dark mode", None, TicketStatus.NEW, TicketPriority.LOW, None,
      [(MessageKind.INBOUND, "Any plans for a dark theme? My eyes would thank you.")]),
-    (5, "Upgrade to the annual plan", "Billing", TicketStatus.OPEN, TicketPriority.NORMAL, None,
+    (5, "Upgrade to the annual plan", "Billing", TicketStatus.OPEN, TicketPriority.NORMAL,
+     "admin",
      [(MessageKind.INBOUND, "We would like to move to yearly billing. What is the price for "
                             "12 seats?")]),
     (1, "Webhook deliveries delayed", "Technical", TicketStatus.CLOSED, TicketPriority.HIGH,

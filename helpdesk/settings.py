@@ -505,6 +505,12 @@ EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
 # IMAP/SMTP mailboxes: certificates are checked against the system's trust store, plus
 # this CA file when set (dev and tests: the sandbox mail server's own CA).
 IMAP_EXTRA_CA_FILE = env.str("IMAP_EXTRA_CA_FILE", default="")
+# The IMAP and SMTP servers an admin names are never link-local or reserved addresses
+# (a cloud's metadata service), nor loopback or private ones in prod (another tenant's
+# admin must not probe our network); an on-premises install whose mail server lives on
+# the LAN sets IMAP_ALLOW_PRIVATE_ADDRESSES.
+IMAP_ALLOW_LOOPBACK = env.bool("IMAP_ALLOW_LOOPBACK", default=not IS_PROD)
+IMAP_ALLOW_PRIVATE_ADDRESSES = env.bool("IMAP_ALLOW_PRIVATE_ADDRESSES", default=not IS_PROD)
 # Forwarding mailboxes (channels_email/providers/forwarding/): each gets a generated address
 # on this domain, whose MX must point at the inbound SMTP server (manage.py inbound_smtp,
 # listening on INBOUND_SMTP_HOST:INBOUND_SMTP_PORT; behind port 25 in production). The
@@ -516,7 +522,7 @@ INBOUND_SMTP_PORT = env.int("INBOUND_SMTP_PORT", default=2525)
 # Larger messages are refused (SIZE in EHLO, 552 at MAIL FROM or after DATA); below the
 # parser's own 50 MB limit so that whatever is accepted can be read.
 INBOUND_SMTP_MAX_BYTES = env.int("INBOUND_SMTP_MAX_BYTES", default=40 * 1024 * 1024)
-# STARTTLS for the forwarders that use it (most do when it is offered): a certificate for
-# the MX host name and its key, both PEM files; unset, the server offers no TLS.
+# STARTTLS for the forwarders that use it when offered (Gmail, Microsoft 365): a
+# certificate for the MX host name and its key, both PEM files; unset, no TLS is offered.
 INBOUND_SMTP_TLS_CERT_FILE = env.str("INBOUND_SMTP_TLS_CERT_FILE", default="")
 INBOUND_SMTP_TLS_KEY_FILE = env.str("INBOUND_SMTP_TLS_KEY_FILE", default="")

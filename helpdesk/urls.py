@@ -38,6 +38,8 @@ urlpatterns = [
     path("accounts/invite/<str:token>/", views.invitation_accept_view, name="invitation_accept"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    # Browsers ask for /favicon.ico whatever the page's <link rel="icon"> says.
+    path("favicon.ico", views.favicon, name="favicon"),
     path("api/v1/", include("helpdesk.api_urls")),
     # Any other /api/ URL is an API 404 (a problem document), never a workspace slug.
     re_path(r"^api(?:/|$)", api.api_not_found, name="api_not_found"),

@@ -8,7 +8,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -173,3 +173,11 @@ def api_key_revoke_view(request, key_id: int):
         messages.success(request, f"API key “{key.name}” is revoked; requests with it now "
                                   "get 401.")
     return redirect("tenant:api_keys", tenant_slug=request.tenant.slug)
+
+
+def favicon(request):
+    """Browsers ask for /favicon.ico whatever a page's <link rel="icon"> says: send them to
+    the icon the pages name (resolved per request, so a hashed static name works)."""
+    from django.templatetags.static import static
+
+    return HttpResponsePermanentRedirect(static("favicon.svg"))

@@ -32,19 +32,26 @@ class AddressRefused(Exception):  # noqa: N818 - a refusal, reported as such
     """The webhook URL leads to an address deliveries may not reach."""
 
 
-def address_refusal(address: str) -> str | None:
-    """Why ``address`` (an IP literal) is no delivery target; None when it is one."""
+def address_refusal(address: str, *, allow_loopback: bool | None = None,
+                    allow_private: bool | None = None) -> str | None:
+    """Why ``address`` (an IP literal) is no delivery target; None when it is one. The
+    two allowances default to the webhook settings (other outgoing connections that an
+    admin aims, such as an IMAP server, pass their own)."""
+    if allow_loopback is None:
+        allow_loopback = settings.WEBHOOK_ALLOW_LOOPBACK
+    if allow_private is None:
+        allow_private = settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
-        return None if settings.WEBHOOK_ALLOW_LOOPBACK else "a loopback address"
+        return None if allow_loopback else "a loopback address"
     if ip.is_link_local:
         return "a link-local address"
     if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
         return "a reserved address"
     if not ip.is_global:
-        return None if settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES else "a private address"
+        return None if allow_private else "a private address"
     return None
 
 

@@ -77,13 +77,18 @@ class Control(Part):
             "<button>Revoke app access</button></form></td></tr>"
             for b in state["mailboxes"].values()
         ) or "<tr><td colspan=6>No mailboxes yet.</td></tr>"
-        tenant_options = "".join(f"<option>{html.escape(t)}</option>"
-                                 for t in tenants(self.store.settings()))
+        # One Kind list: Gmail, or Microsoft 365 in one of the sandbox's tenants.
+        kind_options = "<option value='google'>Gmail</option>" + "".join(
+            f"<option value='microsoft:{html.escape(t, True)}'>Microsoft 365 "
+            f"({html.escape(t)})</option>" for t in tenants(self.store.settings()))
         # A suggested account (the demo's mailbox) is the one a newcomer delivers to.
         suggested = {a.strip().lower() for a in self.store.settings().get("suggested_accounts")
                      or []}
         boxes = sorted(state["mailboxes"], key=lambda b: (b not in suggested, b))
-        options = "".join(f"<option>{html.escape(b)}</option>" for b in boxes)
+        # After a delivery the list keeps the mailbox just delivered to.
+        chosen = (request.arg("mailbox") or "").lower()
+        options = "".join(f"<option{' selected' if b == chosen else ''}>{html.escape(b)}"
+                          "</option>" for b in boxes)
         faults = "".join(f"<li>{html.escape(json.dumps(f))}</li>" for f in state["faults"]) \
             or "<li>none</li>"
         # Newest first: the reply just sent is the one a newcomer wants to answer.
@@ -108,9 +113,7 @@ revoking the user's sessions at Microsoft): its tokens stop working at once (eve
 401, every refresh <code>invalid_grant</code>).</p>
 <form method='post' action='/_sandbox/mailboxes'><label>New mailbox
 <input name='email' type='email' required></label>
-<label>Kind <select name='provider'><option value='google'>Gmail</option>
-<option value='microsoft'>Microsoft 365</option></select></label>
-<label>Microsoft tenant <select name='tenant'>{tenant_options}</select></label>
+<label>Kind <select name='provider'>{kind_options}</select></label>
 <button>Create</button></form>
 <p><small>Microsoft tenants: contoso lets its users consent to an app; fabrikam needs an
 admin's approval ("Need admin approval").</small></p></div>
@@ -153,6 +156,8 @@ with In-Reply-To and References naming the sent message, so it threads into its 
             return google_error(400, "email required", "invalidArgument")
         provider = (data.get("provider") or "google").strip().lower()
         tenant = (data.get("tenant") or "").strip().lower()
+        if ":" in provider:  # the page's Kind list: "microsoft:<tenant>"
+            provider, tenant = provider.split(":", 1)
         if provider not in ("google", "microsoft"):
             return google_error(400, "provider must be google or microsoft", "invalidArgument")
         if provider == "microsoft" and tenant and tenant not in tenants(self.store.settings()):

@@ -37,7 +37,10 @@
   ``InvalidInternetMessageHeader``). Bad base64: 400 ``ErrorMimeContentInvalidBase64String``;
   a request over 4 MB: 413 ``RequestEntityTooLarge``; more than ``graph_send_per_minute``
   (30, Exchange Online's limit) messages in a minute: 429 with ``Retry-After``. The copy
-  lands in Sent Items; recipients that are sandbox mailboxes get it in their inbox.
+  lands in Sent Items; recipients that are sandbox mailboxes get it in their inbox. As in
+  Exchange, the 202 comes with the message saved in Drafts and the transport moves it to
+  Sent Items afterwards: setting ``graph_transport_delay_ms`` (default 0, at once) keeps
+  it in Drafts that long. ``GET /v1.0/me/messages`` lists (and filters) every folder.
 - Access tokens are the identity side's (``access_tokens`` records with ``"provider":
   "microsoft"``): missing, unknown, expired or revoked -> 401 ``InvalidAuthenticationToken``;
   without the permission the call needs -> 403 ``ErrorAccessDenied``.
@@ -81,11 +84,13 @@ REQUEST_LIMIT = 4 * 1024 * 1024
 VALIDATION_TIMEOUT = 10.0
 DEFAULT_PAGE = 10
 MAX_PAGE = 1000
-FOLDERS = {"inbox": "INBOX", "sentitems": "SENT"}
+FOLDERS = {"inbox": "INBOX", "sentitems": "SENT", "drafts": "DRAFT"}
 FOLDER_IDS = {"INBOX": "AAMkAGI2TG93AAAuAAAAAAAiQ8W967B7TKBjgx9rVEURAQAiIsqMbYjsT5e-T7KzowPT"
                        "AAAAAAEMAAA=",
               "SENT": "AAMkAGI2TG93AAAuAAAAAAAiQ8W967B7TKBjgx9rVEURAQAiIsqMbYjsT5e-T7KzowPT"
-                      "AAAAAAEJAAA="}
+                      "AAAAAAEJAAA=",
+              "DRAFT": "AAMkAGI2TG93AAAuAAAAAAAiQ8W967B7TKBjgx9rVEURAQAiIsqMbYjsT5e-T7KzowPT"
+                       "AAAAAAEPAAA="}
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 _MESSAGE_PREFIX = "AAMkAGI2THVSAAA"
 _CONVERSATION_PREFIX = "AAQkAGI2THVSAAA"
@@ -165,8 +170,7 @@ def graph_state(state: dict) -> dict:
 def render_message(store, box: dict, rec: dict, select: list[str] | None) -> dict:
     """A message resource: the default properties, or ``id`` plus those in ``$select``
     (``internetMessageHeaders`` only when named, and then only with the rest named)."""
-    folder = "INBOX" if "INBOX" in rec["labelIds"] else "SENT" \
-        if "SENT" in rec["labelIds"] else "INBOX"
+    folder = next((f for f in ("INBOX", "SENT", "DRAFT") if f in rec["labelIds"]), "INBOX")
     received = rec["internalDate"] / 1000
     full = {
         "@odata.etag": 'W/"' + hashlib.sha1(rec["id"].encode()).hexdigest()[:24] + '"',  # noqa: S324
@@ -225,6 +229,7 @@ class GraphAPI(Part):
              self.subscription_reauthorize),
             ("GET", route(folder + r"/(?:microsoft\.graph\.)?delta(?:\(\))?"), self.delta),
             ("GET", route(folder), self.folder_messages),
+            ("GET", route(r"/v1\.0/me/messages"), self.all_messages),
             ("GET", route(r"/v1\.0/me/messages/([^/]+)/\$value"), self.message_value),
             ("GET", route(r"/v1\.0/me/messages/([^/]+)"), self.message_get),
             ("POST", route(r"/v1\.0/me/sendMail"), self.send_mail),
@@ -532,12 +537,16 @@ class GraphAPI(Part):
     def folder_messages(self, request: Request, name_a, name_b) -> Response:
         return self._guarded(request, self._folder_messages, name_a, name_b)
 
+    def all_messages(self, request: Request) -> Response:
+        return self._guarded(request, self._folder_messages, None, None)
+
     def _folder_messages(self, request: Request, name_a, name_b) -> Response:
+        """One folder's messages, or (no folder named: ``/me/messages``) every folder's."""
         mailbox = self._auth(request, READ)
-        label = self._folder_label(name_a, name_b)
-        box = self.store.read()["mailboxes"][mailbox]
+        label = self._folder_label(name_a, name_b) if name_a or name_b else None
+        box = self._settled(mailbox)
         found = [box["messages"][g] for g in reversed(box["order"])
-                 if label in box["messages"][g]["labelIds"]]
+                 if label is None or label in box["messages"][g]["labelIds"]]
         text = request.arg("$filter") or ""
         wanted = re.fullmatch(r"\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*", text)
         if wanted:
@@ -552,12 +561,28 @@ class GraphAPI(Part):
             raise _Refusal(graph_error(400, "BadRequest", "Invalid $top.")) from None
         select = self._select(request)
         return Response(200, {
-            "@odata.context": base_url(request) + "/v1.0/$metadata#users('" + mailbox
-                              + "')/mailFolders('" + (name_a or name_b) + "')/messages",
+            "@odata.context": base_url(request) + "/v1.0/$metadata#users('" + mailbox + "')"
+                              + (f"/mailFolders('{name_a or name_b}')" if label else "")
+                              + "/messages",
             "value": [render_message(self.store, box, m, select) for m in found[:top]]})
 
-    def _record(self, mailbox: str, graph_id: str) -> tuple[dict, dict]:
+    def _settled(self, mailbox: str) -> dict:
+        """The mailbox as a reader sees it now: a sent message whose transport step is due
+        has moved from Drafts to Sent Items (``graph_transport_delay_ms``)."""
         box = self.store.read()["mailboxes"][mailbox]
+        now = time.time()
+        if not any(m.get("transport_due", now + 1) <= now for m in box["messages"].values()):
+            return box
+        with self.store.transaction() as state:
+            box = state["mailboxes"][mailbox]
+            for rec in box["messages"].values():
+                if rec.get("transport_due", now + 1) <= now:
+                    del rec["transport_due"]
+                    rec["labelIds"] = ["SENT" if x == "DRAFT" else x for x in rec["labelIds"]]
+        return self.store.read()["mailboxes"][mailbox]
+
+    def _record(self, mailbox: str, graph_id: str) -> tuple[dict, dict]:
+        box = self._settled(mailbox)
         gid = gmail_id(graph_id)
         rec = box["messages"].get(gid) if gid else None
         if rec is None:
@@ -702,7 +727,13 @@ class GraphAPI(Part):
             raw = _as_exchange_sends(raw, mailbox)
             box = state["mailboxes"][mailbox]
             if save:
-                gmail.add_message(self.store, state, box, raw, ["SENT"])
+                # Exchange accepts (202) with the message saved in Drafts; its transport
+                # moves it to Sent Items afterwards (graph_transport_delay_ms; 0: at once).
+                delay = float(settings.get("graph_transport_delay_ms") or 0) / 1000
+                added = gmail.add_message(self.store, state, box, raw,
+                                          ["DRAFT"] if delay else ["SENT"])
+                if delay:
+                    added["transport_due"] = now + delay
             if settings.get("deliver_locally", True):
                 for rcpt in dict.fromkeys(recipients):
                     if rcpt != mailbox and rcpt in state["mailboxes"]:

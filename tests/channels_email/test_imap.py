@@ -105,6 +105,24 @@ def test_test_connection_says_what_failed_and_saves_nothing(
         assert not EmailConnection.objects.exists()
 
 
+@pytest.mark.parametrize(("changes", "allow", "words"), [
+    # A cloud's metadata service is never a mail server, for IMAP or for SMTP.
+    ({"imap_host": "169.254.169.254"}, True, "IMAP: 169.254.169.254 is a link-local address"),
+    ({"smtp_host": "169.254.169.254"}, True, "SMTP: 169.254.169.254 is a link-local address"),
+    # In prod (no loopback, no private addresses) our own machine is off limits too.
+    ({}, False, "IMAP: 127.0.0.1 is a loopback address"),
+])
+def test_test_connection_never_reaches_an_address_it_may_not(
+        admin_client, tenant, mail_server, mailboxes, settings, changes, allow, words):
+    settings.IMAP_ALLOW_LOOPBACK = settings.IMAP_ALLOW_PRIVATE_ADDRESSES = allow
+    answer = admin_client.post(f"/{tenant.slug}/settings/email/add/imap/",
+                               form(mail_server, mailboxes, action="test", **changes))
+    assert answer.status_code == 400
+    assert words in answer.content.decode()
+    with unscoped():
+        assert not EmailConnection.objects.exists()
+
+
 def test_test_connection_lists_the_folders(admin_client, tenant, mail_server,
                                            mailboxes):
     answer = admin_client.post(f"/{tenant.slug}/settings/email/add/imap/",

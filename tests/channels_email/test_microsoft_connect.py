@@ -158,6 +158,11 @@ def test_need_admin_approval_shows_the_admin_consent_link(ms, admin_client, tena
     notice = Client().get(returned.path + "?" + returned.query)
     assert notice.status_code == 200
     assert "Microsoft 365 permissions for the organization" in notice.content.decode()
+    # Not signed in here: the page points at the sign-in; a helpdesk admin who is signed
+    # in gets the way to each of their workspaces' Email channels.
+    assert 'href="/accounts/login/"' in notice.content.decode()
+    signed_in = admin_client.get(returned.path + "?" + returned.query).content.decode()
+    assert f'href="/{tenant.slug}/settings/email/"' in signed_in
     assert connect_mailbox(admin_client, tenant, "help@fabrikam.test").status_code == 302
     with tenant_scope(tenant):
         assert EmailConnection.objects.get().address == "help@fabrikam.test"

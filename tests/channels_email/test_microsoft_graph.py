@@ -311,6 +311,33 @@ def test_send_keeps_our_headers_and_find_sent_finds_it(graph, tenant):
     assert mail["References"] == "<q-0@customer.example> <q-1@customer.example>"
 
 
+def test_find_sent_finds_a_reply_exchange_still_holds_in_drafts(graph, tenant):
+    # Exchange's 202 means "saved in Drafts"; the transport moves it to Sent Items later.
+    # A retry in between must see it was sent.
+    from channels_email.tokens import authorized
+
+    sandbox, _, _ = graph
+    conn = connect(graph, tenant)
+    requests.post(sandbox + "/_sandbox/settings", json={"graph_transport_delay_ms": 1500},
+                  timeout=5).raise_for_status()
+    raw = (b"From: support@contoso.test\r\nTo: x@example.net\r\nSubject: Re: Help\r\n"
+           b"Message-ID: <reply-2@helpdesk.test>\r\n\r\nOn it.\r\n")
+    with tenant_scope(tenant):
+        client = authorized(conn)
+        sent = client.send(raw)
+        assert client.find_sent("<reply-2@helpdesk.test>") == sent
+
+    def folder(name):
+        return [m["internetMessageId"] for m in requests.get(
+            f"{sandbox}/v1.0/me/mailFolders('{name}')/messages", timeout=5,
+            headers={"Authorization": "Bearer " + conn.credentials["access_token"]},
+            verify=False).json()["value"]]
+
+    assert folder("drafts") == ["<reply-2@helpdesk.test>"] and folder("sentitems") == []
+    time.sleep(1.6)
+    assert folder("drafts") == [] and folder("sentitems") == ["<reply-2@helpdesk.test>"]
+
+
 def test_a_message_over_the_request_limit_is_refused_before_sending(graph, tenant):
     from channels_email import providers
     from channels_email.tokens import authorized

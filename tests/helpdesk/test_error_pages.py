@@ -59,3 +59,8 @@ def test_a_server_error_is_our_500_without_a_database_or_context(settings):
     page = answer.content.decode()
     styled(page)
     assert "<h1>Something went wrong</h1>" in page and "a bug in a view" not in page
+
+
+def test_favicon_ico_leads_to_the_icon_the_pages_name(client):
+    answer = client.get("/favicon.ico")
+    assert answer.status_code == 301 and answer["Location"].endswith("favicon.svg")

@@ -34,7 +34,7 @@ API_NAMESPACE = "api:"
 # URL names that legitimately take no tenant: public, auth, operator or machine endpoints.
 # A new pattern outside /<tenant_slug>/ must be added here on purpose, or this test fails.
 UNSCOPED_URL_NAMES = {
-    "home", "healthz", "invitation_accept",
+    "home", "healthz", "favicon", "invitation_accept",
     "login", "logout", "password_change", "password_change_done", "password_reset",
     "password_reset_done", "password_reset_confirm", "password_reset_complete",
     # Provider webhooks: authenticated by the provider's signed token, not a session.

@@ -59,6 +59,8 @@ def test_form_deliver_confirms_what_landed_and_whether_a_push_follows(sandbox, c
             f"&ldquo;Where is my &lt;order&gt;?&rdquo; from Dana &lt;dana@example.net&gt; "
             f"(id {query['delivered']})") in page
     assert "Nobody watches this mailbox" in page
+    # Deliver's list keeps the mailbox just delivered to (not the first one again).
+    assert "<option selected>web@acme.test</option>" in page
     assert "Delivered</strong>" not in requests.get(sandbox + "/_sandbox/", timeout=5).text
 
     _, _, gmail = connect("watched@acme.test")
@@ -136,3 +138,4 @@ def test_the_page_revokes_the_apps_access_to_a_mailbox(sandbox, connect):
     profile = requests.get(sandbox + "/gmail/v1/users/me/profile", timeout=5,
                            headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert profile.status_code == 401
+

@@ -166,14 +166,32 @@ def imap_errors(account: ImapAccount) -> Iterator[None]:
         raise _network_error(exc, "IMAP", host, port) from None
 
 
+def _refusal(host: str, port: int, where: str, peer: str | None = None) -> None:
+    """Refuse a server whose name leads to an address we may not reach (settings
+    IMAP_ALLOW_*): checked on every address the name resolves to before connecting, and on
+    the address reached once connected, before a password is sent (DNS rebinding)."""
+    from helpdesk.webhook_transport import address_refusal
+
+    addresses = [peer] if peer else [
+        info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    for address in addresses:
+        reason = address_refusal(address, allow_loopback=settings.IMAP_ALLOW_LOOPBACK,
+                                 allow_private=settings.IMAP_ALLOW_PRIVATE_ADDRESSES)
+        if reason:
+            raise PermanentError(f"{where}: {host} is {reason} ({address}), which this "
+                                 "helpdesk does not connect to", reason="address_refused")
+
+
 def imap_open(account: ImapAccount) -> IMAPClient:
     """A signed-in IMAP session (TLS from the start, or STARTTLS before the password)."""
     with imap_errors(account):
         endpoint = account.imap
+        _refusal(endpoint.host, endpoint.port, "IMAP")
         client = IMAPClient(endpoint.host, port=endpoint.port,
                             ssl=endpoint.security == SSL_TLS, ssl_context=tls_context(),
                             timeout=account.timeout)
         try:
+            _refusal(endpoint.host, endpoint.port, "IMAP", client.socket().getpeername()[0])
             if endpoint.security != SSL_TLS:
                 client.starttls(tls_context())
             client.login(endpoint.username, endpoint.password)
@@ -262,12 +280,14 @@ def smtp_session(account: ImapAccount) -> Iterator[smtplib.SMTP]:
     """A signed-in SMTP session over TLS (implicit, or STARTTLS required)."""
     endpoint = account.smtp
     with smtp_errors(account):
+        _refusal(endpoint.host, endpoint.port, "SMTP")
         if endpoint.security == SSL_TLS:
             smtp = smtplib.SMTP_SSL(endpoint.host, endpoint.port, timeout=account.timeout,
                                     context=tls_context())
         else:
             smtp = smtplib.SMTP(endpoint.host, endpoint.port, timeout=account.timeout)
         try:
+            _refusal(endpoint.host, endpoint.port, "SMTP", smtp.sock.getpeername()[0])
             smtp.ehlo()
             if endpoint.security != SSL_TLS:
                 if not smtp.has_extn("starttls"):

@@ -332,8 +332,11 @@ class GraphMailbox:
         if not wanted:
             return None
         quoted = f"<{wanted}>".replace("'", "''")
+        # Every folder, not only Sent Items: Exchange answers sendMail's 202 with the
+        # message saved in Drafts, and its transport moves it to Sent Items later. A retry
+        # in that window must find it there too, or the customer gets it twice.
         answer = _json(request(
-            "GET", f"{base_url()}/me/mailFolders('sentitems')/messages", connection.credentials,
+            "GET", f"{base_url()}/me/messages", connection.credentials,
             params={"$filter": f"internetMessageId eq '{quoted}'",
                     "$select": "id,conversationId,internetMessageId", "$top": "5"}))
         for item in answer.get("value") or []:
