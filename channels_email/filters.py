@@ -17,6 +17,7 @@ from functools import lru_cache
 
 from channels_email.mime import ParsedEmail
 from channels_email.models import AllowedEmails, AllowedSenders, EmailConnection
+from channels_email.providers.forwarding.confirmation import forwarding_confirmation
 from helpdesk.coordination import redis_client, redis_key
 from helpdesk.patterns import pattern_search
 
@@ -80,7 +81,17 @@ def prefilter(*, parsed: ParsedEmail, connection: EmailConnection,
     if parsed.loop_marker:
         return Skip("loop", "our own outbound mail came back (X-Helpdesk-Loop header)")
     if sender in tenant_addresses:
-        return Skip("loop", f"sent from a connected or alias address ({sender})")
+        # The workspace's own mailboxes, aliases and every address forwarded to us (a
+        # forwarding mailbox's support address is its address): mail from one of them
+        # that came back in, through a forwarder or directly, is a loop.
+        return Skip("loop", f"sent from a connected, alias or forwarded address ({sender})")
+    confirmation = forwarding_confirmation(sender=sender, subject=parsed.subject,
+                                           text=parsed.text)
+    if confirmation is not None:
+        return Skip("forwarding_confirmation",
+                    f"{confirmation.service} asks to confirm forwarding"
+                    + (f" from {confirmation.requested_by}" if confirmation.requested_by
+                       else "") + "; the code and link are on the mailbox's page")
     if parsed.bounce is not None:
         return Skip("bounce", "delivery failure report; handed to delivery tracking")
     if parsed.is_delay:

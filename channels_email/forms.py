@@ -6,13 +6,14 @@ import re
 
 from django import forms
 
+from channels_email import providers
 from channels_email.models import (
     ACKNOWLEDGEMENT_PLACEHOLDERS,
     ConnectionStatus,
     EmailConnection,
     RoutingMode,
 )
-from channels_email.selectors import connections_for_tenant
+from channels_email.selectors import connections_for_tenant, receives_only
 from channels_email.services import FILTER_FIELDS, SETTINGS_FIELDS
 from helpdesk.forms import clean_address
 from helpdesk.patterns import pattern_problem
@@ -68,9 +69,19 @@ class ConnectionSettingsForm(forms.ModelForm):
         self.fields["routing_team"].queryset = Team.objects.filter(tenant=tenant)
         self.fields["routing_flow"].queryset = Flow.objects.filter(tenant=tenant,
                                                                    is_active=True)
+        # A mailbox that only receives (forwarded to us) cannot send anybody's replies.
         self.fields["reply_connection"].queryset = connections_for_tenant(
             tenant=tenant).exclude(pk=self.instance.pk).exclude(
-            status=ConnectionStatus.DISCONNECTED)
+            status=ConnectionStatus.DISCONNECTED).exclude(
+            provider__in=providers.names_with(providers.Capability.FORWARDED))
+        if self.instance.pk and receives_only(self.instance):
+            self.fields["reply_connection"].empty_label = "The workspace's default mailbox"
+            self.fields["reply_connection"].help_text = (
+                "This mailbox only receives: its replies go out through the one chosen "
+                "here, else the workspace's default mailbox.")
+            self.fields["is_default"].disabled = True
+            self.fields["is_default"].help_text = ("A mailbox that only receives cannot be "
+                                                   "the default: it sends nothing.")
         self.initial.setdefault("routing_team", self.instance.routing_team_id)
         self.initial.setdefault("routing_flow", self.instance.routing_flow_id)
         self.initial.setdefault("reply_connection", self.instance.reply_connection_id)

@@ -44,6 +44,7 @@ from channels_email.models import (
     RoutingMode,
 )
 from channels_email.outbound import acknowledgement_create, report_record
+from channels_email.providers.forwarding.confirmation import forwarding_confirmation
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
 from helpdesk import sql, webhooks_out
@@ -61,6 +62,9 @@ from tickets.services import (
 
 logger = logging.getLogger(__name__)
 
+# What the row's receiver wrote into ``details`` that a parse keeps: the sync's duplicate
+# key, and the SMTP envelope and forwarder's Authentication-Results of forwarded mail.
+KEPT_DETAILS = ("dedupe_key", "envelope")
 FINAL_STATES = (InboundState.PROCESSED, InboundState.SKIPPED, InboundState.QUARANTINED)
 DISCONNECTED_REASON = ("connection_disconnected: the mailbox was disconnected before this "
                        "mail was read")
@@ -111,7 +115,9 @@ def _load_sql() -> str:
         f"ARRAY(SELECT lower(a.address) FROM {connections_table} a "  # noqa: S608
         "WHERE a.tenant_id = i.tenant_id UNION "
         f"SELECT lower(unnest(a.alias_addresses)) FROM {connections_table} a "
-        "WHERE a.tenant_id = i.tenant_id)"
+        "WHERE a.tenant_id = i.tenant_id UNION "
+        f"SELECT a.inbound_address FROM {connections_table} a "
+        "WHERE a.tenant_id = i.tenant_id AND a.inbound_address <> '')"
     )
     return (f"SELECT {', '.join(selected)}, {addresses} "  # noqa: S608 - our own table names
             f"FROM {InboundEmail._meta.db_table} i {' '.join(joins)} WHERE i.id = %s")
@@ -282,6 +288,11 @@ def _summary(parsed: ParsedEmail) -> dict:
     if parsed.complaint is not None:
         details["complaint"] = {"feedback_type": parsed.complaint.feedback_type,
                                 "recipients": parsed.complaint.recipients}
+    confirmation = forwarding_confirmation(
+        sender=parsed.from_.email if parsed.from_ else "", subject=parsed.subject,
+        text=parsed.text)
+    if confirmation is not None:
+        details["forwarding_confirmation"] = confirmation.__dict__
     return details
 
 
@@ -299,7 +310,8 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
         "subject": parsed.subject[:998],
         "from_address": (parsed.from_.email if parsed.from_ else "")[:320],
         # The sync's duplicate key (sync._not_seen) outlives the parse.
-        "details": {**{k: v for k, v in (row.details or {}).items() if k == "dedupe_key"},
+        # and so does what the receiver recorded (the SMTP envelope of forwarded mail).
+        "details": {**{k: v for k, v in (row.details or {}).items() if k in KEPT_DETAILS},
                     **_summary(parsed)},
     }
     if parsed.quarantine_reason:

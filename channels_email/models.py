@@ -71,6 +71,10 @@ class EmailConnection(TenantOwnedModel):
     provider = models.CharField(max_length=20)
     address = models.EmailField(max_length=320)
     display_name = models.CharField(max_length=200, blank=True)
+    # Where a forwarding mailbox's mail reaches us: the address we generated on
+    # INBOUND_EMAIL_DOMAIN that the admin forwards ``address`` to (lower case; unique over
+    # every tenant, the inbound SMTP server resolves its RCPT TO by it). "" otherwise.
+    inbound_address = models.CharField(max_length=320, blank=True, default="")
     status = models.CharField(max_length=20, choices=ConnectionStatus.choices,
                               default=ConnectionStatus.ACTIVE)
     credentials = EncryptedJSONField(null=True, blank=True)
@@ -142,6 +146,9 @@ class EmailConnection(TenantOwnedModel):
             ),
             models.UniqueConstraint(fields=["tenant"], condition=models.Q(is_default=True),
                                     name="connection_one_default_per_tenant"),
+            models.UniqueConstraint(fields=["inbound_address"],
+                                    condition=~models.Q(inbound_address=""),
+                                    name="connection_inbound_address_unique"),
         ]
         indexes = [
             models.Index(fields=["tenant", "status"], name="connection_tenant_status"),
@@ -155,6 +162,7 @@ class EmailConnection(TenantOwnedModel):
 
     def save(self, *args, **kwargs):
         self.address = (self.address or "").strip().lower()
+        self.inbound_address = (self.inbound_address or "").strip().lower()
         self.alias_addresses = [a.strip().lower() for a in self.alias_addresses if a.strip()]
         super().save(*args, **kwargs)
 
@@ -178,6 +186,12 @@ class EmailConnection(TenantOwnedModel):
         apply)."""
         return providers.can(self.provider, providers.Capability.OAUTH_SIGN_IN) or \
             providers.can(self.provider, providers.Capability.PASSWORD_SIGN_IN)
+
+    @property
+    def receives_forwarded(self) -> bool:
+        """Mail is forwarded to its generated address (Disconnect applies: the inbound
+        SMTP server then refuses that address)."""
+        return providers.can(self.provider, providers.Capability.FORWARDED)
 
     @property
     def status_label(self) -> str:
@@ -204,7 +218,8 @@ class EmailConnection(TenantOwnedModel):
 
     @property
     def own_addresses(self) -> set[str]:
-        return {self.address, *self.alias_addresses}
+        return {self.address, *self.alias_addresses} | (
+            {self.inbound_address} if self.inbound_address else set())
 
 
 class InboundState(models.TextChoices):

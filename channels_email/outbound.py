@@ -5,11 +5,13 @@ Contract:
   Message-ID, registered in EmailThreadRef) in the caller's transaction and queues the send
   on commit. ``deliver`` (the task's body) builds the MIME (In-Reply-To the latest inbound
   mail, a bounded References chain, a ``Re:`` subject that does not stack, From the
-  connection's name and address, our loop header, text + HTML, attachments) and sends it in
-  the conversation's provider thread: Delivered with the provider id; transient errors
-  retry while Pending (up to 8 attempts or 24 hours), throttling waits for the connection,
-  permanent errors and lost sign-ins end Failed with a readable reason. A retry first asks
-  the provider for our Message-ID among the sent mail, so nothing is sent twice.
+  connection's name and address, or the address the customer wrote to when the sending
+  mailbox may send as it (``selectors.reply_from``), our loop header, text + HTML,
+  attachments) and sends it in the conversation's provider thread: Delivered with the
+  provider id; transient errors retry while Pending (up to 8 attempts or 24 hours),
+  throttling waits for the connection, permanent errors and lost sign-ins end Failed with
+  a readable reason. A retry first asks the provider for our Message-ID among the sent
+  mail, so nothing is sent twice.
 - ``report_record`` is the hook inbound bounces and spam complaints are handed to.
 """
 
@@ -48,6 +50,7 @@ from channels_email.models import (
 from channels_email.selectors import (
     latest_inbound_email,
     reply_connection_for,
+    reply_from,
     reply_recipients,
     suppressed_among,
     tenant_addresses,
@@ -225,9 +228,11 @@ def reply_create(*, ticket: Ticket, author: User, body_text: str, to: list[str] 
     ticket we opened, its subject the ticket's title (no ``Re:``)."""
     connection = reply_connection_for(ticket=ticket)
     if connection is None:
-        raise ApplicationError("no_mailbox", "There is no mailbox to reply from: this "
-                               "ticket did not come by email and the workspace has no "
-                               "default mailbox.", status=409)
+        why = ("its mailbox only receives forwarded mail, no mailbox is chosen to send its "
+               "replies," if ticket.email_connection_id else "this ticket did not come by "
+               "email")
+        raise ApplicationError("no_mailbox", f"There is no mailbox to reply from: {why} and "
+                               "the workspace has no default mailbox.", status=409)
     latest = latest_inbound_email(ticket_id=ticket.pk)
     own = tenant_addresses(tenant_id=ticket.tenant_id)
     default_to, default_cc = reply_recipients(ticket=ticket, latest=latest, own=own)
@@ -416,8 +421,8 @@ def build_mime(message: Message, connection: EmailConnection) -> tuple[bytes, st
     """The reply as RFC 5322 bytes, and the provider thread id to send it in."""
     parent, references, thread_id = _thread_context(message)
     mime = EmailMessage()
-    name = connection.display_name or ""
-    mime["From"] = formataddr((name, connection.address)) if name else connection.address
+    name, address = reply_from(inbound=message.ticket.email_connection, sending=connection)
+    mime["From"] = formataddr((name, address)) if name else address
     mime["To"] = ", ".join(message.to_addresses)
     if message.cc_addresses:
         mime["Cc"] = ", ".join(message.cc_addresses)

@@ -49,10 +49,18 @@ class ConnectionHealth:
     last_error_past: bool
     now: datetime
 
+    # The provider's own wording of the status when it has one (providers.health_status).
+    custom_label: str = ""
+
     @property
     def status_label(self) -> str:
         conn = self.connection
-        return providers.status_label(conn.provider, conn.status, conn.get_status_display())
+        return self.custom_label or providers.status_label(conn.provider, conn.status,
+                                                           conn.get_status_display())
+
+    @property
+    def last_sync_label(self) -> str:
+        return providers.last_sync_label(self.connection.provider)
 
     @property
     def last_sync_age(self) -> str:
@@ -100,9 +108,14 @@ def connection_health(connection: EmailConnection, *, now: datetime | None = Non
                      if conn.last_push_at else "never")
         flags.append(HealthFlag("Pushes missing", "warn",
                                 f"mail found by the sweep at {missed}; last push {last_push}"))
+    tone, custom_label = _STATUS_TONE.get(conn.status, "bad"), ""
+    worded = providers.health_status(conn)
+    if worded is not None:
+        custom_label, tone = worded
     return ConnectionHealth(
-        connection=conn, tone=_STATUS_TONE.get(conn.status, "bad"), flags=tuple(flags),
-        last_error_past=bool(last_error and last_sync and last_sync > last_error), now=now)
+        connection=conn, tone=tone, flags=tuple(flags),
+        last_error_past=bool(last_error and last_sync and last_sync > last_error), now=now,
+        custom_label=custom_label)
 
 
 def age_in_words(moment: datetime | None, now: datetime) -> str:
@@ -128,7 +141,7 @@ REASON_WORDS = {
     "gone": "Gone from the mailbox", "duplicate": "Duplicate", "error": "Processing error",
     "too_large": "Too large", "too_deep": "Nested too deeply", "too_slow": "Too slow to read",
     "too_many_attachments": "Too many attachments", "unparseable": "Unreadable",
-    "no_sender": "No sender",
+    "no_sender": "No sender", "forwarding_confirmation": "Forwarding confirmation",
 }
 
 
@@ -191,36 +204,64 @@ def connections_with_health(*, tenant: Tenant) -> list[ConnectionHealth]:
             .select_related("routing_team", "routing_flow", "reply_connection")]
 
 
+def receives_only(connection: EmailConnection) -> bool:
+    """A mailbox that can receive only (forwarded to us): replies to its tickets go out
+    through another one."""
+    return providers.can(connection.provider, providers.Capability.FORWARDED)
+
+
 def reply_connection_for(*, ticket, mailboxes: list[EmailConnection] | None = None
                          ) -> EmailConnection | None:
     """The mailbox replies on ``ticket`` go out through: the one mapped for replies from the
     ticket's own mailbox (default: that mailbox), else the workspace's default mailbox
-    (tickets that did not come by email). None when there is neither. ``mailboxes``: the
-    ticket's workspace's mailboxes (``tenant_mailboxes``) when the caller has them: the
-    same answer without a query."""
-    if mailboxes is not None:
-        by_id = {m.pk: m for m in mailboxes}
-        inbound = by_id.get(ticket.email_connection_id)
-        if inbound is not None:
-            mapped = by_id.get(inbound.reply_connection_id)
-            if mapped is not None and mapped.status != ConnectionStatus.DISCONNECTED:
-                return mapped
+    (tickets that did not come by email, and those of a mailbox that only receives, like a
+    forwarding one). None when there is neither. ``mailboxes``: the ticket's workspace's
+    mailboxes (``tenant_mailboxes``) when the caller has them: the same answer without a
+    query."""
+    if mailboxes is None:
+        return reply_connection_of(tenant_id=ticket.tenant_id, inbound=ticket.email_connection)
+    by_id = {m.pk: m for m in mailboxes}
+    inbound = by_id.get(ticket.email_connection_id)
+    if inbound is not None:
+        mapped = by_id.get(inbound.reply_connection_id)
+        if mapped is not None and mapped.status != ConnectionStatus.DISCONNECTED:
+            return mapped
+        if not receives_only(inbound):
             return inbound
-        return min((m for m in mailboxes
-                    if m.is_default and m.status != ConnectionStatus.DISCONNECTED),
-                   key=lambda m: m.pk, default=None)
-    inbound = ticket.email_connection
+    return min((m for m in mailboxes if m.is_default and not receives_only(m)
+                and m.status != ConnectionStatus.DISCONNECTED), key=lambda m: m.pk, default=None)
+
+
+def reply_connection_of(*, tenant_id: int, inbound: EmailConnection | None
+                        ) -> EmailConnection | None:
+    """``reply_connection_for`` a ticket of mailbox ``inbound`` (None: not by email)."""
     if inbound is not None:
         if inbound.reply_connection_id:
             # A mapped mailbox that was disconnected since falls back to the ticket's own.
-            mapped = (EmailConnection.objects.filter(tenant_id=ticket.tenant_id,
+            mapped = (EmailConnection.objects.filter(tenant_id=tenant_id,
                                                      pk=inbound.reply_connection_id)
                       .exclude(status=ConnectionStatus.DISCONNECTED).first())
             if mapped is not None:
                 return mapped
-        return inbound
-    return (EmailConnection.objects.filter(tenant_id=ticket.tenant_id, is_default=True)
-            .exclude(status=ConnectionStatus.DISCONNECTED).first())
+        if not receives_only(inbound):
+            return inbound
+    return (EmailConnection.objects.filter(tenant_id=tenant_id, is_default=True)
+            .exclude(status=ConnectionStatus.DISCONNECTED)
+            .exclude(provider__in=providers.names_with(providers.Capability.FORWARDED))
+            .first())
+
+
+def reply_from(*, inbound: EmailConnection | None, sending: EmailConnection
+               ) -> tuple[str, str]:
+    """(display name, address) a reply sent through ``sending`` for a ticket of mailbox
+    ``inbound`` is From: the address the customer wrote to when ``sending`` may send as it
+    (it is ``sending``'s own address or one of its alias addresses: an admin who lists it
+    there says that mailbox owns it), else ``sending``'s own address. The name is the
+    inbound mailbox's sender name when its address is used, else ``sending``'s."""
+    if inbound is not None and inbound.pk != sending.pk and \
+            inbound.address in sending.alias_addresses:
+        return inbound.display_name or sending.display_name, inbound.address
+    return sending.display_name, sending.address
 
 
 def latest_inbound_email(*, ticket_id: int) -> InboundEmail | None:
@@ -275,16 +316,21 @@ def reply_recipients(*, ticket, latest=..., own: set[str] | None = None
 
 def tenant_addresses(*, tenant_id: int, mailboxes: list[EmailConnection] | None = None
                      ) -> set[str]:
-    """Every address of the workspace's mailboxes, connected and alias, lower case.
-    ``mailboxes``: those mailboxes (``tenant_mailboxes``) when the caller has them."""
+    """Every address of the workspace's mailboxes, connected and alias, lower case, and
+    the generated addresses forwarded mail reaches us at (a forwarding mailbox's support
+    address is its own address: mail from it is ours, a loop). ``mailboxes``: those
+    mailboxes (``tenant_mailboxes``) when the caller has them."""
     addresses = set()
-    rows = ([(m.address, m.alias_addresses) for m in mailboxes] if mailboxes is not None
-            else EmailConnection.objects.filter(tenant_id=tenant_id).values_list(
-                "address", "alias_addresses"))
+    rows = ([(m.address, m.alias_addresses, m.inbound_address) for m in mailboxes]
+            if mailboxes is not None else EmailConnection.objects.filter(
+                tenant_id=tenant_id).values_list("address", "alias_addresses",
+                                                 "inbound_address"))
     # EmailConnection.save lower-cases both.
-    for address, aliases in rows:
+    for address, aliases, inbound in rows:
         addresses.add(address)
         addresses.update(aliases)
+        if inbound:
+            addresses.add(inbound)
     return addresses
 
 
@@ -305,3 +351,42 @@ def inbound_email_log(*, tenant: Tenant, state: str = "") -> QuerySet[InboundEma
     """Every InboundEmail of ``tenant`` (``state`` narrows it); no raw bytes loaded."""
     rows = InboundEmail.objects.filter(tenant=tenant).defer("details")
     return rows.filter(state=state) if state else rows
+
+
+@dataclass(frozen=True)
+class ForwardingOverview:
+    """What a forwarding mailbox's page shows: the generated address, how to forward to it
+    at the common mail services, the latest forwarding confirmation that arrived (code and
+    link), and where replies go out and From which address."""
+
+    inbound_address: str
+    guides: tuple
+    confirmation: dict | None
+    confirmation_at: datetime | None
+    sending: EmailConnection | None
+    sending_is_mapped: bool
+    from_address: str
+
+
+def forwarding_overview(connection: EmailConnection) -> ForwardingOverview | None:
+    """None for a mailbox that is not forwarded to us."""
+    if not receives_only(connection):
+        return None
+    latest = (InboundEmail.objects.filter(connection=connection,
+                                          reason__startswith="forwarding_confirmation:")
+              .order_by("-received_at", "-id").only("details", "received_at").first())
+    confirmation = dict((latest.details or {}).get("forwarding_confirmation") or {}) \
+        if latest is not None else None
+    if confirmation:
+        from channels_email.providers.forwarding.confirmation import shown_link
+
+        confirmation["link"] = shown_link(str(confirmation.get("link", "")))
+    sending = reply_connection_of(tenant_id=connection.tenant_id, inbound=connection)
+    mapped = sending is not None and sending.pk == connection.reply_connection_id
+    from_address = reply_from(inbound=connection, sending=sending)[1] if sending else ""
+    return ForwardingOverview(
+        inbound_address=connection.inbound_address,
+        guides=providers.get(connection.provider).setup_guides(connection),
+        confirmation=confirmation or None,
+        confirmation_at=latest.received_at if confirmation else None,
+        sending=sending, sending_is_mapped=mapped, from_address=from_address)

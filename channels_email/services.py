@@ -32,9 +32,45 @@ def connection_create_manual(*, tenant: Tenant, address: str, display_name: str 
     )
 
 
+def connection_create_forwarding(*, tenant: Tenant, actor: User | None, provider: str,
+                                 address: str, display_name: str = "") -> EmailConnection:
+    """A forwarding mailbox for the support ``address``: Active, with a newly generated
+    address on the inbound domain (``inbound_address``; a clash with an existing one, which
+    the unique constraint catches, draws again). Its support address is its own address,
+    so the loop filter knows it from now on (``selectors.tenant_addresses``). Audited.
+    ApplicationError ``not_offered`` when no enabled provider receives forwarded mail under
+    that name or it is not configured, ``already_connected`` when the address is forwarded
+    to a live mailbox already (in this or another workspace)."""
+    from channels_email import providers
+
+    if not providers.can(provider, providers.Capability.FORWARDED) or \
+            not providers.get(provider).is_configured():
+        raise ApplicationError("not_offered", "Forwarding is not offered on this server.")
+    client = providers.get(provider)
+    address = address.strip().lower()
+    for _ in range(5):
+        try:
+            with transaction.atomic():
+                conn = EmailConnection.objects.create(
+                    tenant=tenant, provider=provider, address=address,
+                    display_name=display_name.strip(), status=ConnectionStatus.ACTIVE,
+                    inbound_address=client.generate_address(address))
+                audit_record(tenant=tenant, actor=actor, action="email_connection.connected",
+                             target=conn, details={"provider": provider, "address": address,
+                                                   "inbound_address": conn.inbound_address})
+            return conn
+        except IntegrityError as exc:
+            if "connection_inbound_address_unique" not in str(exc):
+                raise ApplicationError(
+                    "already_connected", f"{address} is forwarded to a mailbox already, in "
+                    "this or another workspace. Disconnect it there first.",
+                    field="address") from exc
+    raise ApplicationError("address_exhausted", "Could not generate a new address; try again.")
+
+
 def inbound_email_receive(
     *, connection: EmailConnection, provider_message_id: str, raw: bytes | None = None,
-    provider_thread_id: str = "", wait_for_flush: bool = False,
+    provider_thread_id: str = "", wait_for_flush: bool = False, details: dict | None = None,
 ) -> tuple[InboundEmail, bool]:
     """Record that a message reached ``connection``, storing its raw bytes first.
 
@@ -55,7 +91,7 @@ def inbound_email_receive(
     row = InboundEmail(
         tenant_id=connection.tenant_id, connection=connection,
         provider_message_id=provider_message_id[:255],
-        provider_thread_id=provider_thread_id[:255],
+        provider_thread_id=provider_thread_id[:255], details=details or {},
     )
     if raw is not None:
         # Stored before the row is inserted: a row never points at bytes that are missing.

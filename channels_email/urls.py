@@ -1,12 +1,13 @@
 from django.urls import path
 
-from channels_email import account_views, views
+from channels_email import account_views, forwarding_views, views
 
 app_name = "channels_email"
 urlpatterns = [
     path("", views.email_channels, name="channels"),
     path("connect/<str:provider>/", views.connect_start, name="connect"),
     path("add/<str:provider>/", account_views.account_add, name="account_add"),
+    path("forward/<str:provider>/", forwarding_views.forwarding_add, name="forwarding_add"),
     path("<int:connection_id>/", views.connection_detail, name="connection"),
     path("<int:connection_id>/account/", account_views.account_edit, name="account_edit"),
     path("<int:connection_id>/reconnect/", views.connection_reconnect, name="reconnect"),

@@ -21,6 +21,7 @@ from channels_email.selectors import (
     ATTENTION_STATES,
     connection_health,
     connections_with_health,
+    forwarding_overview,
     inbound_email_get,
     inbound_emails_needing_attention,
     reason_in_words,
@@ -108,6 +109,8 @@ def email_channels(request):
                             if providers.Capability.OAUTH_SIGN_IN in p.capabilities],
         "account_options": [p for p in providers.enabled()
                             if providers.Capability.PASSWORD_SIGN_IN in p.capabilities],
+        "forwarding_options": [p for p in providers.enabled()
+                               if providers.Capability.FORWARDED in p.capabilities],
         "suppressions": suppressions_for_tenant(tenant=request.tenant)[:200],
     })
 
@@ -203,7 +206,7 @@ def connection_detail(request, connection_id: int):
                                       "from now on.")
             return redirect("channels_email:channels", tenant_slug=request.tenant.slug)
     context = {"connection": conn, "health": connection_health(conn), "form": form,
-               "filters_form": filters_form}
+               "filters_form": filters_form, "forwarding": forwarding_overview(conn)}
     return render(request, "channels_email/connection.html", context,
                   status=400 if request.method == "POST" else 200)
 

@@ -390,6 +390,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "axes": {"level": "WARNING"},
+        # aiosmtpd (the inbound SMTP server) logs every command with its addresses at
+        # INFO; our own log lines name ids only.
+        "mail.log": {"level": "WARNING"},
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.request": {"level": "ERROR"},
     },
@@ -496,6 +499,7 @@ EMAIL_PROVIDERS = env.list("EMAIL_PROVIDERS", default=[
     "channels_email.providers.gmail.GmailProvider",
     "channels_email.providers.microsoft.MicrosoftProvider",
     "channels_email.providers.imap.ImapProvider",
+    "channels_email.providers.forwarding.ForwardingProvider",
     "channels_email.providers.manual.ManualProvider",
 ])
 # IMAP/SMTP mailboxes: certificates are checked against the system's trust store, plus
@@ -507,3 +511,18 @@ IMAP_EXTRA_CA_FILE = env.str("IMAP_EXTRA_CA_FILE", default="")
 # the LAN sets IMAP_ALLOW_PRIVATE_ADDRESSES.
 IMAP_ALLOW_LOOPBACK = env.bool("IMAP_ALLOW_LOOPBACK", default=not IS_PROD)
 IMAP_ALLOW_PRIVATE_ADDRESSES = env.bool("IMAP_ALLOW_PRIVATE_ADDRESSES", default=not IS_PROD)
+# Forwarding mailboxes (channels_email/providers/forwarding/): each gets a generated address
+# on this domain, whose MX must point at the inbound SMTP server (manage.py inbound_smtp,
+# listening on INBOUND_SMTP_HOST:INBOUND_SMTP_PORT; behind port 25 in production). The
+# ".localhost" default is for dev and the demo: mail reaches it only from this machine,
+# and prod does not offer forwarding until a real domain is set.
+INBOUND_EMAIL_DOMAIN = env.str("INBOUND_EMAIL_DOMAIN", default="inbound.localhost").lower()
+INBOUND_SMTP_HOST = env.str("INBOUND_SMTP_HOST", default="127.0.0.1")
+INBOUND_SMTP_PORT = env.int("INBOUND_SMTP_PORT", default=2525)
+# Larger messages are refused (SIZE in EHLO, 552 at MAIL FROM or after DATA); below the
+# parser's own 50 MB limit so that whatever is accepted can be read.
+INBOUND_SMTP_MAX_BYTES = env.int("INBOUND_SMTP_MAX_BYTES", default=40 * 1024 * 1024)
+# STARTTLS for the forwarders that use it when offered (Gmail, Microsoft 365): a
+# certificate for the MX host name and its key, both PEM files; unset, no TLS is offered.
+INBOUND_SMTP_TLS_CERT_FILE = env.str("INBOUND_SMTP_TLS_CERT_FILE", default="")
+INBOUND_SMTP_TLS_KEY_FILE = env.str("INBOUND_SMTP_TLS_KEY_FILE", default="")

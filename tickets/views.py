@@ -150,6 +150,7 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         addresses_needing_reconnect,
         latest_inbound_email_of,
         reply_connection_for,
+        reply_from,
         reply_recipients,
         suppressed_among,
         tenant_addresses,
@@ -161,6 +162,9 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
     to, cc = reply_recipients(ticket=ticket, latest=latest_inbound_email_of(timeline),
                               own=tenant_addresses(tenant_id=ticket.tenant_id,
                                                    mailboxes=mailboxes))
+    sending = reply_connection_for(ticket=ticket, mailboxes=mailboxes)
+    # The mailbox the customer wrote to is among the workspace's (no query of its own).
+    inbound = next((m for m in mailboxes if m.pk == ticket.email_connection_id), None)
     posted = getattr(form, "cleaned_data", {}) if form is not None else {}
     shown_to, shown_cc = posted.get("to") or to, posted.get("cc", cc)
     return {
@@ -174,7 +178,11 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
         "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc),
                                                  "form_token": uuid.uuid4()}),
         "reopens": ticket.status in (TicketStatus.SOLVED, TicketStatus.CLOSED),
-        "reply_from": reply_connection_for(ticket=ticket, mailboxes=mailboxes),
+        "reply_from": sending,
+        # The From a reply gets (name, address): the sending mailbox's, or the address the
+        # customer wrote to when that mailbox may send as it.
+        "reply_from_header": reply_from(inbound=inbound, sending=sending)
+        if sending is not None else None,
         "suppressed": list(suppressed_among(tenant_id=ticket.tenant_id,
                                             addresses=[*shown_to, *shown_cc]).values()),
         "reply_limit_mb": settings.REPLY_ATTACHMENT_MAX_BYTES // (1024 * 1024),

@@ -94,6 +94,21 @@ def status_label(name: str, status: str, default: str) -> str:
     return (getattr(cls, "status_labels", None) or {}).get(status, default)
 
 
+def health_status(connection) -> tuple[str, str] | None:
+    """(label, tone) a provider words a connection's health in from its own facts (a
+    forwarding mailbox "Waiting for first email" until mail has arrived), or None for the
+    status as stored (``status_label``)."""
+    cls = _classes().get(connection.provider)
+    hook = getattr(cls, "health_status", None) if cls is not None else None
+    return hook(cls(), connection) if hook is not None else None
+
+
+def last_sync_label(name: str) -> str:
+    """What the health block calls ``last_sync_at`` for provider ``name``."""
+    cls = _classes().get(name)
+    return getattr(cls, "last_sync_label", "") or "Last sync"
+
+
 def webhook_routes() -> list[tuple[str, WebhookRoute]]:
     """(provider name, route) of every enabled provider's webhooks."""
     return [(name, route) for name, cls in _classes().items()
@@ -141,7 +156,9 @@ __all__ = [
     "enabled",
     "form_action_origins",
     "get",
+    "health_status",
     "is_enabled",
+    "last_sync_label",
     "label",
     "names_with",
     "sandbox_demos",

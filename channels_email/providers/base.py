@@ -203,6 +203,10 @@ class Capability(StrEnum):
     FIND_SENT = "find_sent"  # FindSent
     PASSWORD_SIGN_IN = "password_sign_in"  # PasswordSignIn: IMAP/SMTP with a password
     IDLE = "idle"  # IdlePush: a long-held connection announces new mail (IMAP IDLE)
+    # ForwardedInbound: the admin forwards the mailbox to an address we generate, and our
+    # inbound SMTP server (manage.py inbound_smtp) receives it; such a mailbox never sends
+    # (its replies go through the mailbox mapped for them, else the workspace default).
+    FORWARDED = "forwarded"
 
 
 # A whole mailbox behind OAuth with push (Gmail, Microsoft Graph).
@@ -381,11 +385,35 @@ class IdlePush(Protocol):
     def idle_open(self, connection) -> Any: ...
 
 
+@dataclass(frozen=True)
+class SetupGuide:
+    """How to forward a mailbox from one kind of mail service: a heading and its steps."""
+
+    heading: str
+    steps: tuple[str, ...]
+
+
+@runtime_checkable
+class ForwardedInbound(Protocol):
+    """Mail forwarded to a generated address. ``generate_address(support_address)`` makes
+    a new, hard to guess address on the deployment's inbound domain (the caller retries on
+    a clash with an existing one); ``setup_guides(connection)`` says how to set the
+    forwarding up at the common mail services; ``add_form`` is the admin's form (the
+    support address forwarded from)."""
+
+    add_form: type
+
+    def generate_address(self, support_address: str) -> str: ...
+
+    def setup_guides(self, connection) -> tuple[SetupGuide, ...]: ...
+
+
 CAPABILITY_PROTOCOLS: dict[Capability, type] = {
     Capability.OAUTH_SIGN_IN: SignIn, Capability.PUSH: PushSubscription,
     Capability.CURSOR_SYNC: CursorSync, Capability.FETCH: FetchRaw,
     Capability.SEND: SendMime, Capability.FIND_SENT: FindSent,
     Capability.PASSWORD_SIGN_IN: PasswordSignIn, Capability.IDLE: IdlePush,
+    Capability.FORWARDED: ForwardedInbound,
 }
 
 

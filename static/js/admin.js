@@ -6,6 +6,9 @@
 // [data-confirm="what will happen"] on a submit button (or a form): asks first in a
 // <dialog>; Cancel (or Escape) changes nothing, the confirm button (its label from
 // data-confirm-button) submits the form with the same button.
+//
+// [data-copy="element id"] on a button: copies that element's text to the clipboard and
+// says so on the button for a moment (where the browser allows the clipboard).
 (function () {
   "use strict";
 
@@ -73,6 +76,18 @@
         if (submitter) { form.requestSubmit(submitter); } else { form.requestSubmit(); }
         delete form.dataset.confirmed;  // the submit event ran synchronously
       });
+  });
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy]");
+    if (!button) { return; }
+    var source = document.getElementById(button.getAttribute("data-copy"));
+    if (!source || !navigator.clipboard) { return; }
+    var label = button.textContent;
+    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = label; }, 1500);
+    });
   });
 
   document.addEventListener("change", function (event) {

@@ -43,6 +43,8 @@ from helpdesk.demo import ADMIN_EMAIL, AGENT_EMAIL, DEMO_MAILBOX, DEMO_PASSWORD,
 DEMO_IMAP_USER = "help@imap.demo"
 DEMO_IMAP_CUSTOMER = "customer@imap.demo"
 DEMO_IMAP_PASSWORD = "demo-imap-password"
+# The demo's forwarding mailbox: Acme forwards this support address to a generated one.
+DEMO_FORWARDED = "hello@acme.example"
 
 
 def _port_free(port: int) -> bool:
@@ -65,6 +67,11 @@ class Command(BaseCommand):
             port += 1
         call_command("migrate", interactive=False, verbosity=0)
         report = seed_demo()
+        forwarded = self._forwarding_mailbox()
+        smtp_port = settings.INBOUND_SMTP_PORT
+        while not _port_free(smtp_port):
+            smtp_port += 1
+        self._smtp_port = smtp_port
         python = sys.executable
         commands = {
             "web": [python, "-m", "gunicorn", "helpdesk.wsgi:application",
@@ -77,6 +84,9 @@ class Command(BaseCommand):
                      "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME],
             # IMAP IDLE as push for IMAP/SMTP mailboxes (channels_email/watch.py).
             "watcher": [python, "manage.py", "mailbox_watch"],
+            # Mail forwarded to forwarding mailboxes (channels_email/providers/forwarding/).
+            "inbound_smtp": [python, "manage.py", "inbound_smtp", "--host", "127.0.0.1",
+                             "--port", str(smtp_port)],
         }
         public = f"http://127.0.0.1:{port}"
         sandbox_proc, info, demos = self._start_sandbox(public)
@@ -106,7 +116,8 @@ class Command(BaseCommand):
                       for name, cmd in commands.items()})
         url = f"http://127.0.0.1:{port}/"
         self.stdout.write(f"Starting the demo ({report}): web, worker, beat, the mailbox "
-                          "watcher, the provider sandbox and the demo mail server...")
+                          "watcher, the inbound SMTP server, the provider sandbox and the "
+                          "demo mail server...")
         self._stopping = False
 
         def stop(signum, _frame):
@@ -124,6 +135,11 @@ class Command(BaseCommand):
                 f"password {DEMO_PASSWORD}; provider sandbox {sandbox_url}/_sandbox/ (connect "
                 f"{offered} under Email channels); Ctrl-C stops everything"))
             self.stdout.write(imap_note)
+            self.stdout.write(
+                f"Forwarding demo: {DEMO_FORWARDED} forwards to {forwarded}; the inbound SMTP "
+                f"server on 127.0.0.1:{smtp_port} makes a ticket of mail sent there, e.g. "
+                f"swaks --server 127.0.0.1:{smtp_port} --from you@example.com --to "
+                f"{forwarded} (any other address is refused)")
             if check:
                 self._check(url, procs, sandbox_url, demos)
                 self.stdout.write(self.style.SUCCESS("demo check passed"))
@@ -147,9 +163,9 @@ class Command(BaseCommand):
         client = redis_client()
         ping.delay(key=key, value=value)
         schedule = settings.CELERY_BEAT_SCHEDULE_FILENAME
-        waiting = {"web", "worker", "beat"}
+        waiting = {"web", "worker", "beat", "inbound_smtp"}
         while waiting and not self._stopping:
-            for name in ("web", "worker", "beat", "watcher", "sandbox"):
+            for name in ("web", "worker", "beat", "watcher", "inbound_smtp", "sandbox"):
                 if procs[name].poll() is not None:
                     raise CommandError(f"{name} exited with code {procs[name].returncode}")
             if "web" in waiting:
@@ -158,6 +174,8 @@ class Command(BaseCommand):
                     waiting.discard("web")
                 except OSError:
                     pass
+            if "inbound_smtp" in waiting and not _port_free(self._smtp_port):
+                waiting.discard("inbound_smtp")
             if "worker" in waiting and client.get(key) == value.encode():
                 client.delete(key)
                 waiting.discard("worker")
@@ -313,6 +331,54 @@ class Command(BaseCommand):
         self._check_demo_mailbox(url, sandbox_url)
         if "mailserver" in procs:
             self._check_imap(url, self._mail_info)
+        self._check_forwarding(url)
+
+    @staticmethod
+    def _forwarding_mailbox() -> str:
+        """The generated address of Acme's demo forwarding mailbox (created once)."""
+        from channels_email.models import ConnectionStatus, EmailConnection
+        from channels_email.services import connection_create_forwarding
+        from helpdesk.models import Tenant
+        from helpdesk.tenancy import tenant_scope
+
+        name = next(p.name for p in providers.enabled()
+                    if Capability.FORWARDED in p.capabilities)
+        acme = Tenant.objects.get(slug="acme")
+        with tenant_scope(acme):
+            conn = (EmailConnection.objects.filter(provider=name, address=DEMO_FORWARDED)
+                    .exclude(status=ConnectionStatus.DISCONNECTED).first()) or \
+                connection_create_forwarding(tenant=acme, actor=None, provider=name,
+                                             address=DEMO_FORWARDED,
+                                             display_name="Acme Support")
+        return conn.inbound_address
+
+    def _check_forwarding(self, url: str) -> None:
+        """The forwarding path: an unknown address is refused at RCPT, and an email sent
+        by SMTP to the demo's generated address becomes a ticket (server -> worker)."""
+        import smtplib
+
+        forwarded = self._forwarding_mailbox()
+        subject = f"Forwarding demo check {uuid.uuid4().hex[:8]}"
+        raw = (f"From: Dana Customer <dana@customer.example>\r\nTo: {DEMO_FORWARDED}\r\n"
+               f"Subject: {subject}\r\nMessage-ID: <{uuid.uuid4().hex}@customer.example>"
+               "\r\n\r\nForwarded to you.\r\n").encode()
+        with smtplib.SMTP("127.0.0.1", self._smtp_port, timeout=20) as smtp:
+            smtp.ehlo()
+            smtp.mail("dana@customer.example")
+            code, _ = smtp.rcpt(f"nobody@{settings.INBOUND_EMAIL_DOMAIN}")
+            if code != 550:
+                raise CommandError(f"the inbound SMTP server answered {code} to an unknown "
+                                   "address (550 expected)")
+            smtp.rset()
+            smtp.sendmail("dana@customer.example", [forwarded], raw)
+        opener, _, _ = self._signed_in(url, ADMIN_EMAIL)
+        deadline = time.monotonic() + 60
+        queue = f"{url}acme/tickets/?view=unassigned"
+        while subject not in opener.open(queue, timeout=10).read().decode():
+            if time.monotonic() > deadline:
+                raise CommandError("the forwarded email did not become a ticket within 60 s")
+            time.sleep(0.5)
+        self.stdout.write("forwarding: unknown address refused at RCPT, email -> ticket OK")
 
     def _check_connect(self, url: str, sandbox_url: str, provider, demo) -> None:
         """A provider's path as an admin walks it, against the sandbox: connect (sign-in
