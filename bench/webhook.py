@@ -15,8 +15,9 @@ What it does, all on loopback, real PostgreSQL and Redis:
    Pub/Sub wraps it) per mailbox, and one valid Graph change notification (the
    subscription's id and clientState) per Microsoft mailbox;
 3. starts two gunicorns (2 workers x 4 threads each, DEBUG off, no access log): the
-   project (helpdesk.wsgi) and a bare view with the same settings and middleware on the
-   same path that publishes one Celery task and answers 204 (bench/bare_wsgi.py);
+   project (helpdesk.wsgi) and a bare view with the same settings, middleware and
+   process set-up (helpdesk.gc_freeze) on the same path that publishes one Celery task
+   and answers 204 (bench/bare_wsgi.py);
    no worker consumes during this part, the tasks pile up in Redis and are dropped;
 4. closed loop (bench/loadgen.py, a separate asyncio process, 16 keep-alive connections,
    5 s), pushes round-robin over the 1,000 mailboxes: Pub/Sub webhook, Graph webhook

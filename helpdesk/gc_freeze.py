@@ -3,12 +3,13 @@
 CPython's full (generation 2) collection walks every container object the process tracks
 and stops all of the process's threads while it does. A warmed-up web worker (Django,
 the URLconf and middleware, Celery and kombu, the provider client libraries, connection
-pools, about 150,000 objects) takes tens of milliseconds for one on this project's 2-core
-machine, over 100 ms when the machine is busy, and one comes every few thousand
-requests: every request in flight on that worker waits, which is what the webhooks'
-p99 was made of. Nearly all of those objects live as long as the process, so once the
-worker is warm they are moved to the permanent generation (``gc.freeze()``), which later
-collections skip; those then walk only what was allocated since.
+pools: about 145,000 objects) took 20 to 145 ms for one on this project's 2-core
+machine, and 90 to 590 ms under gunicorn while other processes loaded the machine; one
+comes every few thousand requests, and every request in flight on that worker waits:
+that is what the webhooks' p99 was made of. Nearly all of those objects live as long as
+the process, so once the worker is warm they are moved to the permanent generation
+(``gc.freeze()``), which later collections skip; those then walk only what was
+allocated since (about 3,000 objects: a millisecond or so).
 
 ``install()`` (called by the WSGI entry point) freezes after the 1st, 100th and 1,000th
 request of the process: the first request of a kind imports and builds what it uses
