@@ -203,6 +203,18 @@ def _expire_soon(conn: EmailConnection) -> None:
     conn.save(update_fields=["credentials"])
 
 
+def _refresh_fails(conn: EmailConnection, tenant) -> None:
+    """The token is due: its refresh is refused (an AuthError), and health records it."""
+    from channels_email import providers
+
+    _expire_soon(conn)
+    with tenant_scope(tenant):
+        with pytest.raises(providers.AuthError) as caught:
+            ensure_fresh_token(conn)
+        health.record_error(conn, caught.value)
+        conn.refresh_from_db()
+
+
 def test_refresh_before_expiry_saves_the_rotated_cache(ms, admin_client, tenant):
     conn = _connected(admin_client, tenant)
     before = conn.credentials
@@ -234,15 +246,7 @@ def test_a_dead_grant_is_token_expired_with_its_reason(ms, admin_client, tenant,
     else:
         requests.post(ms + "/_sandbox/revoke-all", json={"email": conn.address},
                       timeout=5).raise_for_status()
-    _expire_soon(conn)
-    from channels_email import providers
-
-    with tenant_scope(tenant):
-        with pytest.raises(providers.AuthError) as caught:
-            ensure_fresh_token(conn)
-        health.record_error(conn, caught.value)
-    with tenant_scope(tenant):
-        conn.refresh_from_db()
+    _refresh_fails(conn, tenant)
     assert conn.status == ConnectionStatus.TOKEN_EXPIRED and words in conn.last_error
     page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
     assert "Token expired" in page or "Token Expired" in page
@@ -253,17 +257,10 @@ def test_consent_withdrawn_at_refresh_links_the_admin_consent_page(ms, admin_cli
     import html
     import re
 
-    from channels_email import providers
-
     conn = _connected(admin_client, tenant)
     requests.post(ms + "/_sandbox/microsoft/withdraw-consent", json={"tenant": "contoso"},
                   timeout=5).raise_for_status()
-    _expire_soon(conn)
-    with tenant_scope(tenant):
-        with pytest.raises(providers.AuthError) as caught:
-            ensure_fresh_token(conn)
-        health.record_error(conn, caught.value)
-        conn.refresh_from_db()
+    _refresh_fails(conn, tenant)
     assert conn.status == ConnectionStatus.TOKEN_EXPIRED and "AADSTS65001" in conn.last_error
     page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
     found = re.search(r'<a class="button" href="([^"]*)"[^>]*>Grant admin consent for your '
