@@ -15,8 +15,9 @@ What it does, all on loopback, real PostgreSQL and Redis:
    Pub/Sub wraps it) per mailbox, and one valid Graph change notification (the
    subscription's id and clientState) per Microsoft mailbox;
 3. starts two gunicorns (2 workers x 4 threads each, DEBUG off, no access log): the
-   project (helpdesk.wsgi) and a bare view with the same settings and middleware on the
-   same path that publishes one Celery task and answers 204 (bench/bare_wsgi.py);
+   project (helpdesk.wsgi) and a bare view with the same settings, middleware and
+   process set-up (helpdesk.gc_freeze) on the same path that publishes one Celery task
+   and answers 204 (bench/bare_wsgi.py);
    no worker consumes during this part, the tasks pile up in Redis and are dropped;
 4. closed loop (bench/loadgen.py, a separate asyncio process, 16 keep-alive connections,
    5 s), pushes round-robin over the 1,000 mailboxes: Pub/Sub webhook, Graph webhook
@@ -64,7 +65,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,6 +186,75 @@ def queued(r, queue: str) -> int:
     return sum(r.llen(k) for k in r.scan_iter(match=f"{queue}*") if r.type(k) == b"list")
 
 
+@dataclass
+class Target:
+    """One endpoint the loops load: where, with which requests, what a valid one is
+    answered, and the "sync pending" marks to delete after each round (none for the bare
+    view); its closed-loop results accumulate in ``runs`` and the share of answered
+    requests that enqueued a task in ``shares``."""
+
+    name: str
+    port: int
+    path: str
+    requests: Path
+    proc: subprocess.Popen
+    ok: str
+    marks: list[str] | None = None
+    runs: list[dict] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)
+
+    def load(self, w: Workload, redis_url: str, **cfg) -> dict:
+        marks = {"clear_marks": {"redis_url": redis_url, "keys": self.marks}} \
+            if self.marks is not None else {}
+        return loadgen({"path": self.path, "requests": str(self.requests),
+                        "duration": w.duration, "port": self.port, "warmup": w.mailboxes,
+                        **marks, **cfg})
+
+    def rps(self) -> float:
+        return statistics.median(x["rps"] for x in self.runs)
+
+
+def closed_run(target: Target, run: int, w: Workload, r, redis_url: str) -> None:
+    """One closed-loop run of ``target`` on an empty queue, with the gunicorn workers'
+    CPU per request and (webhooks) the share of answered requests that enqueued."""
+    for q in ("ingest", "maintenance"):
+        for k in r.scan_iter(match=f"{q}*"):
+            r.delete(k)
+    cpu_before = server_cpu_s(target.proc)
+    result = target.load(w, redis_url, mode="closed", connections=w.connections)
+    extra = ""
+    if target.marks is not None:
+        answered = result["statuses"].get(target.ok, 0) + w.mailboxes
+        target.shares.append(queued(r, "ingest") / answered)
+        extra = f", enqueued {target.shares[-1]:.0%}"
+    result["server_cpu_ms"] = ((server_cpu_s(target.proc) - cpu_before) * 1000
+                               / (result["completed"] + w.mailboxes))
+    target.runs.append(result)
+    log(f"run {run + 1} {target.name:4}: {result['rps']:.0f} req/s, p50 "
+        f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"statuses {result['statuses']}{extra}, gunicorn workers' CPU "
+        f"{result['server_cpu_ms']:.2f} ms/request")
+
+
+def open_run(target: Target, label: str, w: Workload, redis_url: str) -> dict:
+    """The open loop at half ``target``'s median closed-loop rate."""
+    rate = target.rps() / 2
+    log(f"open loop: {rate:.0f} req/s offered to {label} for {w.duration:g} s")
+    return target.load(w, redis_url, mode="open", rate=rate,
+                       connections=w.open_connections)
+
+
+def unexpected(*targets: Target, opened: dict) -> dict[str, int]:
+    """How many answers of the targets' runs and of ``opened`` were not the valid one's
+    status (``targets`` share that status), by status."""
+    counts: dict[str, int] = {}
+    for statuses in [opened["statuses"], *(x["statuses"] for t in targets for x in t.runs)]:
+        for status, n in statuses.items():
+            if status != targets[0].ok:
+                counts[status] = counts.get(status, 0) + n
+    return counts
+
+
 def setup_mailboxes(count: int):
     from channels_email.models import ConnectionStatus, EmailConnection
     from helpdesk.services import tenant_create
@@ -281,7 +351,6 @@ def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path,
 
     from channels_email.models import EmailConnection
     from helpdesk.tenancy import unscoped
-    from tickets.models import Ticket
 
     requests.post(sandbox + "/_sandbox/settings", json={"topics": {TOPIC: {
         "push_endpoint": webhook_url, "audience": webhook_url,
@@ -298,20 +367,33 @@ def push_to_ticket(sandbox: str, tenant, webhook_url: str, worker_log: Path,
         if time.monotonic() > deadline:
             raise SystemExit("the first sync never ran; see " + str(worker_log))
         time.sleep(0.05)
+    return time_to_ticket(sandbox, address, "Bench push", "customer", emails, worker_log)
+
+
+def time_to_ticket(sandbox: str, address: str, subject: str, sender: str, emails: int,
+                   worker_log: Path) -> list[float]:
+    """Deliver ``emails`` emails one by one into the sandbox mailbox ``address``; each
+    one's milliseconds from the delivery call until its ticket exists (polled every
+    10 ms)."""
+    import requests
+
+    from helpdesk.tenancy import unscoped
+    from tickets.models import Ticket
+
     latencies = []
     for n in range(emails):
-        subject = f"Bench push {n} {uuid.uuid4().hex[:8]}"
+        title = f"{subject} {n} {uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
         requests.post(sandbox + "/_sandbox/deliver", json={
-            "to": address, "from": f"Customer {n} <customer{n}@example.net>",
-            "subject": subject, "body": f"Question number {n}."}, timeout=10).raise_for_status()
+            "to": address, "from": f"Customer {n} <{sender}{n}@example.net>",
+            "subject": title, "body": f"Question number {n}."}, timeout=10).raise_for_status()
         deadline = time.monotonic() + 30
         while True:
             with unscoped():
-                if Ticket.objects.filter(title=subject).exists():
+                if Ticket.objects.filter(title=title).exists():
                     break
             if time.monotonic() > deadline:
-                raise SystemExit(f"no ticket for {subject!r} within 30 s; see {worker_log}")
+                raise SystemExit(f"no ticket for {title!r} within 30 s; see {worker_log}")
             time.sleep(0.01)
         latencies.append((time.perf_counter() - started) * 1000)
     return latencies
@@ -357,30 +439,9 @@ def connect_graph_mailbox(sandbox: str, tenant, address: str, callback: str):
 
 def notification_to_ticket(sandbox: str, tenant, callback: str, worker_log: Path,
                            emails: int) -> list[float]:
-    import requests
-
-    from helpdesk.tenancy import unscoped
-    from tickets.models import Ticket
-
     address = "live@graph.bench.example"
     connect_graph_mailbox(sandbox, tenant, address, callback)
-    latencies = []
-    for n in range(emails):
-        subject = f"Bench graph {n} {uuid.uuid4().hex[:8]}"
-        started = time.perf_counter()
-        requests.post(sandbox + "/_sandbox/deliver", json={
-            "to": address, "from": f"Customer {n} <graph{n}@example.net>",
-            "subject": subject, "body": f"Question number {n}."}, timeout=10).raise_for_status()
-        deadline = time.monotonic() + 30
-        while True:
-            with unscoped():
-                if Ticket.objects.filter(title=subject).exists():
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"no ticket for {subject!r} within 30 s; see {worker_log}")
-            time.sleep(0.01)
-        latencies.append((time.perf_counter() - started) * 1000)
-    return latencies
+    return time_to_ticket(sandbox, address, "Bench graph", "graph", emails, worker_log)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -454,69 +515,20 @@ def main() -> None:
                              f"nothing (see {w.var})")
         r.delete(*marks, *graph_marks)
 
-        base = {"path": PATH, "requests": str(requests_file), "duration": w.duration}
-        graph_base = {"path": GRAPH_PATH, "requests": str(graph_file), "duration": w.duration}
-        web_runs, bare_runs, graph_runs, enqueue_shares, graph_shares = [], [], [], [], []
+        web = Target("web", web_port, PATH, requests_file, procs["web"], "204", marks)
+        graph = Target("graph", web_port, GRAPH_PATH, graph_file, procs["web"], "202",
+                       graph_marks)
+        bare = Target("bare", bare_port, PATH, requests_file, procs["bare"], "204")
         for run in range(w.runs):
             # Rotate which target goes first, so a drift in the machine's load (other
             # processes) does not always favour the same one.
-            order = ("web", "graph", "bare")
+            order = (web, graph, bare)
             for target in order[run % 3:] + order[:run % 3]:
-                for q in ("ingest", "maintenance"):
-                    for k in r.scan_iter(match=f"{q}*"):
-                        r.delete(k)
-                cpu_before = server_cpu_s(procs["bare" if target == "bare" else "web"])
-                if target == "web":
-                    result = loadgen({**base, "port": web_port, "mode": "closed",
-                                      "connections": w.connections, "warmup": w.mailboxes,
-                                      "clear_marks": {"redis_url": redis_url, "keys": marks}})
-                    answered = result["statuses"].get("204", 0) + w.mailboxes
-                    enqueue_shares.append(queued(r, "ingest") / answered)
-                    web_runs.append(result)
-                    extra = f", enqueued {enqueue_shares[-1]:.0%}"
-                elif target == "graph":
-                    result = loadgen({**graph_base, "port": web_port, "mode": "closed",
-                                      "connections": w.connections, "warmup": w.mailboxes,
-                                      "clear_marks": {"redis_url": redis_url,
-                                                      "keys": graph_marks}})
-                    answered = result["statuses"].get("202", 0) + w.mailboxes
-                    graph_shares.append(queued(r, "ingest") / answered)
-                    graph_runs.append(result)
-                    extra = f", enqueued {graph_shares[-1]:.0%}"
-                else:
-                    result = loadgen({**base, "port": bare_port, "mode": "closed",
-                                      "connections": w.connections,
-                                      "warmup": w.mailboxes})
-                    bare_runs.append(result)
-                    extra = ""
-                served = procs["bare" if target == "bare" else "web"]
-                result["server_cpu_ms"] = ((server_cpu_s(served) - cpu_before) * 1000
-                                           / (result["completed"] + w.mailboxes))
-                log(f"run {run + 1} {target:4}: {result['rps']:.0f} req/s, p50 "
-                    f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-                    f"statuses {result['statuses']}{extra}, gunicorn workers' CPU "
-                    f"{result['server_cpu_ms']:.2f} ms/request")
-        webhook_rps = statistics.median(x["rps"] for x in web_runs)
-        bare_rps = statistics.median(x["rps"] for x in bare_runs)
-        rate = webhook_rps / 2
-        log(f"open loop: {rate:.0f} req/s offered to the webhook for {w.duration:g} s")
-        opened = loadgen({**base, "port": web_port, "mode": "open", "rate": rate,
-                          "connections": w.open_connections, "warmup": w.mailboxes,
-                          "clear_marks": {"redis_url": redis_url, "keys": marks}})
-        graph_rps = statistics.median(x["rps"] for x in graph_runs)
-        graph_rate = graph_rps / 2
-        log(f"open loop: {graph_rate:.0f} req/s offered to the Graph webhook for "
-            f"{w.duration:g} s")
-        graph_opened = loadgen({**graph_base, "port": web_port, "mode": "open",
-                                "rate": graph_rate, "connections": w.open_connections,
-                                "warmup": w.mailboxes,
-                                "clear_marks": {"redis_url": redis_url, "keys": graph_marks}})
-        bad = {k: v for k, v in {**opened["statuses"], **{
-            k: v for x in web_runs + bare_runs for k, v in x["statuses"].items()}}.items()
-            if k != "204"}
-        graph_bad = {k: v for k, v in {**graph_opened["statuses"], **{
-            k: v for x in graph_runs for k, v in x["statuses"].items()}}.items()
-            if k != "202"}
+                closed_run(target, run, w, r, redis_url)
+        opened = open_run(web, "the webhook", w, redis_url)
+        graph_opened = open_run(graph, "the Graph webhook", w, redis_url)
+        bad = unexpected(web, bare, opened=opened)
+        graph_bad = unexpected(graph, opened=graph_opened)
 
         r.flushdb()  # drop the piled-up tasks before a worker starts consuming
         worker_log = w.var / "worker.log"
@@ -541,6 +553,10 @@ def main() -> None:
             connections.close_all()
             drop_database(base_url, w.database)
 
+    web_runs, bare_runs, graph_runs = web.runs, bare.runs, graph.runs
+    enqueue_shares, graph_shares = web.shares, graph.shares
+    webhook_rps, bare_rps, graph_rps = web.rps(), bare.rps(), graph.rps()
+    rate, graph_rate = webhook_rps / 2, graph_rps / 2
     ratio = webhook_rps / bare_rps
     client_cpu = statistics.median(x["client_cpu_s"] / x["elapsed_s"] for x in web_runs)
     print(f"mailboxes:              {w.mailboxes} (pushes round-robin; the 'sync pending' "
@@ -566,9 +582,10 @@ def main() -> None:
           f"{'met' if opened['p99_ms'] < 50 else 'missed'})")
     web_cpu = statistics.median(x["server_cpu_ms"] for x in web_runs)
     bare_cpu = statistics.median(x["server_cpu_ms"] for x in bare_runs)
-    print(f"gunicorn workers' CPU:  webhook {web_cpu:.2f} ms/request, bare view "
-          f"{bare_cpu:.2f} ms/request (median; PostgreSQL and Redis not included; less "
-          "sensitive to other load on the machine than req/s)")
+    graph_cpu = statistics.median(x["server_cpu_ms"] for x in graph_runs)
+    print(f"gunicorn workers' CPU:  webhook {web_cpu:.2f} ms/request, Graph webhook "
+          f"{graph_cpu:.2f}, bare view {bare_cpu:.2f} (median; PostgreSQL and Redis not "
+          "included; less sensitive to other load on the machine than req/s)")
     print(f"non-204 answers:        {bad or 'none'}")
     print(f"load generator:         one Python process using {client_cpu:.0%} of a core "
           f"during the webhook runs, on this {os.cpu_count()}-core machine")
@@ -612,6 +629,9 @@ def main() -> None:
         "graph_p99_ms": round(graph_opened["p99_ms"], 2),
         "graph_notification_to_ticket_p50_ms": round(pct(ntt, 0.5), 1),
         "graph_notification_to_ticket_p95_ms": round(pct(ntt, 0.95), 1),
+        "webhook_cpu_ms": round(web_cpu, 3),
+        "graph_cpu_ms": round(graph_cpu, 3),
+        "bare_cpu_ms": round(bare_cpu, 3),
     }))
 
 

@@ -63,6 +63,13 @@ class ConnectionHealth:
         return providers.last_sync_label(self.connection.provider)
 
     @property
+    def error_help(self) -> tuple[str, str] | None:
+        """(url, label) of the page that fixes the last error, when its provider names
+        one (an organization's admin consent); the health block links it."""
+        conn = self.connection
+        return providers.error_help(conn.provider, conn.status, conn.last_error)
+
+    @property
     def last_sync_age(self) -> str:
         return age_in_words(self.connection.last_sync_at, self.now)
 

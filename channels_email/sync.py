@@ -24,6 +24,7 @@ Contract of ``connection_sync(connection_id)``:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 FULL_SYNC_MARGIN = timedelta(hours=1)
 LOCK_SECONDS = 300
 MAX_PAGES = 200
+PENDING_SECONDS = 600  # a lost task blocks the pushes of its mailbox at most this long
 
 
 class SyncBusy(Exception):  # noqa: N818 - a signal to the task
@@ -64,7 +66,7 @@ def push_mark(connection_id: int) -> bool:
     """Mark a sync as wanted; True when no sync was already pending (the caller enqueues
     one). The mark expires by itself so a lost task cannot block pushes for long."""
     return bool(redis_client().set(redis_key("sync-pending", connection_id), "1", nx=True,
-                                   ex=600))
+                                   ex=PENDING_SECONDS))
 
 
 def push_unmark(connection_id: int) -> None:
@@ -75,16 +77,38 @@ def sync_request(connection_id: int, trigger: str = "push") -> bool:
     """Queue one sync of the connection unless one is pending already (coalescing);
     True when a task was queued. If the task cannot be queued the mark is taken back and
     the error raised, so the caller can answer "try again"."""
+    return bool(sync_request_many((connection_id,), trigger))
+
+
+def sync_request_many(connection_ids: Iterable[int], trigger: str = "push") -> list[int]:
+    """``sync_request`` for several connections at once: their marks are set in one Redis
+    round trip, then one sync is queued for each connection that had none pending; the
+    ids queued are returned. If a task cannot be queued, the marks of that connection
+    and of those not queued yet are taken back and the error raised (the ones queued
+    before stay queued)."""
     from channels_email.tasks import sync_connection
 
-    if not push_mark(connection_id):
-        return False
+    ids = list(dict.fromkeys(connection_ids))
+    if not ids:
+        return []
+    pipe = redis_client().pipeline(transaction=False)
+    for connection_id in ids:
+        pipe.set(redis_key("sync-pending", connection_id), "1", nx=True, ex=PENDING_SECONDS)
+    marked = [cid for cid, fresh in zip(ids, pipe.execute(), strict=True) if fresh]
+    queued: list[int] = []
     try:
-        sync_connection.delay(connection_id=connection_id, trigger=trigger)
+        with sync_connection.app.producer_or_acquire() as producer:  # one for the batch
+            for connection_id in marked:
+                sync_connection.apply_async(
+                    kwargs={"connection_id": connection_id, "trigger": trigger},
+                    producer=producer)
+                queued.append(connection_id)
     except Exception:
-        push_unmark(connection_id)
+        unsent = marked[len(queued):]
+        if unsent:
+            redis_client().delete(*(redis_key("sync-pending", cid) for cid in unsent))
         raise
-    return True
+    return queued
 
 
 def connection_sync(connection_id: int, trigger: str = "push") -> SyncResult:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
@@ -92,47 +93,65 @@ class CachedLookup:
         except (OperationalError, InterfaceError) as exc:  # PostgreSQL cannot be reached
             raise LookupUnavailable("database_unavailable") from exc
 
-    def by_subscription(self, provider: str, subscription_id: str
-                        ) -> SubscriptionOwner | None:
-        """The connection of a subscription and the digest of its secret, cached once
-        found for ``SUBSCRIPTION_CACHE_SECONDS`` in Redis and for a few seconds in this
-        process (a subscription's secret never changes and a new subscription has a new
-        id; a notification for a connection disconnected meanwhile only queues a sync that
-        skips it). An unknown id is not cached: the first notifications of a new
-        subscription may arrive before its id is stored."""
-        key = f"subscription-owner:{provider}:{subscription_id}"
-        local = _SUBSCRIPTIONS.get(key)
-        if local is not None and local[0] > time.monotonic():
-            return local[1]
+    def by_subscriptions(self, provider: str, subscription_ids: Iterable[str]
+                         ) -> dict[str, SubscriptionOwner]:
+        """The connection of each subscription and the digest of its secret: from this
+        process's cache (a few seconds), else one Redis read for all the rest
+        (``SUBSCRIPTION_CACHE_SECONDS``), else one SQL statement for what Redis did not
+        have, whose answers are cached in one Redis round trip. A subscription's secret
+        never changes and a new subscription has a new id; a notification for a
+        connection disconnected meanwhile only queues a sync that skips it. An unknown id
+        is not cached: the first notifications of a new subscription may arrive before
+        its id is stored."""
+        now = time.monotonic()
+        owners: dict[str, SubscriptionOwner] = {}
+        missing: dict[str, str] = {}  # cache key -> subscription id
+        for subscription_id in subscription_ids:
+            key = f"subscription-owner:{provider}:{subscription_id}"
+            local = _SUBSCRIPTIONS.get(key)
+            if local is not None and local[0] > now:
+                owners[subscription_id] = local[1]
+            else:
+                missing[key] = subscription_id
+        if not missing:
+            return owners
         try:
-            cached = cache.get(key)
+            cached = cache.get_many(list(missing))
         except RedisError as exc:
             raise LookupUnavailable("redis_unavailable") from exc
-        if cached is not None:
-            owner = SubscriptionOwner(int(cached[0]), str(cached[1]))
-        else:
+        found: dict[str, SubscriptionOwner] = {}
+        for key, (connection_id, digest) in cached.items():
+            found[missing.pop(key)] = SubscriptionOwner(int(connection_id), str(digest))
+        if missing:
             try:
                 # Unscoped: a notification names only the subscription (unique per provider).
                 with unscoped():
-                    found = (EmailConnection.objects.filter(provider=provider,
-                                                            subscription_id=subscription_id)
-                             .exclude(status=ConnectionStatus.DISCONNECTED)
-                             .exclude(subscription_id="")
-                             .values_list("pk", "subscription_secret").first())
+                    rows = list(EmailConnection.objects
+                                .filter(provider=provider,
+                                        subscription_id__in=list(missing.values()))
+                                .exclude(status=ConnectionStatus.DISCONNECTED)
+                                .exclude(subscription_id="")
+                                .values_list("subscription_id", "pk", "subscription_secret"))
             except (OperationalError, InterfaceError) as exc:
                 raise LookupUnavailable("database_unavailable") from exc
-            if not found:
-                return None
-            owner = SubscriptionOwner.of(found[0], found[1] or "")
-            try:
-                cache.set(key, (owner.connection_id, owner.secret_digest),
-                          SUBSCRIPTION_CACHE_SECONDS)
-            except RedisError as exc:
-                raise LookupUnavailable("redis_unavailable") from exc
-        if len(_SUBSCRIPTIONS) > 50_000:
+            stored = {}
+            for subscription_id, pk, secret in rows:
+                owner = SubscriptionOwner.of(pk, secret or "")
+                found[subscription_id] = owner
+                stored[f"subscription-owner:{provider}:{subscription_id}"] = (
+                    owner.connection_id, owner.secret_digest)
+            if stored:
+                try:
+                    cache.set_many(stored, SUBSCRIPTION_CACHE_SECONDS)
+                except RedisError as exc:
+                    raise LookupUnavailable("redis_unavailable") from exc
+        if len(_SUBSCRIPTIONS) + len(found) > 50_000:
             _SUBSCRIPTIONS.clear()
-        _SUBSCRIPTIONS[key] = (time.monotonic() + LOCAL_CACHE_SECONDS, owner)
-        return owner
+        until = time.monotonic() + LOCAL_CACHE_SECONDS
+        for subscription_id, owner in found.items():
+            _SUBSCRIPTIONS[f"subscription-owner:{provider}:{subscription_id}"] = (until, owner)
+        owners.update(found)
+        return owners
 
 
 def forget_subscription(provider: str, subscription_id: str) -> None:
@@ -164,16 +183,15 @@ def provider_webhook(request: HttpRequest, provider: str, hook: str,
         return _text(outcome.status, outcome.text)
     if not isinstance(outcome, Accepted):
         raise TypeError(f"{provider}.handle_webhook answered {outcome!r}")
-    from channels_email.sync import sync_request
+    from channels_email.sync import sync_request_many
     from channels_email.tasks import start_watch
 
-    for connection_id in outcome.connection_ids:
-        try:
-            sync_request(connection_id)
-        except Exception:  # noqa: BLE001 - broker or Redis down: let the provider retry
-            logger.exception("webhook.%s.enqueue_failed connection=%s", log_key,
-                             connection_id)
-            return _text(503, "try again")
+    try:  # the marks in one Redis round trip, a task for each connection not pending
+        sync_request_many(outcome.connection_ids)
+    except Exception:  # noqa: BLE001 - broker or Redis down: let the provider retry
+        logger.exception("webhook.%s.enqueue_failed connections=%s", log_key,
+                         ",".join(map(str, outcome.connection_ids)))
+        return _text(503, "try again")
     for connection_id in outcome.renew_ids:
         try:  # renews (or recreates) the subscription, then queues a catch-up sync
             start_watch.delay(connection_id=connection_id, fresh_token=True)

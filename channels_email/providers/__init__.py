@@ -109,6 +109,15 @@ def last_sync_label(name: str) -> str:
     return getattr(cls, "last_sync_label", "") or "Last sync"
 
 
+def error_help(name: str, status: str, last_error: str) -> tuple[str, str] | None:
+    """(url, label) of the page an admin must visit to fix what ``last_error`` says, for
+    a mailbox of provider ``name`` in ``status``, when its provider offers one (a
+    Microsoft organization's admin consent); None otherwise."""
+    cls = _classes().get(name)
+    helper = getattr(cls, "error_help", None)
+    return helper(status, last_error) if helper is not None else None
+
+
 def webhook_routes() -> list[tuple[str, WebhookRoute]]:
     """(provider name, route) of every enabled provider's webhooks."""
     return [(name, route) for name, cls in _classes().items()

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -288,8 +289,12 @@ class ConnectionLookup(Protocol):
 
     def by_mailbox(self, provider: str, mailbox: str) -> int | None: ...
 
-    def by_subscription(self, provider: str, subscription_id: str
-                        ) -> SubscriptionOwner | None: ...
+    def by_subscriptions(self, provider: str, subscription_ids: Iterable[str]
+                         ) -> dict[str, SubscriptionOwner]:
+        """The owners of those of ``subscription_ids`` that belong to a connected
+        connection (the unknown ones are absent), whatever their number in one read of
+        each cache and at most one SQL statement."""
+        ...
 
 
 # -------------------------------------------------------------------------- capabilities

@@ -208,6 +208,18 @@ def _expire_soon(conn: EmailConnection) -> None:
     conn.save(update_fields=["credentials"])
 
 
+def _refresh_fails(conn: EmailConnection, tenant) -> None:
+    """The token is due: its refresh is refused (an AuthError), and health records it."""
+    from channels_email import providers
+
+    _expire_soon(conn)
+    with tenant_scope(tenant):
+        with pytest.raises(providers.AuthError) as caught:
+            ensure_fresh_token(conn)
+        health.record_error(conn, caught.value)
+        conn.refresh_from_db()
+
+
 def test_refresh_before_expiry_saves_the_rotated_cache(ms, admin_client, tenant):
     conn = _connected(admin_client, tenant)
     before = conn.credentials
@@ -239,19 +251,59 @@ def test_a_dead_grant_is_token_expired_with_its_reason(ms, admin_client, tenant,
     else:
         requests.post(ms + "/_sandbox/revoke-all", json={"email": conn.address},
                       timeout=5).raise_for_status()
-    _expire_soon(conn)
-    from channels_email import providers
-
-    with tenant_scope(tenant):
-        with pytest.raises(providers.AuthError) as caught:
-            ensure_fresh_token(conn)
-        health.record_error(conn, caught.value)
-    with tenant_scope(tenant):
-        conn.refresh_from_db()
+    _refresh_fails(conn, tenant)
     assert conn.status == ConnectionStatus.TOKEN_EXPIRED and words in conn.last_error
     page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
     assert "Token expired" in page or "Token Expired" in page
     assert words in page
+
+
+def test_consent_withdrawn_at_refresh_links_the_admin_consent_page(ms, admin_client, tenant):
+    import html
+    import re
+
+    conn = _connected(admin_client, tenant)
+    requests.post(ms + "/_sandbox/microsoft/withdraw-consent", json={"tenant": "contoso"},
+                  timeout=5).raise_for_status()
+    _refresh_fails(conn, tenant)
+    assert conn.status == ConnectionStatus.TOKEN_EXPIRED and "AADSTS65001" in conn.last_error
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    found = re.search(r'<a class="button" href="([^"]*)"[^>]*>Grant admin consent for your '
+                      r'organization</a>', page)
+    assert found, page
+    link = html.unescape(found.group(1))
+    assert link.startswith(ms + "/organizations/v2.0/adminconsent?") and link in conn.last_error
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
+    assert query["client_id"] == MS_CLIENT_ID and query["redirect_uri"] == CALLBACK
+
+    # An admin of the organization follows it and is sent back to our callback, which
+    # says the permissions were granted; Reconnect then signs the mailbox in again.
+    ms_mailbox(ms, "admin@contoso.test", "contoso")
+    url, encoded = link.split("?", 1)
+    params = dict(urllib.parse.parse_qsl(encoded))
+    session = requests.Session()
+    session.get(link, timeout=5)
+    session.post(url, data={**params, "email": "admin@contoso.test"}, timeout=5)
+    done = session.post(url, data={**params, "email": "admin@contoso.test",
+                                   "decision": "accept"}, allow_redirects=False, timeout=5)
+    returned = urllib.parse.urlsplit(done.headers["Location"])
+    notice = admin_client.get(returned.path + "?" + returned.query)
+    assert "Microsoft 365 permissions for the organization" in notice.content.decode()
+    assert connect_mailbox(admin_client, tenant).status_code == 302
+    with tenant_scope(tenant):
+        conn.refresh_from_db()
+    assert conn.status == ConnectionStatus.ACTIVE
+    page = admin_client.get(f"/{tenant.slug}/settings/email/").content.decode()
+    assert "Grant admin consent for your organization" not in page
+
+
+def test_an_error_link_elsewhere_than_the_sign_in_origin_is_not_linked(ms):
+    from channels_email import providers
+
+    text = ("AuthError: The organization's consent for this app was withdrawn (AADSTS65001):"
+            " ... at https://evil.example/organizations/v2.0/adminconsent?client_id=x then")
+    assert providers.error_help("microsoft", ConnectionStatus.TOKEN_EXPIRED, text) is None
+    assert providers.error_help("microsoft", ConnectionStatus.ACTIVE, text) is None
 
 
 def test_reconnect_and_disconnect(ms, admin_client, tenant):

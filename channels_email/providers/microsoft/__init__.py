@@ -4,6 +4,7 @@ MIME fetch and send) and its change and lifecycle notifications (``webhooks.py``
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -20,6 +21,8 @@ from channels_email.providers.base import (
 from channels_email.providers.microsoft import webhooks
 from channels_email.providers.microsoft.graph import GraphMailbox
 from channels_email.providers.microsoft.identity import ENTRA_APPS, MicrosoftIdentity
+
+_ADMIN_CONSENT_LINK = re.compile(r"https?://[^\s?#]+/v2\.0/adminconsent\?[^\s()]+")
 
 
 class MicrosoftProvider(MicrosoftIdentity, GraphMailbox):
@@ -78,6 +81,20 @@ class MicrosoftProvider(MicrosoftIdentity, GraphMailbox):
                 if origin not in origins:
                     origins.append(origin)
         return tuple(origins)
+
+    @classmethod
+    def error_help(cls, status: str, last_error: str) -> tuple[str, str] | None:
+        """The admin-consent link a withdrawn consent (AADSTS65001 at refresh) put in the
+        connection's last error, if it goes to this server's Microsoft sign-in origin."""
+        if status != "token_expired" or "AADSTS65001" not in last_error:
+            return None
+        found = _ADMIN_CONSENT_LINK.search(last_error)
+        if not found:
+            return None
+        parts = urlsplit(found.group(0))
+        if f"{parts.scheme}://{parts.netloc}" not in cls().form_action_origins():
+            return None
+        return found.group(0), "Grant admin consent for your organization"
 
     def handle_webhook(self, hook: str, request, lookup: ConnectionLookup
                        ) -> Handshake | Accepted | Rejected:

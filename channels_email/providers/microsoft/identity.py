@@ -35,6 +35,7 @@ from urllib.parse import urlencode, urlsplit
 import msal
 import requests
 from django.conf import settings
+from django.urls import reverse
 
 from channels_email.providers.base import (
     ACCESS_TOKEN_REFUSED,
@@ -308,8 +309,25 @@ class MicrosoftIdentity:
             raise AuthError("Microsoft has no refresh token for this mailbox any more",
                             reason="invalid_grant")
         if "error" in result:
-            raise token_error(result, during="refresh")
+            error = token_error(result, during="refresh")
+            if isinstance(error, AuthError) and error.reason == "consent_required":
+                raise self._consent_withdrawn(app, error) from None
+            raise error
         return _token_set(result, cache, previous=credentials)
+
+    def _consent_withdrawn(self, app: msal.ConfidentialClientApplication,
+                           error: AuthError) -> AuthError:
+        """AADSTS65001 at refresh: the message (the connection's last error) carries the
+        tenant-wide admin-consent link, as the connect flow's consent error does."""
+        callback = settings.PUBLIC_BASE_URL.rstrip("/") + reverse(
+            "oauth_callback", kwargs={"provider": self.name})
+        url = admin_consent_url(app, callback)
+        return AuthError(
+            "The organization's consent for this app was withdrawn (AADSTS65001): an "
+            "administrator of the Microsoft 365 organization must grant it again for "
+            f"everyone at {url} (or Entra admin center > Enterprise applications > this app "
+            "> Permissions > Grant admin consent), then reconnect the mailbox.",
+            status=error.status, reason=error.reason)
 
     def revoke(self, credentials: dict) -> None:
         """Microsoft has no endpoint for an app to give up its grant: the token cache is
