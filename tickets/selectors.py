@@ -75,7 +75,12 @@ def ticket_search(*, tenant: Tenant, term: str) -> Q:
     their ids (the page is then sorted from them), more mean a common word, for which the
     walk along the most recent first finds a page at once."""
     few = list(search_matches(tenant=tenant, term=term))
-    return Q(pk__in=few) if len(few) < SEARCH_FEW else search_condition(term)
+    if len(few) >= SEARCH_FEW:
+        return search_condition(term)
+    # One array parameter, not one placeholder per id: the statement's text is the same
+    # for any number of matches, so psycopg prepares it and PostgreSQL plans it once.
+    return Q(RawSQL(f'{Ticket._meta.db_table}."id" = ANY(%s::bigint[])', [few],
+                    output_field=BooleanField()))
 
 
 def search_matches(*, tenant: Tenant, term: str) -> QuerySet:
