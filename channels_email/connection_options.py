@@ -2,9 +2,9 @@
 with the mailbox's settings (``credentials["options"]``) and honoured by every task
 through ``health.may_call`` / ``health.wait_seconds``:
 
-- ``max_tries``: after this many failed calls in a row the connection counts as failing
-  and waits ``cool_off_minutes`` after its last error before it is tried again (0: no
-  limit);
+- ``max_tries``: after this many failed calls in a row the connection waits
+  ``cool_off_minutes`` after its last error before it is tried again (0: no limit; the
+  health block's "Failing" flag is a separate, fixed count);
 - ``skip_times``: daily windows ("02:00-04:00"; one may wrap past midnight) in the
   mailbox's ``time_zone`` (default: the server's) when nothing is fetched or sent;
 - the connection timeout (``timeout_ms``) is the provider's, read with its settings.

@@ -31,7 +31,15 @@ from helpdesk.models import Role, Tenant, User
 from helpdesk.services import membership_set, tenant_create
 from helpdesk.tenancy import tenant_scope
 from routing.models import Flow, Rule, Team, TeamMember
-from tickets.models import MessageKind, SourceChannel, Ticket, TicketPriority, TicketStatus
+from tickets.models import (
+    DeliveryStatus,
+    Message,
+    MessageKind,
+    SourceChannel,
+    Ticket,
+    TicketPriority,
+    TicketStatus,
+)
 from tickets.services import message_add, note_add, ticket_create, ticket_update
 
 DEMO_PASSWORD = "demo-pass-2026"
@@ -219,7 +227,12 @@ def _thread(tenant, contact, subject, team, status, priority, assignee, thread, 
             note_add(ticket=ticket, author=author, body_text=text)
         else:
             reply = reply_create(ticket=ticket, author=author, body_text=text)
-            deliver(reply.pk)  # the mailbox is disconnected: Failed, with the reason
+            if any(k == MessageKind.INBOUND for k, _ in thread[position + 1:]):
+                # The customer answered it: it went out while the mailbox was connected.
+                Message.objects.filter(pk=reply.pk).update(
+                    delivery_status=DeliveryStatus.DELIVERED, delivery_error="")
+            else:
+                deliver(reply.pk)  # the mailbox is disconnected now: Failed, with the reason
     if status != ticket.status:
         ticket.refresh_from_db()
         ticket_update(ticket=ticket, status=status, priority=ticket.priority,

@@ -60,9 +60,10 @@ def test_seed_twice_creates_what_it_says_once(client, capsys):
 
 @pytest.mark.django_db
 def test_seeded_replies_are_settled_with_recipients_and_notices_are_not_repeated():
-    """No seeded reply waits for a send that never comes: each went through the send path
-    and Failed on the disconnected demo mailbox, addressed to the ticket's customer, so
-    the redrive sweep finds nothing. Nobody is told twice about the same thing."""
+    """No seeded reply waits for a send that never comes: one the customer answered is
+    Delivered, the others went through the send path and Failed on the disconnected demo
+    mailbox, each addressed to the ticket's customer, so the redrive sweep finds nothing.
+    Nobody is told twice about the same thing."""
     call_command("seed_demo")
     with unscoped():
         replies = list(Message.objects.filter(kind=MessageKind.OUTBOUND)
@@ -73,8 +74,16 @@ def test_seeded_replies_are_settled_with_recipients_and_notices_are_not_repeated
             assert reply.to_addresses == [reply.ticket.contact.email]
             assert reply.email_connection.address == DEMO_MAILBOX
             assert reply.message_id_header
+            # One the customer answered went out while the mailbox was connected; the
+            # others Failed on it now that it is disconnected.
+            answered = Message.objects.filter(ticket=reply.ticket, kind=MessageKind.INBOUND,
+                                              created_at__gt=reply.created_at).exists()
+            assert reply.delivery_status == (DeliveryStatus.DELIVERED if answered
+                                             else DeliveryStatus.FAILED)
             if reply.delivery_status == DeliveryStatus.FAILED:
                 assert "reconnect" in reply.delivery_error
+        assert {r.delivery_status for r in replies} == {DeliveryStatus.DELIVERED,
+                                                        DeliveryStatus.FAILED}
         assert EmailConnection.objects.get(address=DEMO_MAILBOX).status == \
             ConnectionStatus.DISCONNECTED
 

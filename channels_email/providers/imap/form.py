@@ -59,7 +59,7 @@ class ImapAccountForm(forms.Form):
                                      initial="leave")
     move_to = forms.CharField(label="Move to folder", max_length=200, required=False)
     max_tries = forms.IntegerField(
-        label="Max tries before the connection counts as failing", min_value=0,
+        label="Failed tries in a row before a cool-off", min_value=0,
         max_value=100, initial=3, required=False,
         help_text="0: keep trying without a pause. Empty: 3.")
     cool_off_minutes = forms.IntegerField(
