@@ -27,6 +27,14 @@ def launch_chromium(playwright):
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
 
 
+def sign_in(page, base_url: str, email: str, password: str) -> None:
+    """Sign in on the login page as a person would."""
+    page.goto(base_url + "/accounts/login/")
+    page.fill("#id_username", email)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+
+
 @pytest.fixture
 def gmail(settings, sandbox, live_server):
     """Settings and sandbox for a browser run against the live server (the fixture name

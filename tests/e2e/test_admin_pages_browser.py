@@ -18,7 +18,7 @@ from channels_email.providers import AuthError, RateLimited, TransientError
 from helpdesk.tenancy import tenant_scope
 from routing.models import Rule, Team
 from routing.services import flow_create, rule_create
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD, EmailConnectionFactory, TeamFactory
 
 pytestmark = BROWSER_MARKS
@@ -81,10 +81,7 @@ def test_admin_pages_show_health_in_colour_ask_before_disconnecting_and_read_as_
         page.set_default_timeout(20_000)
         native_dialogs: list[str] = []
         page.on("dialog", lambda d: (native_dialogs.append(d.message), d.dismiss()))
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
         expect(page.locator("header.top .who")).to_contain_text(admin_user.display_name)
 
         # The health list: each status in its colour and words.

@@ -21,7 +21,7 @@ from channels_email.models import InboundEmail
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_flow import connect_mailbox
 from tests.channels_email.test_gmail_worker import wait_for, worker  # noqa: F401 - fixture
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket, TicketStatus
 
@@ -66,10 +66,7 @@ def test_agent_works_the_desk_in_the_browser(
         navigations: list[str] = []
         page.on("framenavigated",
                 lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", agent.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, agent.email, PASSWORD)
 
         # The list: My open tickets by default (none yet), then the Unassigned view.
         page.goto(base)

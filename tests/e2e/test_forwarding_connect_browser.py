@@ -13,14 +13,11 @@ from email.policy import SMTP as smtp_policy
 from email.utils import make_msgid
 from pathlib import Path
 
-import pytest
-
 from channels_email.models import EmailConnection, InboundEmail, InboundState
-from channels_email.providers.forwarding.smtp import InboundSMTPServer
 from channels_email.tasks import process_inbound_email
 from helpdesk.tenancy import tenant_scope, unscoped
-from sandbox.mailserver import free_port
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.channels_email.test_forwarding import smtp_server  # noqa: F401 - the fixture
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD
 from tickets.models import Ticket
 
@@ -28,16 +25,8 @@ pytestmark = BROWSER_MARKS
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-@pytest.fixture
-def smtp_server(settings):
-    settings.INBOUND_EMAIL_DOMAIN = "inbound.localhost"
-    server = InboundSMTPServer("127.0.0.1", free_port()).start()
-    yield server
-    server.stop()
-
-
 def test_admin_adds_a_forwarding_mailbox_and_its_first_mail_becomes_a_ticket(
-        live_server, tenant, admin_user, smtp_server, monkeypatch):
+        live_server, tenant, admin_user, smtp_server, monkeypatch):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM reads beside Playwright
@@ -46,10 +35,7 @@ def test_admin_adds_a_forwarding_mailbox_and_its_first_mail_becomes_a_ticket(
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.set_default_timeout(20_000)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
         page.goto(f"{live_server.url}/{tenant.slug}/settings/email/")
         page.get_by_role("link", name="Forwarding: any mail service").click()
 

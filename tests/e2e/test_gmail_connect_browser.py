@@ -10,7 +10,7 @@ import requests
 from channels_email.models import EmailConnection
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_worker import worker  # noqa: F401 - fixture
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD, TeamFactory
 
 pytestmark = BROWSER_MARKS
@@ -27,10 +27,7 @@ def test_admin_connects_gmail_in_the_browser_and_mail_reaches_the_team_queue(
         browser = launch_chromium(playwright)
         page = browser.new_page()
         page.set_default_timeout(20_000)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
         page.goto(f"{live_server.url}/{tenant.slug}/settings/email/")
         page.get_by_role("button", name="Gmail: Authorize with Google").click()
         # The sandbox's Google pages: pick an account, then consent.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from channels_email.models import EmailConnection
 from helpdesk.tenancy import tenant_scope, unscoped
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD
 
 pytestmark = BROWSER_MARKS
@@ -28,10 +28,7 @@ def test_admin_adds_an_imap_mailbox_testing_the_connection_first(
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.set_default_timeout(20_000)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
         page.goto(f"{live_server.url}/{tenant.slug}/settings/email/")
         page.get_by_role("link", name="IMAP/SMTP: any mail server").click()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from channels_email.models import EmailConnection
 from helpdesk.tenancy import tenant_scope
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD
 from tests.sandbox_support import ms_mailbox, use_sandbox_microsoft
 
@@ -32,10 +32,7 @@ def test_admin_connects_microsoft_365_beside_gmail_and_sees_both_healthy(
         browser = launch_chromium(playwright)
         page = browser.new_page()
         page.set_default_timeout(20_000)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
 
         page.goto(channels)
         page.get_by_role("button", name="Outlook / Microsoft 365").click()

@@ -15,7 +15,7 @@ import requests
 from channels_email.models import ConnectionStatus, EmailConnection
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_worker import worker  # noqa: F401 - fixture
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD
 from tickets.models import Ticket
 
@@ -72,10 +72,7 @@ def test_a_revoked_grant_turns_red_with_a_banner_and_reconnect_brings_the_mail(
         browser = launch_chromium(playwright)
         page = browser.new_page()
         page.set_default_timeout(20_000)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
         page.goto(channels)
         page.get_by_role("button", name="Gmail: Authorize with Google").click()
         _consent(page)

@@ -21,7 +21,7 @@ from channels_email.models import ConnectionStatus, EmailConnection
 from helpdesk.tenancy import tenant_scope
 from tests.channels_email.test_gmail_flow import connect_mailbox
 from tests.channels_email.test_gmail_worker import wait_for, worker  # noqa: F401 - fixture
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.factories import PASSWORD
 from tickets.models import DeliveryStatus, Message, MessageKind, Ticket
 
@@ -99,10 +99,7 @@ def test_agent_replies_with_an_attachment_and_sees_it_delivered_without_reloadin
         page.on("request", lambda request: polls.append(request.url)
                 if "/delivery/" in request.url else None)
 
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", agent.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, agent.email, PASSWORD)
         expect(page.locator("header.top .who")).to_contain_text(agent.display_name)
 
         # The ticket view: the customer's HTML shows, sanitised, under our CSP.

@@ -10,7 +10,7 @@ from standardwebhooks.webhooks import Webhook
 from helpdesk.models import WebhookEndpoint, WebhookEvent
 from helpdesk.tenancy import tenant_scope
 from helpdesk.webhooks_out import live_secrets, webhook_attempt
-from tests.e2e.conftest import BROWSER_MARKS, launch_chromium
+from tests.e2e.conftest import BROWSER_MARKS, launch_chromium, sign_in
 from tests.e2e.test_admin_pages_browser import RECORD_CSP_VIOLATIONS
 from tests.factories import PASSWORD
 from tests.helpdesk.webhook_receiver import Receiver
@@ -36,10 +36,7 @@ def test_an_admin_adds_an_endpoint_sends_a_test_event_and_sees_it_delivered(
         context.add_init_script(RECORD_CSP_VIOLATIONS)
         page = context.new_page()
         page.set_default_timeout(20_000)
-        page.goto(live_server.url + "/accounts/login/")
-        page.fill("#id_username", admin_user.email)
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
+        sign_in(page, live_server.url, admin_user.email, PASSWORD)
         page.click("header.top nav >> text=Webhooks")
         expect(page.locator("nav a[aria-current=page]")).to_have_text("Webhooks")
         expect(page.locator("main")).to_contain_text("No webhook endpoints yet")

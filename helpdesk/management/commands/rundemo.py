@@ -372,12 +372,8 @@ class Command(BaseCommand):
             smtp.rset()
             smtp.sendmail("dana@customer.example", [forwarded], raw)
         opener, _, _ = self._signed_in(url, ADMIN_EMAIL)
-        deadline = time.monotonic() + 60
-        queue = f"{url}acme/tickets/?view=unassigned"
-        while subject not in opener.open(queue, timeout=10).read().decode():
-            if time.monotonic() > deadline:
-                raise CommandError("the forwarded email did not become a ticket within 60 s")
-            time.sleep(0.5)
+        _wait_for_ticket(opener, f"{url}acme/tickets/?view=unassigned", subject,
+                         "the forwarded email")
         self.stdout.write("forwarding: unknown address refused at RCPT, email -> ticket OK")
 
     def _check_connect(self, url: str, sandbox_url: str, provider, demo) -> None:
@@ -417,12 +413,8 @@ class Command(BaseCommand):
                              "subject": subject, "body": "Is anyone there?"}).encode(),
             headers={"Content-Type": "application/json"})
         urllib.request.urlopen(request, timeout=10).read()
-        deadline = time.monotonic() + 60
-        queue = f"{url}acme/tickets/?team={team.group(1)}"
-        while subject not in opener.open(queue, timeout=10).read().decode():
-            if time.monotonic() > deadline:
-                raise CommandError("the sandbox email did not become a ticket within 60 s")
-            time.sleep(0.5)
+        _wait_for_ticket(opener, f"{url}acme/tickets/?team={team.group(1)}", subject,
+                         "the sandbox email")
         post(f"{channels}{connection_id}/disconnect/", {}, channels).read()
         self.stdout.write(f"{provider.name}: connect, route to a team, sandbox email -> "
                           "ticket OK")
@@ -530,3 +522,12 @@ class Command(BaseCommand):
             post(f"{channels}{connection.group(1)}/disconnect/", {}, channels).read()
         self.stdout.write(f"demo mailbox: {DEMO_MAILBOX} suggested and reconnected, a seeded "
                           "reply retried and delivered, the customer's answer threaded OK")
+
+
+def _wait_for_ticket(opener, queue: str, subject: str, what: str) -> None:
+    """Until the ticket list page ``queue`` shows ``subject`` (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while subject not in opener.open(queue, timeout=10).read().decode():
+        if time.monotonic() > deadline:
+            raise CommandError(f"{what} did not become a ticket within 60 s")
+        time.sleep(0.5)
