@@ -129,7 +129,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    return repr(text if len(text) <= 80 else text[:77] + "...")
+    # Quoted as typed: repr() would double a pattern's backslashes ('\\b' for \b).
+    return "'" + (text if len(text) <= 80 else text[:77] + "...") + "'"
 
 
 def condition_problem(condition: Any) -> str | None:

@@ -175,8 +175,10 @@ def _detail_context(request, ticket: Ticket, form=None) -> dict:
             tenant=request.tenant, mailboxes=mailboxes),
         "other_tickets": tickets_for_contact(tenant=request.tenant,
                                              contact_id=ticket.contact_id).exclude(pk=ticket.pk)[:10],
+        # With no mailbox to send from, the composer starts on an internal note.
         "reply_form": form or ReplyForm(initial={"to": ", ".join(to), "cc": ", ".join(cc),
-                                                 "form_token": uuid.uuid4()}),
+                                                 "form_token": uuid.uuid4(),
+                                                 "mode": "reply" if sending else "note"}),
         "reopens": ticket.status in (TicketStatus.SOLVED, TicketStatus.CLOSED),
         "reply_from": sending,
         # The From a reply gets (name, address): the sending mailbox's, or the address the

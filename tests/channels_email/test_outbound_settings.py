@@ -5,6 +5,7 @@ sandbox over HTTP."""
 from __future__ import annotations
 
 import base64
+import re
 from email import message_from_bytes
 from email.policy import default
 from types import SimpleNamespace
@@ -189,7 +190,11 @@ def test_a_ticket_that_did_not_come_by_email_replies_through_the_default_mailbox
     client = Client()  # the agent's browser, beside the admin's
     client.force_login(agent)
     url = f"/{tenant.slug}/tickets/{phoned.number}/"
-    assert "No mailbox to reply from" in client.get(url).content.decode()
+    page = client.get(url).content.decode()
+    assert "No mailbox to reply from" in page
+    # The composer starts on an internal note, the one thing that can be sent.
+    assert re.search(r'<input type="radio" name="mode" value="note"[^>]*checked', page)
+    assert not re.search(r'<input type="radio" name="mode" value="reply"[^>]*checked', page)
     answer = client.post(url + "reply/", {"mode": "reply", "body": "Called you back."})
     assert answer.status_code == 400 and "no mailbox to reply from" in \
         answer.content.decode().lower()

@@ -113,6 +113,9 @@ def test_condition_why_is_human_readable():
         True, "subject contains 'refund': yes")
     assert evaluate_condition(cond("has_attachments", "is", True), make_facts()) == (
         False, "has_attachments is true: no")
+    # A pattern reads as the admin typed it (not with repr's doubled backslashes).
+    assert evaluate_condition(cond("subject", "matches", r"\bzebra\b"), make_facts())[1] == \
+        "subject matches '\\bzebra\\b': no"
 
 
 def test_bool_and_importance_facts():
