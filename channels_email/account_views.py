@@ -17,9 +17,8 @@ from channels_email.connect import ConnectError
 from channels_email.models import EmailConnection
 from channels_email.password_connect import account_check, account_save
 from channels_email.providers.base import Capability
+from channels_email.views import CHANNEL_ADMIN
 from helpdesk.tenancy import require_admin
-
-CHANNEL_ADMIN = "manage email channels"
 
 
 def _start_of(day) -> datetime:

@@ -13,7 +13,7 @@ from channels_email.models import (
     EmailConnection,
     RoutingMode,
 )
-from channels_email.selectors import connections_for_tenant, receives_only
+from channels_email.selectors import connections_for_tenant
 from channels_email.services import FILTER_FIELDS, SETTINGS_FIELDS
 from helpdesk.forms import clean_address
 from helpdesk.patterns import pattern_problem
@@ -74,7 +74,7 @@ class ConnectionSettingsForm(forms.ModelForm):
             tenant=tenant).exclude(pk=self.instance.pk).exclude(
             status=ConnectionStatus.DISCONNECTED).exclude(
             provider__in=providers.names_with(providers.Capability.FORWARDED))
-        if self.instance.pk and receives_only(self.instance):
+        if self.instance.pk and self.instance.receives_forwarded:
             self.fields["reply_connection"].empty_label = "The workspace's default mailbox"
             self.fields["reply_connection"].help_text = (
                 "This mailbox only receives: its replies go out through the one chosen "

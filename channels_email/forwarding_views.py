@@ -11,10 +11,9 @@ from django.shortcuts import redirect, render
 
 from channels_email import providers
 from channels_email.services import connection_create_forwarding
+from channels_email.views import CHANNEL_ADMIN
 from helpdesk.errors import ApplicationError
 from helpdesk.tenancy import require_admin
-
-CHANNEL_ADMIN = "manage email channels"
 
 
 def forwarding_add(request, provider: str):

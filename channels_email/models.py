@@ -189,8 +189,9 @@ class EmailConnection(TenantOwnedModel):
 
     @property
     def receives_forwarded(self) -> bool:
-        """Mail is forwarded to its generated address (Disconnect applies: the inbound
-        SMTP server then refuses that address)."""
+        """Mail is forwarded to its generated address, and the mailbox only receives: its
+        replies go out through another one (Disconnect applies: the inbound SMTP server
+        then refuses that address)."""
         return providers.can(self.provider, providers.Capability.FORWARDED)
 
     @property

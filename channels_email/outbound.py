@@ -508,7 +508,8 @@ def deliver(message_pk: int) -> str:
     Raises SendDeferred when the message should be tried again later.
     """
     with unscoped():  # the id names the message; everything after runs in its tenant
-        message = (Message.objects.select_related("tenant", "email_connection")
+        message = (Message.objects.select_related("tenant", "email_connection",
+                                                  "ticket__email_connection")
                    .filter(pk=message_pk, kind=MessageKind.OUTBOUND).first())
     if message is None or message.delivery_status != DeliveryStatus.PENDING:
         return message.delivery_status if message else "missing"

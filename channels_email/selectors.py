@@ -211,51 +211,35 @@ def connections_with_health(*, tenant: Tenant) -> list[ConnectionHealth]:
             .select_related("routing_team", "routing_flow", "reply_connection")]
 
 
-def receives_only(connection: EmailConnection) -> bool:
-    """A mailbox that can receive only (forwarded to us): replies to its tickets go out
-    through another one."""
-    return providers.can(connection.provider, providers.Capability.FORWARDED)
-
-
 def reply_connection_for(*, ticket, mailboxes: list[EmailConnection] | None = None
                          ) -> EmailConnection | None:
-    """The mailbox replies on ``ticket`` go out through: the one mapped for replies from the
-    ticket's own mailbox (default: that mailbox), else the workspace's default mailbox
-    (tickets that did not come by email, and those of a mailbox that only receives, like a
-    forwarding one). None when there is neither. ``mailboxes``: the ticket's workspace's
-    mailboxes (``tenant_mailboxes``) when the caller has them: the same answer without a
-    query."""
+    """The mailbox replies on ``ticket`` go out through (``reply_connection_of`` its
+    mailbox). ``mailboxes``: the ticket's workspace's mailboxes (``tenant_mailboxes``) when
+    the caller has them already."""
+    return reply_connection_of(tenant_id=ticket.tenant_id,
+                               inbound_id=ticket.email_connection_id, mailboxes=mailboxes)
+
+
+def reply_connection_of(*, tenant_id: int, inbound_id: int | None,
+                        mailboxes: list[EmailConnection] | None = None
+                        ) -> EmailConnection | None:
+    """The mailbox replies to mail of mailbox ``inbound_id`` go out through: the one
+    mapped for its replies (a mapped one disconnected since falls back), else that mailbox
+    itself, else the workspace's default mailbox (mail that did not come by email, and
+    that of a mailbox that only receives, like a forwarding one). None when there is
+    neither. One read of the workspace's mailboxes (none when ``mailboxes`` is given)."""
     if mailboxes is None:
-        return reply_connection_of(tenant_id=ticket.tenant_id, inbound=ticket.email_connection)
+        mailboxes = tenant_mailboxes(tenant_id=tenant_id)
     by_id = {m.pk: m for m in mailboxes}
-    inbound = by_id.get(ticket.email_connection_id)
+    inbound = by_id.get(inbound_id)
     if inbound is not None:
         mapped = by_id.get(inbound.reply_connection_id)
         if mapped is not None and mapped.status != ConnectionStatus.DISCONNECTED:
             return mapped
-        if not receives_only(inbound):
+        if not inbound.receives_forwarded:
             return inbound
-    return min((m for m in mailboxes if m.is_default and not receives_only(m)
+    return min((m for m in mailboxes if m.is_default and not m.receives_forwarded
                 and m.status != ConnectionStatus.DISCONNECTED), key=lambda m: m.pk, default=None)
-
-
-def reply_connection_of(*, tenant_id: int, inbound: EmailConnection | None
-                        ) -> EmailConnection | None:
-    """``reply_connection_for`` a ticket of mailbox ``inbound`` (None: not by email)."""
-    if inbound is not None:
-        if inbound.reply_connection_id:
-            # A mapped mailbox that was disconnected since falls back to the ticket's own.
-            mapped = (EmailConnection.objects.filter(tenant_id=tenant_id,
-                                                     pk=inbound.reply_connection_id)
-                      .exclude(status=ConnectionStatus.DISCONNECTED).first())
-            if mapped is not None:
-                return mapped
-        if not receives_only(inbound):
-            return inbound
-    return (EmailConnection.objects.filter(tenant_id=tenant_id, is_default=True)
-            .exclude(status=ConnectionStatus.DISCONNECTED)
-            .exclude(provider__in=providers.names_with(providers.Capability.FORWARDED))
-            .first())
 
 
 def reply_from(*, inbound: EmailConnection | None, sending: EmailConnection
@@ -377,7 +361,7 @@ class ForwardingOverview:
 
 def forwarding_overview(connection: EmailConnection) -> ForwardingOverview | None:
     """None for a mailbox that is not forwarded to us."""
-    if not receives_only(connection):
+    if not connection.receives_forwarded:
         return None
     latest = (InboundEmail.objects.filter(connection=connection,
                                           reason__startswith="forwarding_confirmation:")
@@ -388,7 +372,7 @@ def forwarding_overview(connection: EmailConnection) -> ForwardingOverview | Non
         from channels_email.providers.forwarding.confirmation import shown_link
 
         confirmation["link"] = shown_link(str(confirmation.get("link", "")))
-    sending = reply_connection_of(tenant_id=connection.tenant_id, inbound=connection)
+    sending = reply_connection_of(tenant_id=connection.tenant_id, inbound_id=connection.pk)
     mapped = sending is not None and sending.pk == connection.reply_connection_id
     from_address = reply_from(inbound=connection, sending=sending)[1] if sending else ""
     return ForwardingOverview(

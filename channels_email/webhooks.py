@@ -107,7 +107,7 @@ class CachedLookup:
         owners: dict[str, SubscriptionOwner] = {}
         missing: dict[str, str] = {}  # cache key -> subscription id
         for subscription_id in subscription_ids:
-            key = f"subscription-owner:{provider}:{subscription_id}"
+            key = _owner_key(provider, subscription_id)
             local = _SUBSCRIPTIONS.get(key)
             if local is not None and local[0] > now:
                 owners[subscription_id] = local[1]
@@ -138,7 +138,7 @@ class CachedLookup:
             for subscription_id, pk, secret in rows:
                 owner = SubscriptionOwner.of(pk, secret or "")
                 found[subscription_id] = owner
-                stored[f"subscription-owner:{provider}:{subscription_id}"] = (
+                stored[_owner_key(provider, subscription_id)] = (
                     owner.connection_id, owner.secret_digest)
             if stored:
                 try:
@@ -149,15 +149,20 @@ class CachedLookup:
             _SUBSCRIPTIONS.clear()
         until = time.monotonic() + LOCAL_CACHE_SECONDS
         for subscription_id, owner in found.items():
-            _SUBSCRIPTIONS[f"subscription-owner:{provider}:{subscription_id}"] = (until, owner)
+            _SUBSCRIPTIONS[_owner_key(provider, subscription_id)] = (until, owner)
         owners.update(found)
         return owners
+
+
+def _owner_key(provider: str, subscription_id: str) -> str:
+    """The cache key (Redis and this process) of a subscription's owner."""
+    return f"subscription-owner:{provider}:{subscription_id}"
 
 
 def forget_subscription(provider: str, subscription_id: str) -> None:
     """Drop the cached owner of a subscription (on disconnect)."""
     if subscription_id:
-        key = f"subscription-owner:{provider}:{subscription_id}"
+        key = _owner_key(provider, subscription_id)
         _SUBSCRIPTIONS.pop(key, None)
         cache.delete(key)
 

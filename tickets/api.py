@@ -362,7 +362,6 @@ class TicketDetailView(GenericAPIView):
             return not_modified
         return _with_etag(Response(self.get_serializer(ticket).data), ticket)
 
-
     @extend_schema(
         request=TicketPatchSerializer,
         parameters=[OpenApiParameter(
