@@ -29,7 +29,6 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from django.core.files.base import ContentFile
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 
@@ -45,6 +44,7 @@ from channels_email.models import (
 )
 from channels_email.outbound import acknowledgement_create, report_record
 from channels_email.providers.forwarding.confirmation import forwarding_confirmation
+from channels_email.services import raw_store
 from contacts.models import ContactSource
 from contacts.services import contact_get_or_create, contact_upsert_run, contact_upsert_sql
 from helpdesk import sql, webhooks_out
@@ -231,8 +231,7 @@ def _fetch_raw(row: InboundEmail, conn: EmailConnection
         wait = getattr(exc, "retry_after", None) or health.wait_seconds(conn) or 30
         raise FetchDeferred(f"{type(exc).__name__}: {exc}", wait) from exc
     health.record_success(conn)
-    row.raw.save("raw.eml", ContentFile(raw), save=False)  # named by inbound_raw_path
-    row.raw_size = len(raw)
+    raw_store(row, raw)
     # Autocommitted, without waiting for the WAL flush (the provider keeps the message,
     # and the ingest's commit below flushes this first: see inbound_email_receive); in a
     # caller's transaction (a test), that transaction's commit decides.
@@ -350,6 +349,24 @@ def _ingest(row: InboundEmail, limits: ParseLimits) -> IngestOutcome:
                              message_pk=row.message_id, parsed=parsed)
 
 
+# The references among a message's ids, and its provider thread's earlier mail (the
+# tenant, ids, connection, provider thread id, the row's own id). Prepared after a few runs:
+# its generic plan must look the ids up (see migration channels_email/0010).
+THREAD_LOOKUP_SQL = (
+    "SELECT r.message_id_header, r.ticket_id, r.message_id IS NOT NULL, "
+    "       t.merged_into_id "
+    "FROM channels_email_emailthreadref r "
+    "JOIN tickets_ticket t ON t.id = r.ticket_id "
+    "WHERE r.tenant_id = %s AND r.message_id_header = ANY(%s) "
+    "UNION ALL "
+    "SELECT '', i.ticket_id, false, t.merged_into_id "
+    "FROM channels_email_inboundemail i JOIN tickets_ticket t ON t.id = i.ticket_id "
+    "WHERE i.connection_id = %s AND i.provider_thread_id = %s "
+    "  AND i.provider_thread_id <> '' AND i.id <> %s "
+    "LIMIT 200"
+)
+
+
 def _find_thread(row: InboundEmail, parsed: ParsedEmail) -> tuple[int | None, bool, str]:
     """(ticket id, is duplicate of an ingested message, how it was found).
 
@@ -363,17 +380,7 @@ def _find_thread(row: InboundEmail, parsed: ParsedEmail) -> tuple[int | None, bo
         # Raw SQL on the hot path: one statement for refs and provider thread; the tenant
         # and connection are bound explicitly.
         cursor.execute(
-            "SELECT r.message_id_header, r.ticket_id, r.message_id IS NOT NULL, "
-            "       t.merged_into_id "
-            "FROM channels_email_emailthreadref r "
-            "JOIN tickets_ticket t ON t.id = r.ticket_id "
-            "WHERE r.tenant_id = %s AND r.message_id_header = ANY(%s) "
-            "UNION ALL "
-            "SELECT '', i.ticket_id, false, t.merged_into_id "
-            "FROM channels_email_inboundemail i JOIN tickets_ticket t ON t.id = i.ticket_id "
-            "WHERE i.connection_id = %s AND i.provider_thread_id = %s "
-            "  AND i.provider_thread_id <> '' AND i.id <> %s "
-            "LIMIT 200",
+            THREAD_LOOKUP_SQL,
             [row.tenant_id, candidates, row.connection_id, row.provider_thread_id, row.pk],
         )
         hits = cursor.fetchall()

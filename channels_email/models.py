@@ -301,8 +301,11 @@ class EmailThreadRef(TenantOwnedModel):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "message_id_header"],
-                                    name="thread_ref_tenant_message_id_unique"),
+            # The Message-ID leads: a lookup by ids (``ingest._find_thread``) can then only
+            # go through them, never along every reference of the workspace (which a
+            # prepared statement's generic plan chose when it guessed a small workspace).
+            models.UniqueConstraint(fields=["message_id_header", "tenant"],
+                                    name="thread_ref_message_id_tenant_unique"),
         ]
 
     def __str__(self) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
@@ -15,6 +18,7 @@ from channels_email.models import (
     InboundState,
     SuppressedAddress,
     SuppressionReason,
+    inbound_raw_path,
 )
 from channels_email.providers import manual
 from helpdesk import sql
@@ -68,6 +72,41 @@ def connection_create_forwarding(*, tenant: Tenant, actor: User | None, provider
     raise ApplicationError("address_exhausted", "Could not generate a new address; try again.")
 
 
+_RAW_FOLDERS: set[str] = set()
+
+
+def raw_store(row: InboundEmail, raw: bytes) -> None:
+    """Write ``raw`` as ``row``'s raw MIME file (named by ``models.inbound_raw_path``, a
+    fresh random name) and set ``row.raw`` / ``row.raw_size``; the caller then writes the
+    row. On local disk this is one exclusive create and one write, as Django's
+    FileSystemStorage does them (same permissions, no fsync either), without the name
+    checks around them that cost more than the write (about 0.7 ms of every email): the
+    name is new, and the exclusive create refuses to overwrite a file all the same."""
+    storage = row.raw.storage
+    if not isinstance(storage, FileSystemStorage):
+        row.raw.save("raw.eml", ContentFile(raw), save=False)
+        row.raw_size = len(raw)
+        return
+    name = inbound_raw_path(row, "raw.eml")
+    path = storage.path(name)
+    folder = os.path.dirname(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    if folder not in _RAW_FOLDERS:
+        os.makedirs(folder, exist_ok=True)
+        _RAW_FOLDERS.add(folder)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileNotFoundError:  # the folder went away since (a cleanup): make it again
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, flags, 0o666)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(raw)
+    if storage.file_permissions_mode is not None:
+        os.chmod(path, storage.file_permissions_mode)
+    row.raw = name
+    row.raw_size = len(raw)
+
+
 def inbound_email_receive(
     *, connection: EmailConnection, provider_message_id: str, raw: bytes | None = None,
     provider_thread_id: str = "", wait_for_flush: bool = False, details: dict | None = None,
@@ -95,9 +134,7 @@ def inbound_email_receive(
     )
     if raw is not None:
         # Stored before the row is inserted: a row never points at bytes that are missing.
-        # (The storage names the file itself, see models.inbound_raw_path.)
-        row.raw.save("raw.eml", ContentFile(raw), save=False)
-        row.raw_size = len(raw)
+        raw_store(row, raw)
     try:
         # The insert is the existence check: one autocommitted statement on the usual, new
         # path; inside a caller's transaction a savepoint keeps a conflict from spoiling it.
