@@ -307,6 +307,10 @@ class EmailThreadRef(TenantOwnedModel):
             models.UniqueConstraint(fields=["message_id_header", "tenant"],
                                     name="thread_ref_message_id_tenant_unique"),
         ]
+        # No index led by the tenant (the rule of tests/helpdesk/test_tenancy.py), on
+        # purpose: any such index is a way for a plan to read the whole workspace instead
+        # of a few ids. A workspace's deletion reaches these rows through its tickets
+        # (ticket_id is indexed).
 
     def __str__(self) -> str:
         return self.message_id_header

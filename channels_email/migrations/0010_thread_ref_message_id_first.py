@@ -6,7 +6,8 @@ the workspace, each reference checked against the ids. A prepared statement's ge
 plan took it whenever the statistics made the workspace look small (a new or fast-growing
 one, or one of many): every email then read every reference of its workspace, 0.5 ms at
 2,000 and growing with the workspace. Led by the Message-ID (near unique by itself), the
-index only answers the ids.
+index only answers the ids. No index is led by the tenant any more, on purpose (see the
+model).
 """
 
 from django.db import migrations, models

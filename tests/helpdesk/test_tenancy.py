@@ -207,8 +207,12 @@ def test_every_tenant_owned_model_has_an_index_led_by_tenant():
 
     from helpdesk.tenancy import TenantOwnedModel
 
+    # EmailThreadRef: an index led by the tenant gave the ingest's lookup by Message-IDs a
+    # plan that read the whole workspace (channels_email/migrations/0010); its rows are
+    # reached through their ticket on a workspace's deletion.
+    exempt = {"EmailThreadRef"}
     for model in apps.get_models():
-        if not issubclass(model, TenantOwnedModel):
+        if not issubclass(model, TenantOwnedModel) or model.__name__ in exempt:
             continue
         leading = [c for c in model._meta.constraints
                    if getattr(c, "fields", ()) and c.fields[0] == "tenant"
