@@ -72,9 +72,6 @@ def connection_create_forwarding(*, tenant: Tenant, actor: User | None, provider
     raise ApplicationError("address_exhausted", "Could not generate a new address; try again.")
 
 
-_RAW_FOLDERS: set[str] = set()
-
-
 def raw_store(row: InboundEmail, raw: bytes) -> None:
     """Write ``raw`` as ``row``'s raw MIME file (named by ``models.inbound_raw_path``, a
     fresh random name) and set ``row.raw`` / ``row.raw_size``; the caller then writes the
@@ -89,15 +86,11 @@ def raw_store(row: InboundEmail, raw: bytes) -> None:
         return
     name = inbound_raw_path(row, "raw.eml")
     path = storage.path(name)
-    folder = os.path.dirname(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    if folder not in _RAW_FOLDERS:
-        os.makedirs(folder, exist_ok=True)
-        _RAW_FOLDERS.add(folder)
     try:
         fd = os.open(path, flags, 0o666)
-    except FileNotFoundError:  # the folder went away since (a cleanup): make it again
-        os.makedirs(folder, exist_ok=True)
+    except FileNotFoundError:  # the day's first mail (or a cleanup took the folder)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, flags, 0o666)
     with os.fdopen(fd, "wb") as handle:
         handle.write(raw)

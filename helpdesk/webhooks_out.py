@@ -28,6 +28,7 @@ Contract:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -36,7 +37,7 @@ import random
 import secrets as secrets_lib
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import requests
@@ -149,12 +150,16 @@ def _subscriptions_sync(tenant: Tenant) -> None:
             held.webhook_events = types
 
 
-def event_emit(*, tenant_id: int, type: str, data: dict) -> int:  # noqa: A002 - the spec's word
+def event_emit(*, tenant_id: int, type: str,  # noqa: A002 - the spec's word
+               data: dict | Callable[[], dict]) -> int:
     """Outbox rows for every active endpoint of the tenant that wants ``type`` (see the
     module). Returns how many. Costs nothing when the scope's tenant has no endpoint for
-    ``type`` (``Tenant.webhook_events``), else one INSERT ... SELECT."""
+    ``type`` (``Tenant.webhook_events``), else one INSERT ... SELECT. ``data`` may be a
+    function that builds it, called only then (the ingest path makes none)."""
     if not _wanted(tenant_id, type):
         return 0
+    if callable(data):
+        data = data()
     endpoint_table = WebhookEndpoint._meta.db_table
     event_table = WebhookEvent._meta.db_table
     query = (
@@ -196,17 +201,15 @@ def ticket_data(ticket) -> dict:
 
 def ticket_created(ticket):
     """``ticket.created`` for the new ``ticket``; returns it (for ``return`` lines)."""
-    if not _wanted(ticket.tenant_id, WebhookEventType.TICKET_CREATED):
-        return ticket  # before ticket_data, which costs more than the check (ingest path)
     event_emit(tenant_id=ticket.tenant_id, type=WebhookEventType.TICKET_CREATED,
-               data=ticket_data(ticket))
+               data=functools.partial(ticket_data, ticket))
     return ticket
 
 
 def tickets_updated(*, tickets) -> int:
     """``ticket.updated`` for each ticket, as the caller holds it now."""
     return sum(event_emit(tenant_id=t.tenant_id, type=WebhookEventType.TICKET_UPDATED,
-                          data=ticket_data(t)) for t in tickets)
+                          data=functools.partial(ticket_data, t)) for t in tickets)
 
 
 def message_data(message) -> dict:
@@ -221,10 +224,9 @@ def message_data(message) -> dict:
 
 
 def message_created_emit(*, message) -> int:
-    if not _wanted(message.tenant_id, WebhookEventType.MESSAGE_CREATED):
-        return 0  # before message_data, which may read the ticket's number
+    # Built only when wanted: message_data may read the ticket's number.
     return event_emit(tenant_id=message.tenant_id, type=WebhookEventType.MESSAGE_CREATED,
-                      data=message_data(message))
+                      data=functools.partial(message_data, message))
 
 
 def message_delivery_status_emit(*, tenant_id: int, message_ids: Iterable[int]) -> int:
